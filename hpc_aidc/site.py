@@ -1,0 +1,233 @@
+"""The site profile: one TOML file that tells hpc-aidc about the cluster (partitions, GPU types, paths,
+prices). Looked up from an explicit path, then $HPCAI_SITE, then /etc/hpcai/site.toml. Values in the
+[cluster] table can be overridden per user with HPCAI_<KEY> environment variables (e.g. HPCAI_JOB_ROOT).
+Parsing is pure: `parse_site` takes a dict; only `load_site` touches the filesystem."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpc_aidc.errors import SiteProfileError
+from hpc_aidc.slurmtime import parse_time_limit
+
+DEFAULT_SITE_PATH = Path("/etc/hpcai/site.toml")
+SITE_ENV = "HPCAI_SITE"
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    nodes: int
+    gpus_per_node: int
+    gpu_type: str | None
+    cpus_per_node: int
+    mem_per_node_mb: int
+    max_time_min: int | None
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    precisions: tuple[str, ...]
+    peak_bf16_tflops: float | None
+    memory_gib: float | None
+
+
+@dataclass(frozen=True)
+class Prices:
+    currency: str = "EUR"
+    gpu_hour: float = 0.0
+    kwh: float = 0.0
+    pue: float = 1.0
+    carbon_g_per_kwh: float = 0.0
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    name: str
+    partitions: Mapping[str, Partition]
+    gpu_types: Mapping[str, GpuType]
+    job_root: Path
+    energy_store: Path
+    scratch: Path
+    default_partition: str | None = None
+    default_account: str | None = None
+    default_qos: str | None = None
+    default_time_min: int = 60
+    setup: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    admins: tuple[str, ...] = ()
+    prices: Prices = Prices()
+    source: str = "<memory>"
+
+    def partition(self, name: str | None) -> Partition:
+        """The named partition, or the default one; a clear error for unknown names."""
+        chosen = name or self.default_partition
+        if chosen is None:
+            raise SiteProfileError(
+                f"Expected a partition (--partition), and the site profile {self.source} sets no "
+                f"default_partition. Known partitions: {', '.join(sorted(self.partitions))}."
+            )
+        if chosen not in self.partitions:
+            raise SiteProfileError(
+                f"Expected a partition from the site profile ({', '.join(sorted(self.partitions))}). "
+                f"Got {chosen!r} instead. Pick one of those or ask an admin to add it to {self.source}."
+            )
+        return self.partitions[chosen]
+
+
+_CLUSTER_KEYS = {
+    "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
+    "energy_store", "scratch", "admins", "setup",
+}
+_PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time"}
+_GPU_KEYS = {"precisions", "peak_bf16_tflops", "memory_gib"}
+_PRICE_KEYS = {"currency", "gpu_hour", "kwh", "pue", "carbon_g_per_kwh"}
+_TOP_KEYS = {"cluster", "partitions", "gpu_types", "prices", "env"}
+
+
+def _check_keys(table: Mapping[str, Any], valid: set[str], where: str, source: str) -> None:
+    unknown = sorted(set(table) - valid)
+    if unknown:
+        raise SiteProfileError(
+            f"Expected keys of [{where}] from {sorted(valid)}. Got unknown {unknown} instead "
+            f"in {source}. Fix the spelling or remove them."
+        )
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, source: str) -> Any:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SiteProfileError(
+            f"Expected {where}.{key} to be a {names}. Got {value!r} instead. Fix it in {source}."
+        )
+    return value
+
+
+def _positive_int(table: Mapping[str, Any], key: str, where: str, source: str, minimum: int = 1) -> int:
+    value: int = _typed(table, key, int, where, source)
+    if value < minimum:
+        raise SiteProfileError(
+            f"Expected {where}.{key} >= {minimum}. Got {value} instead. Fix it in {source}."
+        )
+    return value
+
+
+def parse_site(data: Mapping[str, Any], source: str = "<memory>",
+               environ: Mapping[str, str] | None = None) -> SiteProfile:
+    """Validate a decoded site TOML document and apply HPCAI_* overrides from `environ`."""
+    _check_keys(data, _TOP_KEYS, "top level", source)
+    cluster = dict(data.get("cluster", {}))
+    _check_keys(cluster, _CLUSTER_KEYS, "cluster", source)
+    for key in _CLUSTER_KEYS - {"admins", "setup"}:
+        override = (environ or {}).get(f"HPCAI_{key.upper()}")
+        if override:
+            cluster[key] = override
+    for key in ("job_root", "energy_store", "scratch"):
+        if key not in cluster:
+            raise SiteProfileError(f"Expected [cluster].{key} in the site profile {source}. Add it.")
+        _typed(cluster, key, str, "cluster", source)
+
+    partitions: dict[str, Partition] = {}
+    for name, table in dict(data.get("partitions", {})).items():
+        where = f"partitions.{name}"
+        _check_keys(table, _PARTITION_KEYS, where, source)
+        for key in ("nodes", "gpus_per_node", "cpus_per_node"):
+            if key not in table:
+                raise SiteProfileError(f"Expected {where}.{key} in the site profile {source}. Add it.")
+        max_time = table.get("max_time")
+        partitions[name] = Partition(
+            name=name,
+            nodes=_positive_int(table, "nodes", where, source),
+            gpus_per_node=_positive_int(table, "gpus_per_node", where, source, minimum=0),
+            gpu_type=table.get("gpu_type"),
+            cpus_per_node=_positive_int(table, "cpus_per_node", where, source),
+            mem_per_node_mb=int(table.get("mem_per_node_mb", 0)),
+            max_time_min=None if max_time is None else parse_time_limit(str(max_time)),
+        )
+    if not partitions:
+        raise SiteProfileError(f"Expected at least one [partitions.NAME] table in {source}. Add one.")
+
+    gpu_types: dict[str, GpuType] = {}
+    for name, table in dict(data.get("gpu_types", {})).items():
+        _check_keys(table, _GPU_KEYS, f"gpu_types.{name}", source)
+        gpu_types[name] = GpuType(
+            name=name,
+            precisions=tuple(table.get("precisions", ("fp32",))),
+            peak_bf16_tflops=table.get("peak_bf16_tflops"),
+            memory_gib=table.get("memory_gib"),
+        )
+    for part in partitions.values():
+        if part.gpu_type is not None and part.gpu_type not in gpu_types:
+            raise SiteProfileError(
+                f"Expected partitions.{part.name}.gpu_type to name a [gpu_types.X] table "
+                f"({', '.join(sorted(gpu_types)) or 'none defined'}). Got {part.gpu_type!r} instead. "
+                f"Add [gpu_types.{part.gpu_type}] to {source}."
+            )
+
+    prices_table = dict(data.get("prices", {}))
+    _check_keys(prices_table, _PRICE_KEYS, "prices", source)
+    prices = Prices(**{k: (v if k == "currency" else float(v)) for k, v in prices_table.items()})
+
+    default_partition = cluster.get("default_partition")
+    if default_partition is not None and default_partition not in partitions:
+        raise SiteProfileError(
+            f"Expected cluster.default_partition to be one of {sorted(partitions)}. "
+            f"Got {default_partition!r} instead. Fix it in {source}."
+        )
+    env = {str(k): str(v) for k, v in dict(data.get("env", {})).items()}
+    return SiteProfile(
+        name=str(cluster.get("name", "cluster")),
+        partitions=partitions,
+        gpu_types=gpu_types,
+        job_root=Path(cluster["job_root"]),
+        energy_store=Path(cluster["energy_store"]),
+        scratch=Path(cluster["scratch"]),
+        default_partition=default_partition,
+        default_account=cluster.get("default_account"),
+        default_qos=cluster.get("default_qos"),
+        default_time_min=parse_time_limit(str(cluster.get("default_time", "01:00:00"))),
+        setup=tuple(str(line) for line in cluster.get("setup", ())),
+        env=env,
+        admins=tuple(str(a) for a in cluster.get("admins", ())),
+        prices=prices,
+        source=source,
+    )
+
+
+def find_site_path(explicit: str | os.PathLike[str] | None = None,
+                   environ: Mapping[str, str] | None = None) -> Path:
+    """Where the site profile is: explicit path, then $HPCAI_SITE, then /etc/hpcai/site.toml."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if env.get(SITE_ENV):
+        return Path(env[SITE_ENV])
+    return DEFAULT_SITE_PATH
+
+
+def load_site(explicit: str | os.PathLike[str] | None = None,
+              environ: Mapping[str, str] | None = None) -> SiteProfile:
+    env = os.environ if environ is None else environ
+    path = find_site_path(explicit, env)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SiteProfileError(
+            f"Expected a site profile at {path} (from --site, ${SITE_ENV} or {DEFAULT_SITE_PATH}). "
+            "Got no such file. Point --site or HPCAI_SITE at your cluster's profile, or run "
+            "`hpcai devcluster up` for the dev cluster."
+        ) from None
+    except OSError as exc:
+        raise SiteProfileError(f"Expected a readable site profile at {path}. Got {exc.strerror}.") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SiteProfileError(f"Expected valid TOML in the site profile {path}. Got: {exc}.") from None
+    return parse_site(data, source=str(path), environ=env)

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian 12 machine (root, no GPU) needs: system packages, the project's virtual
+# environment in .venv (built on Debian's python3.11 so ordinary users of the dev cluster can run it),
+# and the dev cluster. Idempotent: a second run only checks.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# torch is pinned to the CPU build that lies on this machine's disk; a range would pull a CUDA build.
+TORCH_PIN="torch==2.13.0"
+stamp=".venv/.hpcai-installed"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  /usr/bin/python3.11 -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "$TORCH_PIN"
+  .venv/bin/python -m pip install -q -e ".[dev,data,energy]" "$TORCH_PIN"
+  echo "$want" >"$stamp"
+fi
+chmod -R a+rX .venv
+
+bash slurm/devcluster/up.sh

@@ -1,0 +1,36 @@
+# Shared settings and helpers for the dev cluster scripts (sourced, not run).
+DEV_CLUSTER="devcluster"
+DEV_STATE="${HPCAI_DEVCLUSTER_STATE:-/var/lib/hpcai-devcluster}"
+DEV_RUN="/run/hpcai-devcluster"
+DEV_JOBS="/srv/hpcai/jobs"
+SLURM_USER="slurm"
+DB_PASS="devcluster-only"
+DEV_USERS=(alice bob)
+DEV_ACCOUNTS=(physics climate)
+# user:account associations; root belongs to both projects so tests can submit to either.
+DEV_ASSOCS=(root:physics root:climate alice:physics bob:climate)
+
+log() { printf '[devcluster] %s\n' "$*" >&2; }
+die() { printf '[devcluster] error: %s\n' "$*" >&2; exit 1; }
+
+# alive PIDFILE: true when the pid in PIDFILE is a running process.
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# wait_for WHAT SECONDS CMD...: retry CMD once a second until it succeeds.
+wait_for() {
+  local what="$1" limit="$2"; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$what did not come up within ${limit} s (logs: $DEV_STATE/log)"
+    sleep 1
+  done
+}
+
+# render TEMPLATE OUT KEY=VALUE...: substitute @KEY@ placeholders; writes OUT atomically.
+render() {
+  local template="$1" out="$2"; shift 2
+  local text kv
+  text="$(cat "$template")"
+  for kv in "$@"; do text="${text//"${kv%%=*}"/"${kv#*=}"}"; done
+  printf '%s\n' "$text" >"$out.tmp" && mv "$out.tmp" "$out"
+}

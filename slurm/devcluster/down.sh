@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Stop every daemon the dev cluster started, by pid file; state and accounting data are kept.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=slurm/devcluster/common.sh
+source "$HERE/common.sh"
+
+stop() {
+  local name="$1" pidfile="$2" pid
+  alive "$pidfile" || return 0
+  pid="$(cat "$pidfile")"
+  kill "$pid"
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || { log "stopped $name ($pid)"; return 0; }; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  log "killed $name ($pid)"
+}
+
+for i in 1 2 3 4; do stop "slurmd n$i" "$DEV_RUN/slurmd-n$i.pid"; done
+stop slurmctld "$DEV_RUN/slurmctld.pid"
+stop slurmdbd "$DEV_RUN/slurmdbd.pid"
+stop mariadb /run/mysqld/mariadb.pid
+stop munged /run/munge/munged.pid

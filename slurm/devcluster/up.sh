@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Bring up the embedded dev cluster: munge, MariaDB, slurmdbd, slurmctld and four slurmd (n1..n4)
+# on this one host, each node with 4 placeholder GPUs declared as GRES. Idempotent: every step checks
+# before it acts, so running it again on a live cluster changes nothing.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=slurm/devcluster/common.sh
+source "$HERE/common.sh"
+
+[ "$(id -u)" = 0 ] || die "the dev cluster needs root (it installs packages and starts daemons); run it with sudo"
+
+install_packages() {
+  local missing=()
+  local pkg bin
+  for pair in slurmctld:slurmctld slurmd:slurmd slurm-client:sbatch slurmdbd:slurmdbd munge:munged mariadb-server:mariadbd; do
+    pkg="${pair%%:*}"; bin="${pair##*:}"
+    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+ensure_users() {
+  local u
+  for u in "${DEV_USERS[@]}"; do
+    getent passwd "$u" >/dev/null || useradd --create-home --shell /bin/bash "$u"
+  done
+}
+
+ensure_hosts() {
+  # Node names resolve to the loopback address their slurmd answers on, so the first host of
+  # SLURM_JOB_NODELIST is a real rendezvous address, as on a cluster.
+  local i line
+  for i in 1 2 3 4; do
+    line="127.0.1.$i n$i"
+    grep -qE "^127\.0\.1\.$i[[:space:]]+n$i\$" /etc/hosts || echo "$line" >>/etc/hosts
+  done
+}
+
+write_configs() {
+  local host
+  host="$(hostname)"
+  mkdir -p /etc/slurm "$DEV_STATE"/{ctld,spool,log,gpu} "$DEV_RUN" "$DEV_JOBS"
+  chmod 1777 "$DEV_JOBS"
+  chown "$SLURM_USER:" "$DEV_STATE"/{ctld,log} "$DEV_RUN"
+  # Character devices with NVIDIA's major number (195) but no driver behind them: Slurm accepts them
+  # as GPU device files and sets CUDA_VISIBLE_DEVICES/SLURM_JOB_GPUS exactly as on a GPU node.
+  for i in 0 1 2 3; do
+    [ -c "$DEV_STATE/gpu/nvidia$i" ] || { rm -f "$DEV_STATE/gpu/nvidia$i"; mknod -m 666 "$DEV_STATE/gpu/nvidia$i" c 195 "$i"; }
+  done
+  render "$HERE/slurm.conf.in" /etc/slurm/slurm.conf \
+    "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@CLUSTER@=$DEV_CLUSTER" \
+    "@LIBEXEC@=$HERE"
+  render "$HERE/gres.conf.in" /etc/slurm/gres.conf "@STATE@=$DEV_STATE"
+  render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf \
+    "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@DBPASS@=$DB_PASS"
+  chown "$SLURM_USER:" /etc/slurm/slurmdbd.conf
+  chmod 600 /etc/slurm/slurmdbd.conf
+}
+
+start_munge() {
+  if ! pgrep -x munged >/dev/null; then
+    mkdir -p /run/munge && chown munge: /run/munge && chmod 755 /run/munge
+    [ -s /etc/munge/munge.key ] || { mungekey --create --keyfile /etc/munge/munge.key && chown munge: /etc/munge/munge.key; }
+    runuser -u munge -- /usr/sbin/munged
+  fi
+  wait_for "munge" 20 munge -n -s 1 >/dev/null
+}
+
+start_mariadb() {
+  if ! mysqladmin --connect-timeout=2 ping >/dev/null 2>&1; then
+    mkdir -p /run/mysqld && chown mysql: /run/mysqld
+    [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    setsid /usr/sbin/mariadbd --user=mysql --pid-file=/run/mysqld/mariadb.pid \
+      --socket=/run/mysqld/mysqld.sock --bind-address=127.0.0.1 --skip-log-error \
+      >>"$DEV_STATE/log/mariadb.log" 2>&1 </dev/null &
+  fi
+  wait_for "MariaDB" 60 mysqladmin --connect-timeout=2 ping
+  mysql -u root <<SQL
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+FLUSH PRIVILEGES;
+SQL
+}
+
+start_slurmdbd() {
+  alive "$DEV_RUN/slurmdbd.pid" || /usr/sbin/slurmdbd
+  wait_for "slurmdbd" 60 sacctmgr -n show cluster
+}
+
+ensure_accounting() {
+  # Each add is guarded by a lookup: sacctmgr exits 1 on "Nothing new added".
+  sacctmgr -n -P show cluster format=cluster | grep -qx "$DEV_CLUSTER" || sacctmgr -i add cluster "$DEV_CLUSTER" >/dev/null
+  sacctmgr -n -P show qos format=name | grep -qx debug ||
+    sacctmgr -i add qos debug Priority=100 MaxWall=01:00:00 >/dev/null
+  local acct
+  for acct in "${DEV_ACCOUNTS[@]}"; do
+    sacctmgr -n -P show account "$acct" format=account | grep -qx "$acct" ||
+      sacctmgr -i add account "$acct" Cluster="$DEV_CLUSTER" Description="dev project $acct" Organization=dev >/dev/null
+  done
+  local assoc user acct_of
+  for assoc in "${DEV_ASSOCS[@]}"; do
+    user="${assoc%%:*}"; acct_of="${assoc##*:}"
+    sacctmgr -n -P show assoc where user="$user" account="$acct_of" format=user | grep -qx "$user" ||
+      sacctmgr -i add user "$user" Account="$acct_of" Cluster="$DEV_CLUSTER" QOS=normal,debug DefaultQOS=normal >/dev/null
+  done
+  # Each ordinary user's first project is their default account.
+  sacctmgr -i modify user where name=alice set DefaultAccount=physics >/dev/null 2>&1 || true
+  sacctmgr -i modify user where name=bob set DefaultAccount=climate >/dev/null 2>&1 || true
+}
+
+start_slurmctld() {
+  alive "$DEV_RUN/slurmctld.pid" || /usr/sbin/slurmctld
+  wait_for "slurmctld" 60 scontrol ping
+}
+
+start_slurmd() {
+  local i
+  for i in 1 2 3 4; do
+    mkdir -p "$DEV_STATE/spool/n$i"
+    alive "$DEV_RUN/slurmd-n$i.pid" || /usr/sbin/slurmd -N "n$i"
+  done
+}
+
+wait_nodes_idle() {
+  local deadline=$((SECONDS + 90)) states
+  while :; do
+    states="$(sinfo -h -N -o '%N %T' 2>/dev/null | sort -u)"
+    if echo "$states" | grep -Eq '(down|drain|fail)'; then
+      # A node that registered before its slurmd finished starting is marked down; it is healthy now.
+      scontrol update nodename=n[1-4] state=resume >/dev/null 2>&1 || true
+    fi
+    [ "$(echo "$states" | grep -cE ' (idle|mixed|allocated)$')" -ge 4 ] && return 0
+    [ "$SECONDS" -lt "$deadline" ] || die "nodes did not become idle: $states (see $DEV_STATE/log)"
+    sleep 1
+  done
+}
+
+write_site_profile() {
+  mkdir -p /etc/hpcai
+  render "$HERE/site.toml.in" /etc/hpcai/site.toml "@JOBS@=$DEV_JOBS" "@STATE@=$DEV_STATE" "@CLUSTER@=$DEV_CLUSTER"
+}
+
+start=$SECONDS
+install_packages
+ensure_users
+ensure_hosts
+write_configs
+start_munge
+start_mariadb
+start_slurmdbd
+ensure_accounting
+start_slurmctld
+start_slurmd
+wait_nodes_idle
+write_site_profile
+log "dev cluster up in $((SECONDS - start)) s"
+sinfo -o '%P %D %T %G %N'
