@@ -26,11 +26,15 @@ wait_for() {
   done
 }
 
-# render TEMPLATE OUT KEY=VALUE...: substitute @KEY@ placeholders; writes OUT atomically.
+# render TEMPLATE OUT KEY=VALUE...: substitute @KEY@ placeholders; writes OUT atomically and only
+# when its content changes. Sets CONFIG_CHANGED=1 when it wrote, so daemons can be restarted.
+CONFIG_CHANGED=0
 render() {
   local template="$1" out="$2"; shift 2
   local text kv
   text="$(cat "$template")"
   for kv in "$@"; do text="${text//"${kv%%=*}"/"${kv#*=}"}"; done
+  if [ -f "$out" ] && [ "$(cat "$out")" = "$text" ]; then return 0; fi
   printf '%s\n' "$text" >"$out.tmp" && mv "$out.tmp" "$out"
+  CONFIG_CHANGED=1
 }

@@ -56,6 +56,7 @@ write_configs() {
     "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@CLUSTER@=$DEV_CLUSTER" \
     "@LIBEXEC@=$HERE"
   render "$HERE/gres.conf.in" /etc/slurm/gres.conf "@STATE@=$DEV_STATE"
+  SLURM_CONFIG_CHANGED=$CONFIG_CHANGED
   render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf \
     "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@DBPASS@=$DB_PASS"
   chown "$SLURM_USER:" /etc/slurm/slurmdbd.conf
@@ -114,6 +115,20 @@ ensure_accounting() {
   sacctmgr -i modify user where name=bob set DefaultAccount=climate >/dev/null 2>&1 || true
 }
 
+restart_on_config_change() {
+  # slurmctld and slurmd read slurm.conf, gres.conf and the Prolog/Epilog settings only at start
+  # (EpilogSlurmctld is not picked up by `scontrol reconfigure`), so a changed config means a restart.
+  [ "$SLURM_CONFIG_CHANGED" = 1 ] || return 0
+  local pidfile
+  for pidfile in "$DEV_RUN"/slurmd-n?.pid "$DEV_RUN/slurmctld.pid"; do
+    if alive "$pidfile"; then
+      log "config changed: restarting $(basename "$pidfile" .pid)"
+      kill "$(cat "$pidfile")"
+      while alive "$pidfile"; do sleep 0.2; done
+    fi
+  done
+}
+
 start_slurmctld() {
   alive "$DEV_RUN/slurmctld.pid" || /usr/sbin/slurmctld
   wait_for "slurmctld" 60 scontrol ping
@@ -155,6 +170,7 @@ start_munge
 start_mariadb
 start_slurmdbd
 ensure_accounting
+restart_on_config_change
 start_slurmctld
 start_slurmd
 wait_nodes_idle
