@@ -173,7 +173,14 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
 
     prices_table = dict(data.get("prices", {}))
     _check_keys(prices_table, _PRICE_KEYS, "prices", source)
-    prices = Prices(**{k: (v if k == "currency" else float(v)) for k, v in prices_table.items()})
+    defaults = Prices()
+    prices = Prices(
+        currency=str(prices_table.get("currency", defaults.currency)),
+        gpu_hour=float(prices_table.get("gpu_hour", defaults.gpu_hour)),
+        kwh=float(prices_table.get("kwh", defaults.kwh)),
+        pue=float(prices_table.get("pue", defaults.pue)),
+        carbon_g_per_kwh=float(prices_table.get("carbon_g_per_kwh", defaults.carbon_g_per_kwh)),
+    )
 
     default_partition = cluster.get("default_partition")
     if default_partition is not None and default_partition not in partitions:

@@ -16,7 +16,7 @@ from hpc_aidc.errors import HpcAidcError
 # name -> (module, attribute, one-line help shown by `hpcai --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "submit": ("hpc_aidc.cli.submit", "submit", "Submit work to Slurm: run, train, infer."),
-    "jobs": ("hpc_aidc.cli.jobs", "jobs", "List your jobs (one batched sacct call)."),
+    "jobs": ("hpc_aidc.cli.jobs", "jobs", "List your jobs (one batched sacct + squeue call)."),
     "status": ("hpc_aidc.cli.jobs", "status", "Show one job's state, resources and progress."),
     "logs": ("hpc_aidc.cli.jobs", "logs", "Print (or follow) a job's task logs."),
     "cancel": ("hpc_aidc.cli.jobs", "cancel", "Cancel jobs."),
@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> Any:
     except click.exceptions.Abort:
         click.echo("hpcai: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        # One line, like every other bad input: the message and where to read the usage.
+        where = exc.ctx.command_path if exc.ctx else "hpcai"
+        click.echo(f"hpcai: error: {exc.format_message()} See `{where} --help`.", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"hpcai: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

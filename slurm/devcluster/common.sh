@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are used by the scripts that source it
 # Shared settings and helpers for the dev cluster scripts (sourced, not run).
 DEV_CLUSTER="devcluster"
 DEV_STATE="${HPCAI_DEVCLUSTER_STATE:-/var/lib/hpcai-devcluster}"

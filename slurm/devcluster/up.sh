@@ -37,7 +37,7 @@ ensure_hosts() {
   local i line
   for i in 1 2 3 4; do
     line="127.0.1.$i n$i"
-    grep -qE "^127\.0\.1\.$i[[:space:]]+n$i\$" /etc/hosts || echo "$line" >>/etc/hosts
+    grep -qE "^127\.0\.1\.${i}[[:space:]]+n${i}\$" /etc/hosts || echo "$line" >>/etc/hosts
   done
 }
 

@@ -1,0 +1,132 @@
+"""`hpcai jobs | status | logs | cancel`: what Slurm knows about your jobs, in one batched call each."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.errors import SpecError
+
+
+@click.command()
+@click.option("--since", default="now-2days", show_default=True, help="Jobs that ran since (sacct time).")
+@click.option("--all-users", "-a", is_flag=True, help="Everyone's jobs that you may see.")
+@click.option("--account", "-A", "accounts", multiple=True, help="Only these accounts.")
+@json_option
+def jobs(since: str, all_users: bool, accounts: tuple[str, ...], as_json: bool) -> None:
+    """List your jobs: one sacct and one squeue call, whatever their number."""
+    from hpc_aidc.render.table import format_duration, format_table
+    from hpc_aidc.scheduler.accounting import list_jobs
+    from hpc_aidc.scheduler.submit import current_user
+
+    records = list_jobs(user=current_user(), all_users=all_users, accounts=accounts, since=since)
+    if as_json:
+        echo_json([r.to_json() for r in records])
+        return
+    if not records:
+        click.echo(f"No jobs since {since}.")
+        return
+    rows = [(r.job_id, r.name, r.user, r.account, r.partition, r.state, r.nnodes, r.gpus,
+             format_duration(r.elapsed_s), r.nodelist) for r in records]
+    click.echo(format_table(["JOBID", "NAME", "USER", "ACCOUNT", "PARTITION", "STATE", "NODES", "GPUS",
+                             "ELAPSED", "NODELIST"], rows, right=(6, 7)))
+
+
+def _job_folder(ctx: click.Context, job_id: str, user: str) -> Path:
+    return site_from(ctx).job_root / user / job_id
+
+
+@click.command()
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job: state, resources, where it ran, and its job directory."""
+    from hpc_aidc.render.table import format_duration
+    from hpc_aidc.scheduler.accounting import job_record
+
+    record = job_record(job_id)
+    folder = _job_folder(ctx, record.job_id, record.user)
+    if as_json:
+        echo_json({**record.to_json(), "folder": str(folder)})
+        return
+    fields: list[tuple[str, Any]] = [
+        ("job", f"{record.job_id} ({record.name})"), ("state", record.state), ("exit code", record.exit_code),
+        ("user", record.user), ("account", record.account), ("partition", record.partition),
+        ("qos", record.qos), ("nodes", f"{record.nnodes} ({record.nodelist})"), ("gpus", record.gpus),
+        ("elapsed", f"{format_duration(record.elapsed_s)} of {record.time_limit}"),
+        ("submitted", record.submit), ("started", record.start), ("ended", record.end),
+        ("job directory", folder),
+    ]
+    for key, value in fields:
+        click.echo(f"{key + ':':15s}{'' if value is None else value}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--task", "-t", "task", type=int, default=0, show_default=True, help="Task (rank) whose log to show.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.pass_context
+def logs(ctx: click.Context, job_id: str, task: int, follow: bool) -> None:
+    """Print a job's task log (stdout and stderr of one srun task)."""
+    from hpc_aidc.scheduler.accounting import job_record
+
+    if task < 0:
+        raise SpecError(f"Expected --task >= 0. Got {task} instead. Tasks count from 0.")
+    record = job_record(job_id)
+    folder = _job_folder(ctx, record.job_id, record.user)
+    log = folder / f"{record.job_id}_{task}_log.out"
+    if not follow:
+        if not log.exists():
+            raise SpecError(
+                f"Expected a log at {log}. Got no such file. The job may not have started, may have fewer "
+                f"than {task + 1} tasks, or was not submitted by hpcai (state: {record.state})."
+            )
+        sys.stdout.write(log.read_text(errors="replace"))
+        return
+    _follow(log, job_id)
+
+
+def _follow(log: Path, job_id: str) -> None:
+    from hpc_aidc.scheduler.accounting import job_record
+
+    offset = 0
+    last_check = 0.0
+    finished = False
+    while True:
+        if log.exists():
+            with log.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                offset += len(chunk)
+        if finished:
+            return
+        if time.monotonic() - last_check > 2.0:
+            last_check = time.monotonic()
+            # One more read after the job ends catches lines flushed at exit.
+            finished = job_record(job_id).finished
+        time.sleep(0.5)
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@json_option
+def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel one or more jobs (array tasks as 123_4)."""
+    from hpc_aidc.scheduler.accounting import validate_job_id
+    from hpc_aidc.scheduler.slurm_cli import run_slurm
+
+    ids = [validate_job_id(j) for j in job_ids]
+    run_slurm(["scancel", *ids])
+    if as_json:
+        echo_json({"cancelled": ids})
+    else:
+        click.echo(f"Cancelled {', '.join(ids)}")

@@ -1,0 +1,1 @@
+"""Code that runs inside an allocation, on the compute nodes."""

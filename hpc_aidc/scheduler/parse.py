@@ -1,0 +1,228 @@
+"""Pure parsers for Slurm's text output (unit-tested on recorded real output in tests/recorded/)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# sacct's fields we read, in order; printed with a unit-separator delimiter so names containing
+# '|' (allowed in job names) cannot shift columns.
+SACCT_FIELDS = (
+    "JobID", "JobIDRaw", "JobName", "User", "Account", "Partition", "QOS", "State", "ExitCode",
+    "Elapsed", "Timelimit", "NNodes", "NodeList", "AllocTRES", "ReqTRES", "Submit", "Start", "End",
+    "WorkDir", "AdminComment", "Comment",
+)
+SACCT_DELIMITER = "\x1f"
+
+
+@dataclass(frozen=True)
+class AccountingRecord:
+    """One job allocation as sacct reports it."""
+
+    job_id: str          # 12, 12_3 (array task) or 12_[0-3] (pending array)
+    job_id_raw: str
+    name: str
+    user: str
+    account: str
+    partition: str
+    qos: str
+    state: str           # first word: "CANCELLED by 0" -> CANCELLED
+    exit_code: str
+    elapsed_s: int
+    time_limit: str
+    nnodes: int
+    nodelist: str
+    alloc_tres: dict[str, float]
+    req_tres: dict[str, float]
+    submit: datetime | None
+    start: datetime | None
+    end: datetime | None
+    workdir: str
+    admin_comment: str
+    comment: str
+
+    @property
+    def gpus(self) -> int:
+        tres = self.alloc_tres or self.req_tres
+        return int(tres.get("gres/gpu", 0))
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING",
+                                  "COMPLETING"}
+
+    @property
+    def complete(self) -> bool:
+        """False for the placeholder row slurmdbd keeps ('allocation', no partition) until
+        slurmctld's job record arrives, a moment after a short job ends."""
+        return bool(self.partition)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "name": self.name, "user": self.user, "account": self.account,
+            "partition": self.partition, "qos": self.qos, "state": self.state, "exit_code": self.exit_code,
+            "elapsed_s": self.elapsed_s, "time_limit": self.time_limit, "nodes": self.nnodes,
+            "nodelist": self.nodelist, "gpus": self.gpus, "alloc_tres": self.alloc_tres,
+            "submit": _iso(self.submit), "start": _iso(self.start), "end": _iso(self.end),
+            "workdir": self.workdir,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def parse_tres(text: str) -> dict[str, float]:
+    """'billing=2,cpu=2,gres/gpu=4,mem=8000M,node=2' -> {'cpu': 2.0, 'gres/gpu': 4.0, 'mem': 8000.0 (MiB), ...}."""
+    out: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        out[key] = _tres_value(value)
+    return out
+
+
+_MEM_UNITS = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
+
+
+def _tres_value(value: str) -> float:
+    if value and value[-1] in _MEM_UNITS:
+        return float(value[:-1]) * _MEM_UNITS[value[-1]]
+    return float(value) if value else 0.0
+
+
+_ELAPSED = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)(?:\.\d+)?$")
+
+
+def parse_elapsed(text: str) -> int:
+    """'1-02:03:04', '02:03:04', '03:04' -> seconds; '' or 'INVALID' -> 0."""
+    m = _ELAPSED.match(text.strip())
+    if not m:
+        return 0
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    if not text or text in {"Unknown", "None", "N/A"}:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def parse_sacct(text: str) -> list[AccountingRecord]:
+    """Rows of `sacct --noheader --parsable2 --delimiter=<US> --format=<SACCT_FIELDS>`."""
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cols = line.split(SACCT_DELIMITER)
+        if len(cols) != len(SACCT_FIELDS):
+            continue  # a truncated line from a killed sacct must not shift columns
+        row = dict(zip(SACCT_FIELDS, cols, strict=True))
+        records.append(AccountingRecord(
+            job_id=row["JobID"], job_id_raw=row["JobIDRaw"], name=row["JobName"], user=row["User"],
+            account=row["Account"], partition=row["Partition"], qos=row["QOS"],
+            state=row["State"].split(" ")[0], exit_code=row["ExitCode"],
+            elapsed_s=parse_elapsed(row["Elapsed"]), time_limit=row["Timelimit"],
+            nnodes=int(row["NNodes"] or 0), nodelist=row["NodeList"],
+            alloc_tres=parse_tres(row["AllocTRES"]), req_tres=parse_tres(row["ReqTRES"]),
+            submit=parse_timestamp(row["Submit"]), start=parse_timestamp(row["Start"]),
+            end=parse_timestamp(row["End"]), workdir=row["WorkDir"], admin_comment=row["AdminComment"],
+            comment=row["Comment"],
+        ))
+    return records
+
+
+def parse_sbatch_job_id(text: str) -> str:
+    """'Submitted batch job 42' (or '42;cluster' with --parsable) -> '42'."""
+    m = re.search(r"(\d+)", text)
+    if not m:
+        raise ValueError(f"no job id in sbatch output {text!r}")
+    return m.group(1)
+
+
+def parse_key_values(line: str) -> dict[str, str]:
+    """One `scontrol show ... -o` record: 'A=1 B=x y C=3' -> {'A': '1', 'B': 'x y', 'C': '3'}.
+
+    Values may contain spaces (e.g. Reason=...), so a token without '=' continues the previous value."""
+    out: dict[str, str] = {}
+    key = None
+    for token in line.split():
+        name, sep, value = token.partition("=")
+        if sep and re.match(r"^[A-Za-z][\w/:.]*$", name):
+            key = name
+            out[key] = value
+        elif key is not None:
+            out[key] += " " + token
+    return out
+
+
+def parse_gres(text: str) -> list[tuple[str, str | None, int]]:
+    """'gpu:h100:4(S:0),gpu:a100:2' -> [('gpu', 'h100', 4), ('gpu', 'a100', 2)]."""
+    out: list[tuple[str, str | None, int]] = []
+    for item in filter(None, re.split(r",(?![^(]*\))", text)):
+        if item in {"(null)", "N/A"}:
+            continue
+        parts = re.sub(r"\(.*\)$", "", item).split(":")
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], int(parts[2])))
+        elif len(parts) == 2:
+            if parts[1].isdigit():
+                out.append((parts[0], None, int(parts[1])))
+            else:
+                out.append((parts[0], parts[1], 1))
+        elif len(parts) == 1:
+            out.append((parts[0], None, 1))
+    return out
+
+
+def parse_scontrol_job(line: str) -> AccountingRecord:
+    """`scontrol show job -o ID`: slurmctld's view, for jobs slurmdbd has not recorded yet."""
+    kv = parse_key_values(line)
+    job_id = kv.get("JobId", "")
+    if kv.get("ArrayJobId") and kv.get("ArrayTaskId", "").isdigit():
+        job_id = f"{kv['ArrayJobId']}_{kv['ArrayTaskId']}"
+    nnodes = kv.get("NumNodes", "0").split("-")[0]
+    tres = parse_tres(kv.get("TRES", ""))
+    running = kv.get("JobState") not in {"PENDING"}
+    return AccountingRecord(
+        job_id=job_id, job_id_raw=kv.get("JobId", ""), name=kv.get("JobName", ""),
+        user=kv.get("UserId", "").split("(")[0], account=kv.get("Account", ""), partition=kv.get("Partition", ""),
+        qos=kv.get("QOS", ""), state=kv.get("JobState", "UNKNOWN"), exit_code=kv.get("ExitCode", ""),
+        elapsed_s=parse_elapsed(kv.get("RunTime", "")), time_limit=kv.get("TimeLimit", ""),
+        nnodes=int(nnodes) if nnodes.isdigit() else 0, nodelist=kv.get("NodeList", ""),
+        alloc_tres=tres if running else {}, req_tres=tres,
+        submit=parse_timestamp(kv.get("SubmitTime", "")), start=parse_timestamp(kv.get("StartTime", "")),
+        end=parse_timestamp(kv.get("EndTime", "")) if not running or kv.get("JobState") != "RUNNING" else None,
+        workdir=kv.get("WorkDir", ""), admin_comment=kv.get("AdminComment", ""), comment=kv.get("Comment", ""),
+    )
+
+
+# squeue's view of queued and running jobs (slurmctld), same delimiter as sacct.
+SQUEUE_FIELDS = ("%i", "%A", "%j", "%u", "%a", "%P", "%q", "%T", "%M", "%l", "%D", "%N", "%b", "%V", "%S")
+SQUEUE_FORMAT = SACCT_DELIMITER.join(SQUEUE_FIELDS)
+
+
+def parse_squeue(text: str) -> list[AccountingRecord]:
+    records = []
+    for line in text.splitlines():
+        cols = line.split(SACCT_DELIMITER)
+        if len(cols) != len(SQUEUE_FIELDS):
+            continue
+        (job_id, raw, name, user, account, partition, qos, state, used, limit, nodes, nodelist, gres,
+         submit, start) = cols
+        nnodes = int(nodes) if nodes.isdigit() else 0
+        per_node = sum(count for kind, _, count in parse_gres(gres.removeprefix("gres:")) if kind == "gpu")
+        tres = {"node": float(nnodes), "gres/gpu": float(per_node * nnodes)} if per_node else {"node": float(nnodes)}
+        records.append(AccountingRecord(
+            job_id=job_id, job_id_raw=raw, name=name, user=user, account=account, partition=partition, qos=qos,
+            state=state, exit_code="", elapsed_s=parse_elapsed(used), time_limit=limit, nnodes=nnodes,
+            nodelist=nodelist, alloc_tres=tres if state == "RUNNING" else {}, req_tres=tres,
+            submit=parse_timestamp(submit), start=parse_timestamp(start), end=None, workdir="",
+            admin_comment="", comment="",
+        ))
+    return records

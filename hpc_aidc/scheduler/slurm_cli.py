@@ -1,0 +1,42 @@
+"""Running Slurm's client commands: one place for the subprocess call and its error handling."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from hpc_aidc.errors import SlurmError
+
+
+def slurm_available(command: str = "sbatch") -> bool:
+    return shutil.which(command) is not None
+
+
+def run_slurm(argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm client command; a failure becomes a one-line SlurmError with Slurm's own words."""
+    try:
+        proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except FileNotFoundError:
+        raise SlurmError(
+            f"Expected Slurm's client command {argv[0]!r} on PATH. Got none. Run hpcai on a login node "
+            "(or `hpcai devcluster up` for the dev cluster)."
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(
+            f"Expected {argv[0]} to answer within {timeout:.0f} s. Got no answer. Slurm may be overloaded "
+            "or down; try again shortly or ask your admins."
+        ) from None
+    if check and proc.returncode != 0:
+        raise SlurmError(f"{argv[0]} failed: {first_error_line(proc.stderr or proc.stdout)}")
+    return proc
+
+
+def first_error_line(text: str) -> str:
+    """Slurm's most telling line: the last 'error:' line, without the program prefix."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    chosen = (errors or lines or ["(no output)"])[-1]
+    return chosen.split("error:", 1)[-1].strip()

@@ -1,0 +1,1 @@
+"""Frozen job specifications with parse_* validators (pure: no I/O, no clock)."""

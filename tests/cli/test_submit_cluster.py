@@ -1,0 +1,112 @@
+"""`hpcai submit run` and the job commands against the real dev cluster (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import RunHpcai
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
+
+REPORT = 'echo "node=$SLURMD_NODENAME rank=$SLURM_PROCID gpus=$CUDA_VISIBLE_DEVICES argv=[$*]"'
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _sacct(job_id: str, fields: str) -> str:
+    for _ in range(20):  # slurmdbd receives the final record a moment after the job ends
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        if out and "allocation" not in out:
+            return out
+        time.sleep(0.5)
+    return out
+
+
+def test_two_node_job_completes_and_sacct_has_it(hpcai: RunHpcai) -> None:
+    proc = hpcai("submit", "run", "--nodes", "2", "--gpus-per-node", "2", "--account", "physics",
+                 "--job-name", "two-node", "--wait", "--json", "--", "bash", "-c", REPORT, "argv0", "a b", "c")
+    result = _json(proc)
+    assert result["state"] == "COMPLETED" and result["nodes"] == 2
+    job_id = result["job_id"]
+    assert _sacct(job_id, "account,nnodes,alloctres,state").split("|") == [
+        "physics", "2", "billing=4,cpu=4,gres/gpu=4,node=2", "COMPLETED"]
+    # One task per GPU, each bound to its node's GPUs; arguments arrive intact.
+    lines = [hpcai("logs", job_id, "--task", str(t)).stdout for t in range(4)]
+    ranks = sorted(line.split("node=")[1].split(" argv")[0] for out in lines for line in out.splitlines()
+                   if line.startswith("node="))
+    assert ranks == ["n1 rank=0 gpus=0,1", "n1 rank=1 gpus=0,1", "n2 rank=2 gpus=0,1", "n2 rank=3 gpus=0,1"]
+    assert all("argv=[a b c]" in out for out in lines)
+    status = _json(hpcai("status", job_id, "--json"))
+    assert status["account"] == "physics" and status["gpus"] == 4 and status["nodelist"] == "n[1-2]"
+
+
+def test_dry_run_prints_exactly_what_is_submitted(hpcai: RunHpcai) -> None:
+    args = ["submit", "run", "-N", "2", "-A", "physics", "-J", "same", "--", "true"]
+    dry = hpcai(*args[:2], "--dry-run", *args[2:])
+    assert dry.returncode == 0, dry.stderr
+    assert "sbatch --test-only: Job" in dry.stderr and "to start at" in dry.stderr
+    assert dry.stdout.startswith("#!/bin/bash\n")
+    submitted = _json(hpcai(*args[:2], "--json", *args[2:]))
+    assert Path(submitted["script"]).read_text() == dry.stdout
+
+
+def test_injection_strings_are_never_executed(hpcai: RunHpcai, tmp_path: Path) -> None:
+    marker = Path("/tmp") / f"pwned-{uuid.uuid4().hex}"
+    evil = [f"x'; touch {marker}; '", f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}"]
+    for name in evil[:2]:
+        result = _json(hpcai("submit", "run", "-N", "2", "-A", "physics", "-J", name, "--wait", "--json",
+                             "--", "printf", "%s\\n", *evil))
+        assert result["state"] == "COMPLETED"
+        assert _sacct(result["job_id"], "jobname") == name
+        log = hpcai("logs", result["job_id"]).stdout
+        for arg in evil:
+            assert arg in log.splitlines()
+    dry = hpcai("submit", "run", "--dry-run", "--no-test-only", "-J", evil[0], "--", "true")
+    assert dry.returncode == 0
+    subprocess.run(["bash", "-n"], input=dry.stdout, text=True, check=True)
+    assert not marker.exists()
+
+
+def test_ordinary_user_submits_to_their_project(hpcai: RunHpcai) -> None:
+    result = _json(hpcai("submit", "run", "-N", "2", "-A", "physics", "--wait", "--json", "--", "id", "-un",
+                         user="alice"))
+    assert result["user"] == "alice" and result["state"] == "COMPLETED"
+    assert "alice" in hpcai("logs", result["job_id"], user="alice").stdout
+    mine = _json(hpcai("jobs", "--json", user="alice"))
+    assert result["job_id"] in {j["job_id"] for j in mine}  # type: ignore[attr-defined]
+    assert {j["user"] for j in mine} == {"alice"}  # type: ignore[attr-defined]
+
+
+def test_failed_command_fails_the_job(hpcai: RunHpcai) -> None:
+    proc = hpcai("submit", "run", "-A", "physics", "--wait", "--json", "--", "false")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["state"] == "FAILED"
+
+
+def test_follow_cancel_and_list(hpcai: RunHpcai) -> None:
+    job = _json(hpcai("submit", "run", "-A", "physics", "--json", "--", "bash", "-c",
+                      "for i in 1 2 3; do echo tick $i; sleep 1; done"))
+    follow = hpcai("logs", job["job_id"], "--follow", timeout=120)
+    assert [line for line in follow.stdout.splitlines() if line.startswith("tick")] == ["tick 1", "tick 2", "tick 3"]
+
+    sleeper = _json(hpcai("submit", "run", "-A", "physics", "--json", "--", "sleep", "300"))
+    listed = _json(hpcai("jobs", "--json"))
+    assert sleeper["job_id"] in {j["job_id"] for j in listed}  # type: ignore[attr-defined]
+    assert hpcai("cancel", sleeper["job_id"]).returncode == 0
+    for _ in range(40):
+        state = _json(hpcai("status", sleeper["job_id"], "--json"))["state"]
+        if state == "CANCELLED":
+            break
+        time.sleep(0.5)
+    assert state == "CANCELLED"
+    table = hpcai("jobs").stdout
+    assert table.splitlines()[0].split()[:3] == ["JOBID", "NAME", "USER"]

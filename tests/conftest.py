@@ -1,0 +1,62 @@
+"""Shared fixtures: the real dev cluster, and running the real `hpcai` CLI as root or another user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDED = REPO / "tests" / "recorded"
+HPCAI = [sys.executable, "-m", "hpc_aidc.cli.main"]
+
+RunHpcai = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _cluster_up() -> bool:
+    if shutil.which("scontrol") is None:
+        return False
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
+    return ping.returncode == 0 and "UP" in ping.stdout
+
+
+@pytest.fixture(scope="session")
+def cluster() -> None:
+    """The dev cluster, brought up if it is not running (the test command normally did it already)."""
+    if not _cluster_up():
+        subprocess.run(["bash", str(REPO / "slurm/devcluster/up.sh")], check=True)
+    assert _cluster_up(), "the dev cluster did not come up; see /var/lib/hpcai-devcluster/log"
+
+
+@pytest.fixture()
+def hpcai() -> RunHpcai:
+    """Run the real CLI in a subprocess: `hpcai("jobs", "--json", user="alice", env={...})`."""
+
+    def run(*args: str, user: str | None = None, env: Mapping[str, str] | None = None,
+            cwd: str | os.PathLike[str] = "/tmp", timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, **(env or {})}
+        argv: Sequence[str] = [*HPCAI, *args]
+        if user is not None:
+            # runuser keeps only what we pass explicitly: the site profile and Python path.
+            keep = {k: v for k, v in full_env.items() if k.startswith("HPCAI_") or k in {"PATH", "LANG"}}
+            argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in keep.items()), *argv]
+        return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, env=full_env,
+                              timeout=timeout, check=False)
+
+    return run
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """The house rule for bad input: exit 2, one line on stderr, no traceback, nothing on stdout."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("hpcai: error: ") or lines[0].startswith("Error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
