@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck)
+APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[dev,data,energy]" "$TORCH_PIN"
+  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train]" "$TORCH_PIN"
   echo "$want" >"$stamp"
 fi
 chmod -R a+rX .venv

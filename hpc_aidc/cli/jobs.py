@@ -37,6 +37,13 @@ def jobs(since: str, all_users: bool, accounts: tuple[str, ...], as_json: bool) 
                              "ELAPSED", "NODELIST"], rows, right=(6, 7)))
 
 
+def _readable(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except PermissionError:
+        return False
+
+
 def _job_folder(ctx: click.Context, job_id: str, user: str) -> Path:
     return site_from(ctx).job_root / user / job_id
 
@@ -47,13 +54,16 @@ def _job_folder(ctx: click.Context, job_id: str, user: str) -> Path:
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: state, resources, where it ran, and its job directory."""
+    from hpc_aidc.render.progress import read_metrics, training_progress
     from hpc_aidc.render.table import format_duration
     from hpc_aidc.scheduler.accounting import job_record
 
     record = job_record(job_id)
     folder = _job_folder(ctx, record.job_id, record.user)
+    metrics = folder / "metrics.jsonl"
+    progress = training_progress(read_metrics(metrics.read_text().splitlines())) if _readable(metrics) else None
     if as_json:
-        echo_json({**record.to_json(), "folder": str(folder)})
+        echo_json({**record.to_json(), "folder": str(folder), "progress": progress})
         return
     fields: list[tuple[str, Any]] = [
         ("job", f"{record.job_id} ({record.name})"), ("state", record.state), ("exit code", record.exit_code),
@@ -63,6 +73,11 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         ("submitted", record.submit), ("started", record.start), ("ended", record.end),
         ("job directory", folder),
     ]
+    if progress:
+        tps = f"{progress['tokens_per_s']:,.0f}" if progress["tokens_per_s"] else "-"
+        fields.append(("progress", f"step {progress['step']}/{progress['max_steps']}, loss {progress['loss']:.4f}, "
+                                   f"tokens/s {tps}, ETA {format_duration(progress['eta_s'])}, "
+                                   f"restarts {progress['restarts']}"))
     for key, value in fields:
         click.echo(f"{key + ':':15s}{'' if value is None else value}")
 

@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "energy": ("hpc_aidc.cli.energy", "energy", "Measure and show GPU/CPU energy of jobs."),
     "doctor": ("hpc_aidc.cli.doctor", "doctor", "Check this node's GPUs (NVML) and give a verdict."),
     "data": ("hpc_aidc.cli.data", "data", "Pack, verify, inspect and stage Zarr v3 datasets."),
+    "report": ("hpc_aidc.cli.report", "report", "Usage and energy reports per project; the static site."),
+    "plan": ("hpc_aidc.cli.plan", "plan", "Estimate per-GPU memory for a training config; suggest ZeRO stage/nodes."),
 }
 
 
@@ -71,7 +73,11 @@ def cli(ctx: click.Context, site_path: str | None) -> None:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: HpcAidcError becomes one line on stderr and exit code 2, never a traceback."""
     try:
-        return cli.main(args=argv, prog_name="hpcai", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="hpcai", standalone_mode=False)
+        # Without standalone mode, ctx.exit(n) comes back as a return value: make it the exit code.
+        if isinstance(result, int) and result != 0:
+            sys.exit(result)
+        return result
     except HpcAidcError as exc:
         click.echo(f"hpcai: error: {exc}", err=True)
         sys.exit(exc.exit_code)

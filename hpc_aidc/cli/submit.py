@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from hpc_aidc.cli.common import echo_json, site_from
 from hpc_aidc.cli.options import resource_options
+from hpc_aidc.cli.train_options import overrides_from, train_options
 from hpc_aidc.site import SiteProfile
 from hpc_aidc.spec.resources import Resources, parse_resources
 
@@ -27,16 +29,23 @@ def resources_from(site: SiteProfile, opts: dict[str, Any]) -> Resources:
     )
 
 
-def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any], args: tuple[Any, ...],
-                opts: dict[str, Any], **render_kwargs: Any) -> None:
+def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any], args: tuple[Any, ...] | None,
+                opts: dict[str, Any], *, task_factory: Callable[[Path], tuple[Any, ...]] | None = None,
+                after_submit: Callable[[Path], None] | None = None, **render_kwargs: Any) -> None:
     """Shared tail of every submit command: dry-run or submit, then report (and optionally wait)."""
+    from hpc_aidc.monitor.launch import batch_script_line
     from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
     from hpc_aidc.scheduler.associations import check_association
     from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import current_user, dry_run_script, submit_function, test_only
 
+    # One energy sampler per node, started by the job itself for sites without the hpc-aidc prolog;
+    # where the prolog already samples the job, it exits at once.
+    render_kwargs.setdefault("extra_setup", [batch_script_line()])
     user = current_user()
     folder = job_folder(site, user)
+    if "extra_env" in render_kwargs:
+        render_kwargs["extra_env"] = {k: v.replace("{user}", user) for k, v in render_kwargs["extra_env"].items()}
     params = submitit_parameters(resources, site, **render_kwargs)
     if opts["dry_run"]:
         script = dry_run_script(params, folder)
@@ -47,7 +56,10 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
             click.echo(f"hpcai: sbatch --test-only: {test_only(script)}", err=True)
         return
     check_association(user, resources.account, resources.qos)
-    job = submit_function(fn, args, params, folder)
+    task_args = task_factory(folder) if task_factory else (args or ())
+    job = submit_function(fn, task_args, params, folder)
+    if after_submit:
+        after_submit(job.folder)
     if opts["as_json"] and not opts["wait"]:
         echo_json({"job_id": job.job_id, "folder": str(job.folder), "script": str(job.script),
                    "resources": describe(resources)})
@@ -90,3 +102,58 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **opts: Any) -> None:
     site = site_from(ctx)
     job = parse_run_job(resources_from(site, opts), command)
     submit_flow(site, job.resources, run_command, (list(job.command),), opts)
+
+
+@submit.command("train")
+@resource_options(default_job_name="hpcai-train")
+@train_options
+@click.pass_context
+def train(ctx: click.Context, /, **opts: Any) -> None:
+    """Multi-node DeepSpeed training (ZeRO 0-3, offload, pipeline) from one config file.
+
+    \b
+    Example:
+      hpcai submit train --nodes 8 --gpus-per-node 4 -A physics --config gpt.toml --zero 2
+
+    Every rank is an srun task; the job checkpoints every K steps and on Slurm's warning signal,
+    requeues itself, and resumes from its latest complete checkpoint."""
+    from hpc_aidc.errors import SpecError
+    from hpc_aidc.node.train import TrainTask, train_task
+    from hpc_aidc.spec.memory import estimate
+    from hpc_aidc.spec.train import check_world, load_train_config
+
+    site = site_from(ctx)
+    config = load_train_config(opts["config_path"], overrides_from(opts))
+    resources = resources_from(site, opts)
+    part = site.partition(resources.partition)
+    gpu = site.gpu_types.get(part.gpu_type or "") if resources.gpus_per_node else None
+    check_world(config, resources.world_size, gpu.precisions if gpu else None)
+    if config.train.entry:
+        from hpc_aidc.node.entry import load_entry
+
+        load_entry(config.train.entry)
+    dp = resources.world_size // config.train.pipeline_stages
+    plan = estimate(config, dp)
+    if gpu and gpu.memory_gib and plan.total_gib > 0.9 * gpu.memory_gib:
+        raise SpecError(
+            f"Expected the model to fit a {gpu.name} ({gpu.memory_gib:.0f} GiB): the estimate is "
+            f"{plan.total_gib:.1f} GiB per GPU with ZeRO-{plan.zero}, offload {plan.offload}, {dp} data-parallel "
+            f"ranks. Run `hpcai plan --config {opts['config_path']}` for a stage and node count that fit."
+        )
+    click.echo(f"hpcai: {config.model.n_params / 1e6:.1f}M parameters, ZeRO-{config.train.zero}, "
+               f"~{plan.total_gib:.2f} GiB/GPU estimated", err=True)
+    env = {"TORCH_EXTENSIONS_DIR": str(site.job_root / "{user}" / ".cache" / "torch_extensions")}
+    if gpu and gpu.peak_bf16_tflops:
+        env["HPCAI_PEAK_TFLOPS"] = str(gpu.peak_bf16_tflops)
+    submit_flow(site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
+                task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder)),),
+                after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size))
+
+
+def _save_resolved_config(folder: Any, config: Any, world_size: int) -> None:
+    import json
+
+    from hpc_aidc.render.deepspeed_config import deepspeed_config
+
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (folder / "deepspeed.json").write_text(json.dumps(deepspeed_config(config, world_size), indent=2))

@@ -24,11 +24,13 @@ def job_folder(site: SiteProfile, user: str) -> Path:
     return site.job_root / user / "%j"
 
 
-def setup_lines(site: SiteProfile, extra_env: Mapping[str, str] | None = None) -> list[str]:
-    """Site setup (admin-trusted shell, passed as is) then environment exports, every value quoted."""
+def setup_lines(site: SiteProfile, extra_env: Mapping[str, str] | None = None,
+                extra_setup: Sequence[str] = ()) -> list[str]:
+    """Site setup (admin-trusted shell, passed as is), environment exports with every value quoted, then
+    our own setup lines (built from quoted argv by their producers)."""
     env = {**site.env, **(extra_env or {})}
     exports = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
-    return [*site.setup, *exports]
+    return [*site.setup, *exports, *extra_setup]
 
 
 def submitit_parameters(
@@ -36,6 +38,7 @@ def submitit_parameters(
     site: SiteProfile,
     *,
     extra_env: Mapping[str, str] | None = None,
+    extra_setup: Sequence[str] = (),
     teardown: Sequence[str] = (),
     srun_args: Sequence[str] = (),
     additional: Mapping[str, Any] | None = None,
@@ -51,7 +54,7 @@ def submitit_parameters(
         "signal_delay_s": SIGNAL_DELAY_S,
         "stderr_to_stdout": True,
         "wckey": None,
-        "setup": setup_lines(site, extra_env),
+        "setup": setup_lines(site, extra_env, extra_setup),
     }
     if resources.gpus_per_node:
         params["gpus_per_node"] = (

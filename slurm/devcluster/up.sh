@@ -161,9 +161,52 @@ write_site_profile() {
   render "$HERE/site.toml.in" /etc/hpcai/site.toml "@JOBS@=$DEV_JOBS" "@STATE@=$DEV_STATE" "@CLUSTER@=$DEV_CLUSTER"
 }
 
+ensure_project_groups() {
+  # Energy records are readable by the project's members: one Unix group per Slurm account.
+  local assoc user acct_of
+  for acct_of in "${DEV_ACCOUNTS[@]}"; do
+    getent group "$acct_of" >/dev/null || groupadd "$acct_of"
+  done
+  for assoc in "${DEV_ASSOCS[@]}"; do
+    user="${assoc%%:*}"; acct_of="${assoc##*:}"
+    [ "$user" = root ] && continue
+    id -nG "$user" | tr ' ' '\n' | grep -qx "$acct_of" || usermod -aG "$acct_of" "$user"
+  done
+}
+
+setup_energy() {
+  # The energy store (users' own samplers may create job dirs, not list them), its accounting drop box
+  # for EpilogSlurmctld (SlurmUser's group reads it), the simulated NVML and the prolog/epilog settings.
+  local store="$DEV_STATE/energy" fake="$DEV_STATE/fake-nvml" src="$HERE/../../tests/monitor/fake_nvml/fake_nvml.c"
+  local python
+  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
+  mkdir -p "$store/accounting" "$fake"
+  chmod 1733 "$store"
+  chown "root:$(id -gn "$SLURM_USER")" "$store/accounting"
+  chmod 2750 "$store/accounting"
+  chmod 755 "$fake"
+  if [ -f "$src" ] && { [ ! -f "$fake/libnvidia-ml.so.1" ] || [ "$src" -nt "$fake/libnvidia-ml.so.1" ]; }; then
+    command -v gcc >/dev/null || die "gcc is needed to build the simulated NVML ($src)"
+    gcc -O2 -shared -fPIC -Wl,-soname,libnvidia-ml.so.1 -o "$fake/libnvidia-ml.so.1.tmp" "$src" -lm
+    mv "$fake/libnvidia-ml.so.1.tmp" "$fake/libnvidia-ml.so.1"
+  fi
+  install -m 644 "$HERE/../energy/devcluster-fake-nvml.scenario" "$fake/scenario"
+  [ -x "$python" ] || python="$(command -v python3)"
+  touch "$DEV_STATE/log/energy.log"
+  chown "$SLURM_USER:" "$DEV_STATE/log/energy.log"
+  chmod 664 "$DEV_STATE/log/energy.log"
+  mkdir -p /etc/hpcai
+  printf '%s\n' "# Settings for slurm/energy/*.sh on the dev cluster. Written by slurm/devcluster/up.sh." \
+    "HPCAI_PYTHON=$python" "HPCAI_ENERGY_INTERVAL=1" \
+    "HPCAI_ENERGY_LOG=$DEV_STATE/log/energy.log" "HPCAI_SITE=/etc/hpcai/site.toml" >/etc/hpcai/energy.env.tmp
+  mv /etc/hpcai/energy.env.tmp /etc/hpcai/energy.env
+  chmod 644 /etc/hpcai/energy.env
+}
+
 start=$SECONDS
 install_packages
 ensure_users
+ensure_project_groups
 ensure_hosts
 write_configs
 start_munge
@@ -175,5 +218,6 @@ start_slurmctld
 start_slurmd
 wait_nodes_idle
 write_site_profile
+setup_energy
 log "dev cluster up in $((SECONDS - start)) s"
 sinfo -o '%P %D %T %G %N'

@@ -1,0 +1,34 @@
+"""Flags shared by `hpcai submit train` and `hpcai plan`: they override the config file's [train]."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OVERRIDES = ("zero", "offload", "pipeline_stages", "precision", "micro_batch", "grad_accum", "max_steps", "entry")
+
+
+def train_options(f: F) -> F:
+    options = [
+        click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+                     help="Training config (TOML): model, data, optimizer, schedule, checkpointing."),
+        click.option("--zero", type=int, default=None, help="ZeRO stage 0-3."),
+        click.option("--offload", default=None, help="none | optimizer | optimizer+params (ZeRO offload to CPU)."),
+        click.option("--pipeline-stages", type=int, default=None, help="Pipeline-parallel stages (built-in model)."),
+        click.option("--precision", default=None, help="bf16 | fp16 | fp32."),
+        click.option("--micro-batch", type=int, default=None, help="Micro-batch per rank."),
+        click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
+        click.option("--max-steps", type=int, default=None, help="Optimizer steps in total."),
+        click.option("--entry", default=None, help="User model: package.module:function (returns a model)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def overrides_from(opts: dict[str, Any]) -> dict[str, Any]:
+    return {key: opts[key] for key in OVERRIDES if opts.get(key) is not None}

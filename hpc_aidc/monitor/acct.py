@@ -1,0 +1,85 @@
+"""The job summary as text that survives Slurm accounting (pure). `sacctmgr modify job ... set
+AdminComment=` lowercases the whole value and turns double quotes into backticks, so JSON and base64 are
+out: the summary is lowercase `key=value` words after a versioned tag, e.g.
+  hpcai-energy-v1 nodes=n1,n2 gpus=4 gpu_j=5012.5 gpu_kwh=0.00139 cpu_j=na dur_s=12.5 ... src=counter
+"na" means unavailable (never written as 0). Derived keys (gpu_kwh, j_per_*) are for human readers of
+sacct and are recomputed on decode. Unknown keys are ignored so newer writers stay readable."""
+
+from __future__ import annotations
+
+import re
+
+from hpc_aidc.errors import EnergyError
+from hpc_aidc.monitor.summary import Totals
+
+TAG = "hpcai-energy-v1"
+_TAG_RE = re.compile(r"(?:^|\s)hpcai-energy-v1(?:\s|$)")
+NA = "na"
+_SAFE = re.compile(r"^[a-z0-9_.,+\-]*$")
+
+
+def _num(value: float | None) -> str:
+    return NA if value is None else f"{value:.10g}"
+
+
+def _names(names: tuple[str, ...]) -> str:
+    text = ",".join(n.lower() for n in names)
+    if not _SAFE.match(text):
+        raise EnergyError(f"Expected node names of [a-z0-9_.-]. Got {text!r} instead. Rename the nodes.")
+    return text
+
+
+def encode(t: Totals) -> str:
+    pairs = [
+        ("nodes", _names(t.nodes)), ("gpus", str(t.gpus)), ("gpu_j", _num(t.gpu_j)),
+        ("gpu_kwh", _num(t.gpu_kwh)), ("cpu_j", _num(t.cpu_j)), ("dur_s", _num(t.duration_s)),
+        ("p_mean_w", _num(t.power_mean_w)), ("p_max_w", _num(t.power_max_w)),
+        ("util", _num(t.util_mean)), ("idle_gpu_s", _num(t.idle_gpu_s)),
+        ("tokens", _num(t.tokens)), ("samples", _num(t.samples)),
+        ("j_per_token", _num(t.j_per_token)), ("j_per_sample", _num(t.j_per_sample)),
+        ("src", t.source), ("sim", str(int(t.simulated))), ("approx", str(int(t.approximate))),
+        ("missing", _names(t.missing)),
+    ]
+    return " ".join([TAG, *(f"{k}={v}" for k, v in pairs)])
+
+
+def contains_summary(text: str) -> bool:
+    return bool(_TAG_RE.search(text))
+
+
+def decode(text: str) -> Totals:
+    """The Totals in an AdminComment (other text around the tagged part is ignored)."""
+    match = _TAG_RE.search(text.lower())
+    if match is None:
+        raise EnergyError(
+            f"Expected an energy summary tagged {TAG}. Got {text[:60]!r} instead. "
+            "The job has no energy record (yet): did its epilog run?"
+        )
+    fields: dict[str, str] = {}
+    for word in text.lower()[match.end():].split():
+        key, sep, value = word.partition("=")
+        if not sep:
+            break  # the summary ends where other text starts
+        fields[key] = value
+
+    def num(key: str) -> float | None:
+        raw = fields.get(key, NA)
+        if raw == NA:
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise EnergyError(f"Expected a number for {key} in the energy summary. Got {raw!r} instead. "
+                              "The AdminComment was edited by hand?") from None
+
+    def names(key: str) -> tuple[str, ...]:
+        return tuple(n for n in fields.get(key, "").split(",") if n)
+
+    return Totals(
+        nodes=names("nodes"), gpus=int(num("gpus") or 0), gpu_j=num("gpu_j"), cpu_j=num("cpu_j"),
+        duration_s=num("dur_s") or 0.0, power_mean_w=num("p_mean_w"), power_max_w=num("p_max_w"),
+        util_mean=num("util"), idle_gpu_s=num("idle_gpu_s"), tokens=num("tokens"),
+        samples=num("samples"), source=fields.get("src", "unavailable"),
+        simulated=fields.get("sim") == "1", approximate=fields.get("approx") == "1",
+        missing=names("missing"),
+    )

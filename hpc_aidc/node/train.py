@@ -1,0 +1,243 @@
+"""`hpcai submit train` on the nodes: every srun task is one DeepSpeed rank.
+
+Rendezvous comes from the Slurm environment alone; NCCL on GPUs, gloo on CPU, the same code path.
+Checkpoints every K steps and when Slurm's warning signal (USR2) arrives; then the job requeues itself
+(`scontrol requeue`) and resumes from the latest complete checkpoint, with the data position, RNG
+states, optimizer and scheduler restored, so the loss curve continues exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hpc_aidc.spec.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    config: TrainConfig
+    folder_pattern: str          # <job_root>/<user>/%j
+    env: tuple[tuple[str, str], ...] = ()
+
+
+class _Warning:
+    """Set by Slurm's USR2 warning (time limit, preemption); acted on at the next step boundary."""
+
+    received = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: FrameType | None) -> None:
+        cls.received = True
+
+
+def train_task(task: TrainTask) -> dict[str, Any]:
+    """Entry point run by submitit in every srun task."""
+    # submitit installed its own USR2 handler; ours checkpoints collectively at a step boundary instead
+    # of inside the signal handler, where ranks would be at different points.
+    signal.signal(signal.SIGUSR2, _Warning.handler)
+    from hpc_aidc.node.slurm_env import rank_info
+
+    info = rank_info(os.environ)
+    os.environ.update(info.torch_env())
+    os.environ.update(dict(task.env))
+    folder = Path(task.folder_pattern.replace("%j", info.job_id))
+    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank).run()
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, folder: Path, rank: int, world: int, local_rank: int) -> None:
+        self.config, self.folder, self.rank, self.world, self.local_rank = config, folder, rank, world, local_rank
+        self.ckpt_dir = folder / "checkpoints"
+        self.metrics_path = folder / "metrics.jsonl"
+
+    def run(self) -> dict[str, Any]:
+        import deepspeed
+        import torch
+
+        from hpc_aidc.node.slurm_env import requeue_target, restart_count
+        from hpc_aidc.render.deepspeed_config import deepspeed_config
+
+        c = self.config
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)  # one GPU per rank, never all on GPU 0
+            backend = "nccl"
+        else:
+            backend = "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        torch.manual_seed(c.train.seed)
+        ds_config = deepspeed_config(c, self.world)
+        model = self._build_model()
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        self.pipeline = c.train.pipeline_stages > 1
+        self.dp = self.world // c.train.pipeline_stages
+        self.dp_rank = engine.grid.data_parallel_id if self.pipeline else self.rank
+        self.device = engine.device
+
+        start_step = self._resume(engine)
+        restarts = restart_count(os.environ)
+        if self.rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world})
+        tokens_per_step = self.dp * c.train.micro_batch * c.train.grad_accum * c.model.seq_len
+        wall_start = time.monotonic()
+        step = start_step
+        while step < c.train.max_steps:
+            t0 = time.monotonic()
+            loss = self._train_step(engine, step)
+            step += 1
+            elapsed = time.monotonic() - t0
+            if self.rank == 0 and (step % c.train.log_every == 0 or step == c.train.max_steps):
+                self._log_event({
+                    "step": step, "max_steps": c.train.max_steps, "loss": loss,
+                    "lr": engine.get_lr()[0] if engine.get_lr() else None,
+                    "grad_norm": _as_float(engine.get_global_grad_norm()),
+                    "step_time_s": elapsed, "tokens_per_s": tokens_per_step / elapsed if elapsed else None,
+                })
+            if step % c.checkpoint.every == 0 or step == c.train.max_steps:
+                self._save(engine, step)
+            if self._warning_everywhere():
+                if step % c.checkpoint.every and step != c.train.max_steps:
+                    self._save(engine, step)
+                self._requeue(requeue_target(os.environ), restarts)
+        wall = time.monotonic() - wall_start
+        steps_run = c.train.max_steps - start_step
+        summary = {"steps": c.train.max_steps, "steps_this_run": steps_run, "restarts": restarts,
+                   "final_loss": loss if steps_run else None, "tokens": tokens_per_step * c.train.max_steps,
+                   "wall_time_s": wall, "tokens_per_s": tokens_per_step * steps_run / wall if wall else None,
+                   "world_size": self.world, "mfu": self._mfu(tokens_per_step * steps_run / wall if wall else 0)}
+        if self.rank == 0:
+            self._log_event({"event": "end", **summary})
+            (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _build_model(self) -> Any:
+        from hpc_aidc.node.model import GPT, pipeline_model
+
+        c = self.config
+        if c.train.entry:
+            from hpc_aidc.node.entry import load_entry
+
+            return load_entry(c.train.entry)(c)
+        if c.train.pipeline_stages > 1:
+            return pipeline_model(c.model, c.train.pipeline_stages)
+        return GPT(c.model)
+
+    def _batch(self, step: int, micro: int) -> Any:
+        from hpc_aidc.node.synthetic import micro_batch_start, synthetic_tokens
+
+        t, m = self.config.train, self.config.model
+        start = micro_batch_start(step, micro, self.dp_rank, t.micro_batch, t.grad_accum, self.dp)
+        return synthetic_tokens(self.config.data.seed, start, t.micro_batch, m.seq_len, m.vocab_size).to(self.device)
+
+    def _train_step(self, engine: Any, step: int) -> float:
+        import torch
+        import torch.distributed as dist
+
+        accum = self.config.train.grad_accum
+        if self.pipeline:
+            batches = iter([(b[:, :-1], b[:, 1:]) for b in (self._batch(step, m) for m in range(accum))])
+            loss = engine.train_batch(data_iter=batches)
+            value = torch.tensor([float(loss)], dtype=torch.float64)
+            dist.broadcast(value, src=self.world - 1)  # the last stage holds the loss
+            return float(value.item())
+        total = torch.zeros(1, dtype=torch.float64)
+        for micro in range(accum):
+            loss = engine(self._batch(step, micro))
+            engine.backward(loss)
+            engine.step()
+            total += float(loss.detach().float().item())
+        dist.all_reduce(total)
+        return float(total.item()) / (accum * self.world)
+
+    def _client_state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "data": {"kind": self.config.data.kind, "next_step": step}}
+
+    def _save(self, engine: Any, step: int) -> None:
+        import torch
+        import torch.distributed as dist
+
+        from hpc_aidc.node.checkpoint import publish, tag_for
+
+        tag = tag_for(step)
+        engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=self._client_state(step), save_latest=False)
+        torch.save({"torch": torch.get_rng_state()}, self.ckpt_dir / tag / f"rng_rank{self.rank}.pt")
+        dist.barrier()
+        if self.rank == 0:
+            publish(self.ckpt_dir, tag, self.config.checkpoint.keep_last)
+            self._log_event({"event": "checkpoint", "step": step, "tag": tag})
+        dist.barrier()
+
+    def _resume(self, engine: Any) -> int:
+        import torch
+
+        from hpc_aidc.node.checkpoint import latest_tag
+
+        tag = latest_tag(self.ckpt_dir) if self.ckpt_dir.exists() else None
+        if tag is None:
+            return 0
+        _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        rng = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
+        if rng.exists():
+            torch.set_rng_state(torch.load(rng)["torch"])
+        return int(client["step"])
+
+    def _warning_everywhere(self) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if _Warning.received else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _requeue(self, target: str, restarts: int) -> None:
+        import torch.distributed as dist
+
+        limit = self.config.checkpoint.max_restarts
+        if self.rank == 0:
+            if restarts >= limit:
+                self._log_event({"event": "restart-limit", "restarts": restarts, "limit": limit})
+            else:
+                self._log_event({"event": "requeue", "restarts": restarts + 1})
+                subprocess.run(["scontrol", "requeue", target], check=False)
+                # Slurm holds a requeued job for two minutes; a self-requeue after a checkpoint needs no wait.
+                subprocess.run(["scontrol", "update", f"jobid={target}", "StartTime=now"], check=False,
+                               capture_output=True)
+        dist.barrier()
+        if restarts >= limit:
+            sys.exit(f"hpcai: stopping: restart limit {limit} reached (checkpoint saved)")
+        # Slurm now ends this run and queues the job again; wait to be stopped rather than exit
+        # successfully, which could mark the job completed first.
+        time.sleep(600)
+        sys.exit("hpcai: requeue did not stop the job")
+
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation on GPUs (6 N FLOPs per token), None on CPU."""
+        import torch
+
+        peak = os.environ.get("HPCAI_PEAK_TFLOPS")
+        if not torch.cuda.is_available() or not peak:
+            return None
+        return 6 * self.config.model.n_params * tokens_per_s / (float(peak) * 1e12 * self.world)
+
+    def _log_event(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps({"time": time.time(), **record}) + "\n")
+        if "loss" in record:
+            from hpc_aidc.render.progress import progress_line
+
+            print(progress_line(record), flush=True)
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

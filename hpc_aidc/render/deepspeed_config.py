@@ -1,0 +1,38 @@
+"""TrainConfig + world size -> DeepSpeed's JSON config (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpc_aidc.spec.train import TrainConfig, global_batch
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
+    t, o = config.train, config.optimizer
+    zero: dict[str, Any] = {"stage": t.zero}
+    if t.offload in ("optimizer", "optimizer+params"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if t.offload == "optimizer+params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_batch_size": global_batch(config, world_size),
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": o.grad_clip,
+        "steps_per_print": 10**9,  # hpc-aidc logs every step itself (metrics.jsonl)
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": 1e-8, "weight_decay": o.weight_decay},
+            # Plain torch AdamW needs no JIT build; offload needs DeepSpeed's CPU Adam (built once, cached).
+            "torch_adam": t.offload == "none",
+        },
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": o.lr, "warmup_num_steps": o.warmup_steps,
+                       "total_num_steps": max(t.max_steps, o.warmup_steps + 1), "warmup_type": "linear"},
+        },
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16", "initial_scale_power": 12},
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,112 @@
+"""The fake NVML through the real nvidia-ml-py: device lookup by index, UUID, PCI id and MIG, counters
+equal to the scenario's exact integral, missing counters, and no NVML at all."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from energy_testkit import has_real_gpu
+from fake_scenario import FakeDevice, Scenario
+
+from hpc_aidc.monitor.gpus import GpuToken, parse_gpu_list
+from hpc_aidc.monitor.nvml import NvmlUnavailable, open_nvml
+
+SCENARIO = Scenario(
+    [FakeDevice(power=((0.0, 100.0), (10.0, 400.0), (20.0, 100.0)), uuid="GPU-aaaa-0",
+                pci="00000000:18:00.0", extra={"mig": "2", "ecc_uncorrected": "3", "retired_pages": "2"}),
+     FakeDevice(power=((0.0, 250.0),), energy_counter=False, uuid="GPU-aaaa-1", pci="00000000:3A:00.0")],
+    start=1000.0, period=20.0)
+
+
+@pytest.fixture()
+def nvml_env(fake_lib: Path, tmp_path: Path) -> dict[str, str]:
+    # In this process the fake is preloaded by path ($HPCAI_NVML_LIBRARY); pynvml's dlopen of
+    # "libnvidia-ml.so.1" then resolves to it by soname.
+    return {"HPCAI_NVML_LIBRARY": str(fake_lib),
+            "HPCAI_FAKE_NVML_SCENARIO": str(SCENARIO.write(tmp_path / "scenario"))}
+
+
+@pytest.fixture()
+def with_env(nvml_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    if has_real_gpu():
+        pytest.skip("this process would load the real NVML; the fake is tested where there is no GPU")
+    for k, v in nvml_env.items():
+        monkeypatch.setenv(k, v)
+    return nvml_env
+
+
+def test_devices_by_index_uuid_pci_and_mig(with_env: dict[str, str]) -> None:
+    nvml = open_nvml()
+    try:
+        assert nvml.simulated and nvml.driver.endswith("-fake") and nvml.count() == 2
+        by = nvml.devices(parse_gpu_list("1,GPU-aaaa-0,00000000:3A:00.0"))
+        assert [d.uuid for d, _ in by] == ["GPU-aaaa-1", "GPU-aaaa-0"]  # same GPU twice: counted once
+        assert by[0][0].requested == ("1", "00000000:3A:00.0") and not by[0][0].has_counter
+        mig = nvml.devices([GpuToken("mig", "MIG-aaaa-0-1"), GpuToken("mig", "MIG-aaaa-0-0")])
+        assert len(mig) == 1 and mig[0][0].uuid == "GPU-aaaa-0" and mig[0][0].approximate
+        assert nvml.devices(None)[0][0].index == 0
+        health = nvml.health(by[1][1])
+        assert health["ecc_uncorrected"] == 3 and health["retired_pages"] == 2
+    finally:
+        nvml.close()
+
+
+def test_counter_is_the_exact_integral(with_env: dict[str, str]) -> None:
+    nvml = open_nvml()
+    try:
+        (_, h), = nvml.devices([GpuToken("index", "0")])
+        t0 = time.time()
+        a = nvml.counter_mj(h)
+        time.sleep(0.3)
+        b = nvml.counter_mj(h)
+        t1 = time.time()
+        assert a is not None and b is not None
+        expected = SCENARIO.energy_j(0, t0, t1)
+        # the reads sit inside [t0, t1]; at most 400 W x the few microseconds around each read differ
+        assert (b - a) / 1000 == pytest.approx(expected, abs=400 * 2e-3 + 0.002)
+        sample = nvml.sample(h)
+        assert sample.power_w == pytest.approx(SCENARIO.power_w(0, time.time()), abs=1.0)
+        assert nvml.counter_mj(nvml.devices([GpuToken("index", "1")])[0][1]) is None
+    finally:
+        nvml.close()
+
+
+def test_no_driver_and_missing_library_are_unavailable(with_env: dict[str, str], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = Scenario(SCENARIO.devices, init_error=9).write(tmp_path / "nodriver")
+    monkeypatch.setenv("HPCAI_FAKE_NVML_SCENARIO", str(broken))
+    with pytest.raises(NvmlUnavailable, match="Driver Not Loaded"):
+        open_nvml()
+    with pytest.raises(NvmlUnavailable, match="Expected an NVML library"):
+        open_nvml({"HPCAI_NVML_LIBRARY": str(tmp_path / "libnvidia-ml.so.1")})
+
+
+def test_loaded_by_the_normal_library_search(fake_lib: Path, tmp_path: Path) -> None:
+    """A fresh process finds the fake through LD_LIBRARY_PATH alone, as jobs do."""
+    env = {k: v for k, v in os.environ.items() if k != "HPCAI_NVML_LIBRARY"}
+    env.update(LD_LIBRARY_PATH=str(fake_lib.parent),
+               HPCAI_FAKE_NVML_SCENARIO=str(SCENARIO.write(tmp_path / "s")))
+    code = "import pynvml as n; n.nvmlInit(); print(n.nvmlSystemGetDriverVersion(), n.nvmlDeviceGetCount())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["550.54.15-fake", "2"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_real_gpu(), reason="needs a real NVIDIA GPU and driver")
+def test_real_nvml_has_devices_and_counters() -> None:
+    code = ("from hpc_aidc.monitor.nvml import open_nvml\n"
+            "n = open_nvml({}); ds = n.devices(None)\n"
+            "print(n.simulated, len(ds), [n.counter_mj(h) is not None for _, h in ds], "
+            "[n.sample(h).power_w > 0 for _, h in ds])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCAI_") and k != "LD_LIBRARY_PATH"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("False ") and "True" in out.stdout
+
+
+ScenarioEnv = Callable[[Scenario], dict[str, str]]

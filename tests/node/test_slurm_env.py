@@ -1,0 +1,36 @@
+import pytest
+
+from hpc_aidc.node.slurm_env import expand_hostlist, rank_info, rendezvous_port, requeue_target, restart_count
+
+
+@pytest.mark.parametrize(("hostlist", "hosts"), [
+    ("n1", ["n1"]), ("n[1-3]", ["n1", "n2", "n3"]), ("n[1-2,5]", ["n1", "n2", "n5"]),
+    ("gpu-a[08-10]", ["gpu-a08", "gpu-a09", "gpu-a10"]), ("a,b[1-2]", ["a", "b1", "b2"]),
+    ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+])
+def test_hostlists(hostlist: str, hosts: list[str]) -> None:
+    assert expand_hostlist(hostlist) == hosts
+
+
+def test_rank_from_slurm() -> None:
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NODEID": "2",
+           "SLURM_NNODES": "4", "SLURM_JOB_NODELIST": "n[3-6]", "SLURM_JOB_ID": "1234"}
+    info = rank_info(env)
+    assert (info.rank, info.world_size, info.local_rank, info.node_rank) == (5, 8, 1, 2)
+    assert info.local_world_size == 2 and info.master_addr == "n3"
+    assert info.master_port == rendezvous_port("1234") == 21234
+    assert info.torch_env()["MASTER_ADDR"] == "n3"
+
+
+def test_two_jobs_get_different_ports() -> None:
+    assert rendezvous_port("100") != rendezvous_port("101")
+
+
+def test_outside_slurm_is_one_local_rank() -> None:
+    assert rank_info({}).world_size == 1
+
+
+def test_array_tasks_requeue_by_task_id() -> None:
+    env = {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2", "SLURM_RESTART_COUNT": "3"}
+    assert requeue_target(env) == "10_2" and requeue_target({"SLURM_JOB_ID": "12"}) == "12"
+    assert restart_count(env) == 3 and restart_count({}) == 0
