@@ -1,26 +1,48 @@
 #!/usr/bin/env bash
-# The main job on the embedded dev cluster: set everything up, submit a 2-node job through hpcai,
-# wait for it, and show what each rank printed and what Slurm accounting recorded.
+# The main job on the embedded dev cluster, end to end: pack a small text corpus into a Zarr v3 sharded
+# store, train the tiny GPT on it with DeepSpeed ZeRO-2 across 2 nodes (following its progress), show
+# the job's GPU energy (simulated NVML: the dev machine has no GPU) and the project's usage report.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 bash scripts/bootstrap.sh
 HPCAI="$ROOT/.venv/bin/hpcai"
+WORK="/srv/hpcai/demo"
+mkdir -p "$WORK"
 
 echo
-echo "== hpcai submit run: 2 nodes x 2 GPUs, project physics"
-out="$("$HPCAI" submit run --nodes 2 --gpus-per-node 2 --account physics --job-name demo --wait --json -- \
-  bash -c 'echo "rank $SLURM_PROCID of $SLURM_NTASKS on $SLURMD_NODENAME, GPUs $CUDA_VISIBLE_DEVICES"')"
-job_id="$(printf '%s' "$out" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')"
-
-echo "== what each rank printed"
-for task in 0 1 2 3; do "$HPCAI" logs "$job_id" --task "$task" | grep '^rank '; done
+echo "== 1. hpcai data pack: a small English corpus (Debian's license texts), byte-level tokens"
+cat /usr/share/common-licenses/* >"$WORK/corpus.txt"
+"$HPCAI" data pack "$WORK/corpus.txt" --out "$WORK/corpus.zarr" --seq-len 65 --shard-mib 0.25 --json
+"$HPCAI" data verify "$WORK/corpus.zarr"
 
 echo
-echo "== hpcai status $job_id"
+echo "== 2. hpcai submit train: 2 nodes, DeepSpeed ZeRO-2, tiny GPT (examples/tiny.toml)"
+job_json="$("$HPCAI" submit train --nodes 2 --ntasks-per-node 1 --account physics --job-name demo-train \
+  --config examples/tiny.toml --data "$WORK/corpus.zarr" --zero 2 --max-steps 60 --json)"
+job_id="$(printf '%s' "$job_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')"
+echo "submitted job $job_id; following its progress (hpcai logs $job_id --follow):"
+"$HPCAI" logs "$job_id" --follow | grep --line-buffered -E '^step (1|[0-9]*0)/' || true
+
+echo
+echo "== final summary"
 "$HPCAI" status "$job_id"
+folder="$("$HPCAI" status "$job_id" --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["folder"])')"
+cat "$folder/summary.json"
+echo
+sacct -X -j "$job_id" -o JobID,JobName,Account,NNodes,AllocTRES%40,State,Elapsed
 
 echo
-echo "== sacct (Slurm accounting, slurmdbd + MariaDB)"
-sacct -X -j "$job_id" -o JobID,JobName,Account,NNodes,AllocTRES%40,State,Elapsed
+echo "== 3. hpcai energy show $job_id (simulated NVML on this GPU-less machine)"
+for _ in $(seq 1 60); do
+  sacct -X -n -j "$job_id" -o AdminComment%300 | grep -q hpcai-energy && break
+  sleep 1
+done
+"$HPCAI" energy show "$job_id"
+
+echo
+echo "== 4. hpcai report usage: today's usage and energy per project"
+"$HPCAI" report usage --since "$(date +%F)" --by account
+"$HPCAI" report site --out "$WORK/report-site" >/dev/null
+echo "report site: $WORK/report-site/index.html"

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from hpc_aidc.cli.common import echo_json, json_option, site_from
-from hpc_aidc.cli.train_options import overrides_from, train_options
+from hpc_aidc.cli.train_options import load_config, train_options
 
 
 @click.command()
@@ -24,10 +24,9 @@ def plan(ctx: click.Context, /, nodes: int, gpus_per_node: int | None, partition
     from hpc_aidc.errors import SpecError
     from hpc_aidc.render.table import format_table
     from hpc_aidc.spec.memory import estimate, suggest
-    from hpc_aidc.spec.train import load_train_config
 
     site = site_from(ctx)
-    config = load_train_config(opts["config_path"], overrides_from(opts))
+    config = load_config(opts)
     part = site.partition(partition)
     gpus = part.gpus_per_node if gpus_per_node is None else gpus_per_node
     if nodes < 1 or gpus < 1:

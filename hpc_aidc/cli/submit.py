@@ -11,7 +11,7 @@ import click
 
 from hpc_aidc.cli.common import echo_json, site_from
 from hpc_aidc.cli.options import resource_options
-from hpc_aidc.cli.train_options import overrides_from, train_options
+from hpc_aidc.cli.train_options import load_config, train_options
 from hpc_aidc.site import SiteProfile
 from hpc_aidc.spec.resources import Resources, parse_resources
 
@@ -120,10 +120,10 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
     from hpc_aidc.errors import SpecError
     from hpc_aidc.node.train import TrainTask, train_task
     from hpc_aidc.spec.memory import estimate
-    from hpc_aidc.spec.train import check_world, load_train_config
+    from hpc_aidc.spec.train import check_world
 
     site = site_from(ctx)
-    config = load_train_config(opts["config_path"], overrides_from(opts))
+    config = load_config(opts)
     resources = resources_from(site, opts)
     part = site.partition(resources.partition)
     gpu = site.gpu_types.get(part.gpu_type or "") if resources.gpus_per_node else None

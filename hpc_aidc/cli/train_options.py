@@ -24,6 +24,8 @@ def train_options(f: F) -> F:
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--max-steps", type=int, default=None, help="Optimizer steps in total."),
         click.option("--entry", default=None, help="User model: package.module:function (returns a model)."),
+        click.option("--data", "data_path", default=None, type=click.Path(),
+                     help="Train on this packed Zarr store (hpcai data pack) instead of the config's [data]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -32,3 +34,14 @@ def train_options(f: F) -> F:
 
 def overrides_from(opts: dict[str, Any]) -> dict[str, Any]:
     return {key: opts[key] for key in OVERRIDES if opts.get(key) is not None}
+
+
+def load_config(opts: dict[str, Any]) -> Any:
+    from hpc_aidc.spec.train import load_train_config
+
+    data_path = opts.get("data_path")
+    if data_path:
+        import os
+
+        data_path = os.path.abspath(data_path)  # the job reads it from another working directory
+    return load_train_config(opts["config_path"], overrides_from(opts), data_path)

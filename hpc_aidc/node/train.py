@@ -80,6 +80,7 @@ class Trainer:
         self.dp = self.world // c.train.pipeline_stages
         self.dp_rank = engine.grid.data_parallel_id if self.pipeline else self.rank
         self.device = engine.device
+        self.stream = self._data_stream()
 
         start_step = self._resume(engine)
         restarts = restart_count(os.environ)
@@ -116,6 +117,12 @@ class Trainer:
         if self.rank == 0:
             self._log_event({"event": "end", **summary})
             (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        # Shut gloo/NCCL down before the interpreter does: a process group torn down at exit can abort
+        # ("terminate called without an active exception") and fail a job that finished its work.
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
         return summary
 
     def _build_model(self) -> Any:
@@ -130,9 +137,18 @@ class Trainer:
             return pipeline_model(c.model, c.train.pipeline_stages)
         return GPT(c.model)
 
+    def _data_stream(self) -> Any:
+        if self.config.data.kind != "zarr":
+            return None
+        from hpc_aidc.node.zarr_stream import ZarrTokenStream
+
+        return ZarrTokenStream(self.config, rank=self.dp_rank, world_size=self.dp)
+
     def _batch(self, step: int, micro: int) -> Any:
         from hpc_aidc.node.synthetic import micro_batch_start, synthetic_tokens
 
+        if self.stream is not None:
+            return self.stream.next_batch().to(self.device)
         t, m = self.config.train, self.config.model
         start = micro_batch_start(step, micro, self.dp_rank, t.micro_batch, t.grad_accum, self.dp)
         return synthetic_tokens(self.config.data.seed, start, t.micro_batch, m.seq_len, m.vocab_size).to(self.device)
@@ -158,7 +174,10 @@ class Trainer:
         return float(total.item()) / (accum * self.world)
 
     def _client_state(self, step: int) -> dict[str, Any]:
-        return {"step": step, "data": {"kind": self.config.data.kind, "next_step": step}}
+        # Synthetic data is addressed by step; the Zarr loader's position is its sampler state, the
+        # same on every rank (so rank 0's copy in the checkpoint is enough).
+        data = self.stream.state_dict() if self.stream is not None else {"next_step": step}
+        return {"step": step, "data": {"kind": self.config.data.kind, **data}}
 
     def _save(self, engine: Any, step: int) -> None:
         import torch
@@ -184,6 +203,8 @@ class Trainer:
         if tag is None:
             return 0
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        if self.stream is not None:
+            self.stream.load_state_dict(client["data"])
         rng = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
         if rng.exists():
             torch.set_rng_state(torch.load(rng)["torch"])
@@ -206,10 +227,8 @@ class Trainer:
                 self._log_event({"event": "restart-limit", "restarts": restarts, "limit": limit})
             else:
                 self._log_event({"event": "requeue", "restarts": restarts + 1})
+                # Slurm holds a requeued job about two minutes before it is eligible again.
                 subprocess.run(["scontrol", "requeue", target], check=False)
-                # Slurm holds a requeued job for two minutes; a self-requeue after a checkpoint needs no wait.
-                subprocess.run(["scontrol", "update", f"jobid={target}", "StartTime=now"], check=False,
-                               capture_output=True)
         dist.barrier()
         if restarts >= limit:
             sys.exit(f"hpcai: stopping: restart limit {limit} reached (checkpoint saved)")

@@ -119,8 +119,9 @@ def _section(cls: type, table: Mapping[str, Any], name: str, source: str) -> Any
 
 
 def parse_train_config(data: Mapping[str, Any], source: str = "<config>",
-                       overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """Validate a decoded config; `overrides` are flag values for [train] (None = not given)."""
+                       overrides: Mapping[str, Any] | None = None, data_path: str | None = None) -> TrainConfig:
+    """Validate a decoded config; `overrides` are flag values for [train] (None = not given) and
+    `data_path` (--data) trains on a packed Zarr store instead of what [data] says."""
     unknown = sorted(set(data) - set(_SECTIONS))
     if unknown:
         raise ConfigError(
@@ -135,6 +136,8 @@ def parse_train_config(data: Mapping[str, Any], source: str = "<config>",
     for key, value in (overrides or {}).items():
         if value is not None:
             tables["train"][key] = value
+    if data_path:
+        tables["data"].update(kind="zarr", path=data_path)
     parsed = {name: _section(cls, tables[name], name, source) for name, cls in _SECTIONS.items()}
     config = TrainConfig(**parsed)
     _check(config, source)
@@ -201,7 +204,8 @@ def global_batch(config: TrainConfig, world_size: int) -> int:
     return config.train.micro_batch * config.train.grad_accum * dp
 
 
-def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None,
+                      data_path: str | None = None) -> TrainConfig:
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
@@ -209,4 +213,4 @@ def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = No
         raise ConfigError(f"Expected a config file at {p}. Got no such file. Pass --config FILE.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Expected valid TOML in {p}. Got: {exc}.") from None
-    return parse_train_config(data, source=str(p), overrides=overrides)
+    return parse_train_config(data, source=str(p), overrides=overrides, data_path=data_path)

@@ -1,0 +1,1 @@
+"""Per-project usage and energy reports from Slurm accounting (pure aggregation; edges in `source`)."""
