@@ -30,7 +30,8 @@ NCCL_SOCKET_IFNAME = "ib0"
 def normalise(script: str) -> str:
     import getpass
 
-    return script.replace(sys.executable, "{PYTHON}").replace(f"/shared/jobs/{getpass.getuser()}/", "/shared/jobs/{USER}/")
+    user_dir = f"/shared/jobs/{getpass.getuser()}/"
+    return script.replace(sys.executable, "{PYTHON}").replace(user_dir, "/shared/jobs/{USER}/")
 
 
 def test_train_dry_run_matches_golden(hpcai: RunHpcai, tmp_path: Path) -> None:
