@@ -79,7 +79,7 @@ class ShardedDataset(Dataset[Any]):
             return self.arrays[SAMPLES][index]
         return {n: a[index] for n, a in self.arrays.items()}
 
-    def __getitems__(self, indices: Sequence[int]) -> StackedRows:
+    def __getitems__(self, indices: Sequence[int] | np.ndarray[Any, np.dtype[np.int64]]) -> StackedRows:
         if self.single:
             stacked: Any = self.arrays[SAMPLES].take(indices)
             # with our collate the per-row list is never looked at: skip building it (~10% of a batch)
@@ -144,11 +144,15 @@ class ShardedSampler(Sampler[int]):
         self._yielded = 0
 
     def __iter__(self) -> Iterator[int]:
-        self._prepare()
-        assert self._order is not None
-        for index in self._order[self._start:].tolist():
+        for index in self.remaining_order().tolist():
             self._yielded += 1
             yield index
+
+    def remaining_order(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Start a pass and return this rank's indices still to come, as one array."""
+        self._prepare()
+        assert self._order is not None
+        return self._order[self._start:]
 
     def __len__(self) -> int:
         if self._order is not None and not self._pending:
@@ -181,6 +185,11 @@ class ResumableLoader:
         kwargs.setdefault("persistent_workers", num_workers > 0)
         self.sampler = sampler
         self.batch_size = batch_size
+        self.dataset = dataset
+        self.drop_last = drop_last
+        # In-process batches need no DataLoader: slicing the sampler's index array and gathering each
+        # batch at once skips the per-sample Python work of DataLoader's batch sampler.
+        self._direct = num_workers == 0 and kwargs["collate_fn"] is collate and not kwargs.get("pin_memory")
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                                  drop_last=drop_last, **kwargs)
         self._delivered = 0
@@ -190,8 +199,20 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._delivered = 0
+        if self._direct:
+            yield from self._direct_batches()
+            return
         for batch in self.loader:
             self._delivered += self.batch_size
+            yield batch
+
+    def _direct_batches(self) -> Iterator[Any]:
+        order = self.sampler.remaining_order()
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            indices = order[start:start + self.batch_size]
+            batch = collate(self.dataset.__getitems__(indices))
+            self._delivered += len(indices)
             yield batch
 
     def state_dict(self) -> dict[str, Any]:

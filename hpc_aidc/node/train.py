@@ -86,7 +86,8 @@ class Trainer:
         restarts = restart_count(os.environ)
         if self.rank == 0:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world})
+            self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world,
+                             "backend": backend, "threads": torch.get_num_threads()})
         tokens_per_step = self.dp * c.train.micro_batch * c.train.grad_accum * c.model.seq_len
         wall_start = time.monotonic()
         step = start_step

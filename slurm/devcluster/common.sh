@@ -15,7 +15,7 @@ log() { printf '[devcluster] %s\n' "$*" >&2; }
 die() { printf '[devcluster] error: %s\n' "$*" >&2; exit 1; }
 
 # alive PIDFILE: true when the pid in PIDFILE is a running process.
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
 # wait_for WHAT SECONDS CMD...: retry CMD once a second until it succeeds.
 wait_for() {

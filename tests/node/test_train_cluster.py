@@ -161,7 +161,11 @@ def test_requeued_runs_end_exactly_like_the_uninterrupted_one(runs: dict[str, di
         events = [r for r in _metrics(job["folder"]) if r.get("event") == "start"]
         assert [e["restarts"] for e in events] == [0, 1], (name, events)
         assert 0 < events[1]["step"] < 120, events  # resumed from a checkpoint, not from scratch
-        assert _losses(job["folder"]) == ref_losses  # bitwise: same floats at every step
+        losses = _losses(job["folder"])
+        assert losses.keys() == ref_losses.keys()
+        # The weights below are compared bitwise. The logged loss is a per-rank float32 forward value; on
+        # a loaded 2-core machine it has been seen to differ in its last bit between identical runs.
+        assert max(abs(losses[s] - ref_losses[s]) / ref_losses[s] for s in ref_losses) < 1e-6, name
         weights = get_fp32_state_dict_from_zero_checkpoint(str(job["folder"] / "checkpoints"))
         assert weights.keys() == ref_weights.keys()
         assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights), name
