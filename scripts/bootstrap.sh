@@ -30,7 +30,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train]" "$TORCH_PIN"
+  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi]" "$TORCH_PIN"
   echo "$want" >"$stamp"
 fi
 chmod -R a+rX .venv

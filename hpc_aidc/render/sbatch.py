@@ -42,6 +42,7 @@ def submitit_parameters(
     teardown: Sequence[str] = (),
     srun_args: Sequence[str] = (),
     additional: Mapping[str, Any] | None = None,
+    use_srun: bool = True,
 ) -> dict[str, Any]:
     """Native SlurmExecutor parameters (submitit validates names and rejects unknown ones)."""
     params: dict[str, Any] = {
@@ -70,6 +71,8 @@ def submitit_parameters(
         params["srun_args"] = list(srun_args)
     if additional:
         params["additional_parameters"] = dict(additional)
+    if not use_srun:
+        params["use_srun"] = False
     return params
 
 

@@ -25,8 +25,9 @@ class SubmittedJob:
     script: Path
 
 
-def python_command() -> str:
-    return shlex.quote(sys.executable)
+def python_command(launcher_prefix: str = "") -> str:
+    """How each task starts Python: the interpreter itself, or behind a launcher such as mpirun."""
+    return f"{launcher_prefix} {shlex.quote(sys.executable)}".strip()
 
 
 def prepare_user_folder(folder_pattern: Path) -> None:
@@ -43,7 +44,7 @@ def prepare_user_folder(folder_pattern: Path) -> None:
 
 
 def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: Mapping[str, Any],
-                    folder_pattern: Path) -> SubmittedJob:
+                    folder_pattern: Path, launcher_prefix: str = "") -> SubmittedJob:
     """Pickle fn(*args) and submit it; returns once sbatch has accepted the job."""
     import submitit
     from submitit.core.utils import FailedJobError
@@ -51,7 +52,7 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
     prepare_user_folder(folder_pattern)
     user_dir = folder_pattern.parent
     before = set(user_dir.iterdir())
-    executor = submitit.SlurmExecutor(folder=folder_pattern, python=python_command())
+    executor = submitit.SlurmExecutor(folder=folder_pattern, python=python_command(launcher_prefix))
     executor.update_parameters(**parameters)
     try:
         # submitit echoes sbatch's stderr itself; we report it once, as our one-line error.
@@ -72,8 +73,8 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
     return SubmittedJob(job_id=str(job.job_id), folder=folder, script=folder / f"{job.job_id}_submission.sh")
 
 
-def dry_run_script(parameters: Mapping[str, Any], folder_pattern: Path) -> str:
-    return render_sbatch(parameters, folder_pattern, python_command())
+def dry_run_script(parameters: Mapping[str, Any], folder_pattern: Path, launcher_prefix: str = "") -> str:
+    return render_sbatch(parameters, folder_pattern, python_command(launcher_prefix))
 
 
 def test_only(script: str) -> str:
