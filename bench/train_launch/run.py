@@ -36,13 +36,13 @@ every = 100000
 """
 
 
-def _steps(path: Path, timeout: float = 900) -> list[dict[str, Any]]:
+def _steps(path: Path, steps: int, timeout: float = 900) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
             rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
             rows = [r for r in rows if "loss" in r]
-            if rows and rows[-1]["step"] == rows[-1].get("max_steps", rows[-1]["step"]) and len(rows) >= 2:
+            if rows and rows[-1]["step"] >= steps:
                 return rows
         time.sleep(0.2)
     raise TimeoutError(path)
@@ -65,7 +65,7 @@ def run_hpcai(steps: int, account: str, work: Path) -> dict[str, float]:
     out = subprocess.run([*HPCAI, "submit", "train", "-N", "2", "--ntasks-per-node", "1", "-A", account,
                           "--config", str(config), "--json"], capture_output=True, text=True, check=True, cwd="/tmp")
     job = json.loads(out.stdout)
-    rows = _steps(Path(job["folder"]) / "metrics.jsonl")
+    rows = _steps(Path(job["folder"]) / "metrics.jsonl", steps)
     _wait_gone(job["job_id"])
     return _measure(rows, t0, steps)
 
@@ -77,7 +77,7 @@ def run_baseline(steps: int, account: str, work: Path) -> dict[str, float]:
     t0 = time.time()
     job_id = subprocess.run(["sbatch", "--parsable", "-A", account, str(REPO / "bench/train_launch/baseline.sbatch")],
                             capture_output=True, text=True, check=True, env=env, cwd="/tmp").stdout.strip()
-    rows = _steps(metrics)
+    rows = _steps(metrics, steps)
     _wait_gone(job_id.split(";")[0])
     return _measure(rows, t0, steps)
 
