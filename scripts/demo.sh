@@ -9,6 +9,8 @@ cd "$ROOT"
 bash scripts/bootstrap.sh
 HPCAI="$ROOT/.venv/bin/hpcai"
 WORK="/srv/hpcai/demo"
+# Each run starts from a clean demo folder, so the demo can be repeated.
+rm -rf "$WORK/corpus.zarr" "$WORK/report-site"
 mkdir -p "$WORK"
 
 echo
@@ -18,8 +20,8 @@ cat /usr/share/common-licenses/* >"$WORK/corpus.txt"
 "$HPCAI" data verify "$WORK/corpus.zarr"
 
 echo
-echo "== 2. hpcai submit train: 2 nodes, DeepSpeed ZeRO-2, tiny GPT (examples/tiny.toml)"
-job_json="$("$HPCAI" submit train --nodes 2 --ntasks-per-node 1 --account physics --job-name demo-train \
+echo "== 2. hpcai submit train: 2 nodes x 1 GPU, DeepSpeed ZeRO-2, tiny GPT (examples/tiny.toml; CPU compute here)"
+job_json="$("$HPCAI" submit train --nodes 2 --gpus-per-node 1 --account physics --job-name demo-train \
   --config examples/tiny.toml --data "$WORK/corpus.zarr" --zero 2 --max-steps 60 --json)"
 job_id="$(printf '%s' "$job_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["job_id"])')"
 echo "submitted job $job_id; following its progress (hpcai logs $job_id --follow):"
