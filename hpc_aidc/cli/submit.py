@@ -50,11 +50,14 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     params = submitit_parameters(resources, site, **render_kwargs)
     if opts["dry_run"]:
         script = dry_run_script(params, folder, launcher_prefix)
+        verdict = None
+        if opts["test_only"] and slurm_available():  # a refused dry-run prints no script
+            check_association(user, resources.account, resources.qos)
+            verdict = test_only(script)
         # stdout carries the script and nothing else, so it can be piped to a file or to sbatch.
         click.echo(script, nl=False)
-        if opts["test_only"] and slurm_available():
-            check_association(user, resources.account, resources.qos)
-            click.echo(f"hpcai: sbatch --test-only: {test_only(script)}", err=True)
+        if verdict:
+            click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)
         return
     check_association(user, resources.account, resources.qos)
     task_args = task_factory(folder) if task_factory else (args or ())

@@ -83,6 +83,11 @@ class TestAgainstTheCluster:
         assert_clean_error(proc, "associated with (physics)", "'climate'")
         assert list(job_root.iterdir()) == []
 
+    def test_dry_run_with_a_foreign_account_prints_no_script(self, hpcai: RunHpcai, job_root: Path) -> None:
+        job_root.chmod(0o1777)
+        proc = hpcai("submit", "run", "--dry-run", "-A", "climate", "--", "true", user="alice", env=_env(job_root))
+        assert_clean_error(proc, "associated with (physics)")
+
     def test_qos_not_allowed(self, hpcai: RunHpcai, job_root: Path) -> None:
         proc = hpcai("submit", "run", "-A", "physics", "--qos", "gold", "--", "true", env=_env(job_root))
         assert_clean_error(proc, "Expected a QoS allowed")
