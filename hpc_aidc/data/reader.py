@@ -1,7 +1,8 @@
 """Fast random access to one array of a packed store: each shard's index is parsed once per process,
 then samples are read straight from the shard file. Uncompressed shards whose chunks lie back to back
-(what `hpcai data pack` writes) are mapped and indexed like a numpy memmap; other shards are read per
-inner chunk with os.pread and decoded. File handles open lazily and are reopened after a fork, so a
+(what `hpcai data pack` writes) are mapped side by side into one address range, so the whole array is
+indexed like one numpy memmap (a batch across shards is one gather); other shards are read per inner
+chunk with os.pread and decoded. File handles open lazily and are reopened after a fork, so a
 reader built before DataLoader workers start is safe to use in them."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpc_aidc.data.addrspace import SlotRange, reserve
 from hpc_aidc.data.shardfmt import EMPTY, decode_chunk, parse_index
 from hpc_aidc.data.spec import Manifest, shard_key
 from hpc_aidc.errors import DataError
@@ -52,6 +54,10 @@ class ShardedArray:
         self._pid = -1
         self._shards: dict[int, _Shard] = {}
         self._cache: tuple[tuple[int, int], npt.NDArray[Any]] | None = None
+        self._range: SlotRange | None = None  # all regular shards side by side, once reserved
+        self._flat: npt.NDArray[Any] | None = None  # the array over that range
+        self._mapped = np.zeros(manifest.num_shards, dtype=bool)  # shards mapped into the range
+        self._reserve_tried = False
 
     def __len__(self) -> int:
         return self.manifest.num_samples
@@ -59,6 +65,8 @@ class ShardedArray:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_shards"], state["_pid"], state["_cache"] = {}, -1, None  # handles never cross processes
+        state["_range"], state["_flat"], state["_reserve_tried"] = None, None, False
+        state["_mapped"] = self._mapped & False
         return state
 
     def close(self) -> None:
@@ -68,7 +76,23 @@ class ShardedArray:
                 if shard.mm is not None:
                     shard.mm.close()
                 os.close(shard.fd)
-        self._shards, self._cache = {}, None
+            if self._range is not None:
+                self._range.close()
+        self._shards, self._cache, self._range, self._flat, self._reserve_tried = {}, None, None, None, False
+        self._mapped[:] = False
+
+    def _slots(self) -> npt.NDArray[Any] | None:
+        """The array over the shared address range, reserved on first use where the layout allows."""
+        import numpy as np
+
+        if not self._reserve_tried:
+            self._reserve_tried = True
+            row_bytes = int(np.prod(self.spec.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+            if self.manifest.compression == "none":
+                self._range = reserve(self.manifest.num_shards, self.shard_samples * row_bytes)
+            if self._range is not None:
+                self._flat = self._range.array(self.dtype.newbyteorder("<"), tuple(self.spec.sample_shape))
+        return self._flat
 
     def _open(self, k: int) -> _Shard:
         import numpy as np
@@ -95,15 +119,27 @@ class ShardedArray:
         regular = (self.manifest.compression == "none" and present == n_present and
                    bool(np.all(index[:present, 0] == np.arange(present, dtype=np.uint64) * nbytes)) and
                    bool(np.all(index[:present, 1] == nbytes)))
-        if regular and present:
+        flat = self._slots() if regular and present else None
+        if flat is not None:
+            assert self._range is not None
+            self._range.map_file(k, fd, present * nbytes)
+            self._mapped[k] = True
+            start = k * self.shard_samples
+            view = flat[start:start + present * self.chunk]
+        elif regular and present:
             mm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
             view = np.frombuffer(mm, dtype=self.dtype.newbyteorder("<"), count=present * nbytes // self.dtype.itemsize)
             view = view.reshape(present * self.chunk, *self.spec.sample_shape)
         return _Shard(rel, fd, index, view, mm)
 
-    def shard(self, k: int) -> _Shard:
+    def _own_handles(self) -> None:
         if self._pid != os.getpid():  # a forked worker: drop the parent's handles, open our own
+            # (the inherited address range stays: mapping our own files over its slots replaces them)
             self._shards, self._cache, self._pid = {}, None, os.getpid()
+            self._mapped[:] = False
+
+    def shard(self, k: int) -> _Shard:
+        self._own_handles()
         shard = self._shards.get(k)
         if shard is None:
             shard = self._shards[k] = self._open(k)
@@ -150,27 +186,29 @@ class ShardedArray:
         import numpy as np
 
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        out = np.empty((len(idx), *self.spec.sample_shape), dtype=self.dtype)
-        if len(idx) == 0:
-            return out
-        if idx.min() < -len(self) or idx.max() >= len(self):
-            raise IndexError(f"indices out of range for a dataset of {len(self)}")
-        idx = idx % len(self)
+        n = len(self)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            if idx.min() < -n or idx.max() >= n:
+                raise IndexError(f"indices out of range for a dataset of {n}")
+            idx = idx % n
         shards = idx // self.shard_samples
-        first = int(shards[0])
-        if (shards == first).all() and self.shard(first).view is not None:  # one shard: a single gather
-            view = self.shard(first).view
-            assert view is not None
-            result: npt.NDArray[Any] = view[idx - first * self.shard_samples]
-            return result
-        for k in np.unique(shards):
+        self._own_handles()
+        if self._slots() is not None:
+            if not self._mapped[shards].all():
+                for k in np.unique(shards[~self._mapped[shards]]).tolist():
+                    self.shard(k)
+            if self._flat is not None and self._mapped[shards].all():
+                gathered: npt.NDArray[Any] = self._flat[idx]  # every shard in one range: one gather
+                return gathered
+        out = np.empty((len(idx), *self.spec.sample_shape), dtype=self.dtype)
+        for k in np.unique(shards).tolist():
             pos = np.nonzero(shards == k)[0]
-            local = idx[pos] - int(k) * self.shard_samples
-            shard = self.shard(int(k))
+            local = idx[pos] - k * self.shard_samples
+            shard = self.shard(k)
             if shard.view is not None:
                 out[pos] = shard.view[local]
             else:
                 for p, loc in zip(pos.tolist(), local.tolist(), strict=True):
                     j, row = divmod(loc, self.chunk)
-                    out[p] = self._chunk(int(k), j)[row]
+                    out[p] = self._chunk(k, j)[row]
         return out
