@@ -60,6 +60,8 @@ class SiteProfile:
     default_qos: str | None = None
     default_time_min: int = 60
     setup: tuple[str, ...] = ()
+    # slurm.conf runs hpc-aidc's energy prolog: jobs need not start their own sampler (one job step less)
+    energy_prolog: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
     prices: Prices = Prices()
@@ -83,7 +85,7 @@ class SiteProfile:
 
 _CLUSTER_KEYS = {
     "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
-    "energy_store", "scratch", "admins", "setup",
+    "energy_store", "scratch", "admins", "setup", "energy_prolog",
 }
 _PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time"}
 _GPU_KEYS = {"precisions", "peak_bf16_tflops", "memory_gib"}
@@ -115,6 +117,18 @@ def _positive_int(table: Mapping[str, Any], key: str, where: str, source: str, m
     if value < minimum:
         raise SiteProfileError(
             f"Expected {where}.{key} >= {minimum}. Got {value} instead. Fix it in {source}."
+        )
+    return value
+
+
+def _flag(table: Mapping[str, Any], key: str, where: str, source: str) -> bool:
+    """A boolean key; the HPCAI_* override arrives as text (1/0, true/false, yes/no)."""
+    value = table.get(key, False)
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "0", "false", "no"}:
+        return value.strip().lower() in {"1", "true", "yes"}
+    if not isinstance(value, bool):
+        raise SiteProfileError(
+            f"Expected {where}.{key} to be true or false. Got {value!r} instead. Fix it in {source}."
         )
     return value
 
@@ -201,6 +215,7 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
         default_qos=cluster.get("default_qos"),
         default_time_min=parse_time_limit(str(cluster.get("default_time", "01:00:00"))),
         setup=tuple(str(line) for line in cluster.get("setup", ())),
+        energy_prolog=_flag(cluster, "energy_prolog", "cluster", source),
         env=env,
         admins=tuple(str(a) for a in cluster.get("admins", ())),
         prices=prices,

@@ -67,3 +67,22 @@ def test_devcluster_profile_template_parses(tmp_path: Path) -> None:
     (tmp_path / "site.toml").write_text(text)
     site = load_site(tmp_path / "site.toml", environ={})
     assert site.partition("gpu").gpu_type == "h100"
+    assert site.energy_prolog is True  # up.sh installs the prolog
+
+
+def test_example_profile_for_admins_parses() -> None:
+    example = Path(__file__).resolve().parents[1] / "templates/site.example.toml"
+    site = load_site(example, environ={})
+    assert site.partition(None).gpus_per_node == 8 and site.energy_prolog is False
+
+
+def test_energy_prolog_flag_and_its_override() -> None:
+    assert make_site().energy_prolog is False
+    doc = site_doc()
+    doc["cluster"]["energy_prolog"] = True
+    assert parse_site(doc).energy_prolog is True
+    assert parse_site(doc, environ={"HPCAI_ENERGY_PROLOG": "0"}).energy_prolog is False
+    assert parse_site(site_doc(), environ={"HPCAI_ENERGY_PROLOG": "yes"}).energy_prolog is True
+    doc["cluster"]["energy_prolog"] = "sometimes"
+    with pytest.raises(SiteProfileError, match="energy_prolog to be true or false"):
+        parse_site(doc, source="x.toml")

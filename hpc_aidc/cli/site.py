@@ -38,6 +38,7 @@ def show(ctx: click.Context, as_json: bool) -> None:
                 "default_qos"):
         click.echo(f"  {key:18s}{getattr(profile, key) or '-'}")
     click.echo(f"  {'default_time':18s}{format_time_limit(profile.default_time_min)}")
+    click.echo(f"  {'energy_sampler':18s}{'started by the prolog' if profile.energy_prolog else 'started by each job'}")
     p = profile.prices
     click.echo(f"  {'prices':18s}{p.gpu_hour} {p.currency}/GPU-h, {p.kwh} {p.currency}/kWh, PUE {p.pue}, "
                f"{p.carbon_g_per_kwh} gCO2/kWh")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -14,6 +14,8 @@ from hpc_aidc.cli.options import resource_options
 from hpc_aidc.cli.train_options import load_config, train_options
 from hpc_aidc.site import SiteProfile
 from hpc_aidc.spec.resources import Resources, parse_resources
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -29,6 +31,19 @@ def resources_from(site: SiteProfile, opts: dict[str, Any]) -> Resources:
     )
 
 
+def _explained(call: Callable[[], T], user: str, resources: Resources) -> T:
+    """Run an sbatch call; when Slurm refuses the job and the account or QoS is why, say which ones the
+    user may use. The association lookup (a slurmdbd round trip, ~0.3 s) runs only on refusal."""
+    from hpc_aidc.errors import SlurmError
+    from hpc_aidc.scheduler.associations import check_association
+
+    try:
+        return call()
+    except SlurmError:
+        check_association(user, resources.account, resources.qos)  # raises the clearer error if it applies
+        raise
+
+
 def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any], args: tuple[Any, ...] | None,
                 opts: dict[str, Any], *, task_factory: Callable[[Path], tuple[Any, ...]] | None = None,
                 after_submit: Callable[[Path], None] | None = None, launcher_prefix: str = "",
@@ -36,13 +51,12 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     """Shared tail of every submit command: dry-run or submit, then report (and optionally wait)."""
     from hpc_aidc.monitor.launch import batch_script_line
     from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
-    from hpc_aidc.scheduler.associations import check_association
     from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import current_user, dry_run_script, submit_function, test_only
 
-    # One energy sampler per node, started by the job itself for sites without the hpc-aidc prolog;
-    # where the prolog already samples the job, it exits at once.
-    render_kwargs.setdefault("extra_setup", [batch_script_line()])
+    # One energy sampler per node, started by the job itself for sites without the hpc-aidc prolog
+    # (where the prolog runs anyway it would exit at once; the site profile says so, saving a job step).
+    render_kwargs.setdefault("extra_setup", [] if site.energy_prolog else [batch_script_line()])
     user = current_user()
     folder = job_folder(site, user)
     if "extra_env" in render_kwargs:
@@ -52,16 +66,14 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
         script = dry_run_script(params, folder, launcher_prefix)
         verdict = None
         if opts["test_only"] and slurm_available():  # a refused dry-run prints no script
-            check_association(user, resources.account, resources.qos)
-            verdict = test_only(script)
+            verdict = _explained(lambda: test_only(script), user, resources)
         # stdout carries the script and nothing else, so it can be piped to a file or to sbatch.
         click.echo(script, nl=False)
         if verdict:
             click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)
         return
-    check_association(user, resources.account, resources.qos)
     task_args = task_factory(folder) if task_factory else (args or ())
-    job = submit_function(fn, task_args, params, folder, launcher_prefix)
+    job = _explained(lambda: submit_function(fn, task_args, params, folder, launcher_prefix), user, resources)
     if after_submit:
         after_submit(job.folder)
     if opts["as_json"] and not opts["wait"]:

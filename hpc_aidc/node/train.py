@@ -41,6 +41,7 @@ class _Warning:
 
 def train_task(task: TrainTask) -> dict[str, Any]:
     """Entry point run by submitit in every srun task."""
+    phases = StartupPhases()
     # submitit installed its own USR2 handler; ours checkpoints collectively at a step boundary instead
     # of inside the signal handler, where ranks would be at different points.
     signal.signal(signal.SIGUSR2, _Warning.handler)
@@ -54,8 +55,95 @@ def train_task(task: TrainTask) -> dict[str, Any]:
         info = rank_info(os.environ)
     os.environ.update(info.torch_env())
     os.environ.update(dict(task.env))
+    _quiet_renamed_collectives()
+    _skip_inference_shm_kernel()
+    phases.done("import_deepspeed")
+    _import_muon_without_compiling()
+    phases.done("import_dynamo")
     folder = Path(task.folder_pattern.replace("%j", info.job_id))
-    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank).run()
+    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank).run(phases)
+
+
+def _quiet_renamed_collectives() -> None:
+    """torch warns on every ZeRO collective that DeepSpeed still calls by its old name: two lines per
+    step in every rank's log, and their cost shows in the step time of small models."""
+    import warnings
+
+    renamed = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", category=FutureWarning, message=renamed)
+
+
+def _skip_inference_shm_kernel() -> None:
+    """DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce kernel when the process group starts
+    (minutes on a fresh install, a ninja up-to-date check on every start after), and probes every op's
+    compiler support to decide. Only its inference all-reduce uses that kernel; training never does, so
+    it is skipped. GPU backends never build it."""
+    import importlib
+
+    # imported by name: `deepspeed.comm.torch` as an attribute is the torch package itself
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    if hasattr(ds_comm_torch, "build_shm_op"):
+        setattr(ds_comm_torch, "build_shm_op", lambda: None)  # noqa: B010 (a module attribute mypy can't see)
+
+
+def _import_muon_without_compiling() -> None:
+    """DeepSpeed's ZeRO code imports its Muon optimizer on every run (to list it as supported), and that
+    module wraps its kernels in torch.compile at import, which loads Inductor: about a second on every
+    rank's start. hpc-aidc trains with AdamW, so the module is imported here with dynamo off (its kernels
+    stay eager); torch.compile calls after this, a user model's included, are unaffected."""
+    import importlib
+
+    previous = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    except ImportError:
+        pass  # a DeepSpeed without Muon: nothing to avoid
+    finally:
+        if previous is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = previous
+
+
+class _ReducedStats:
+    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read later."""
+
+    def __init__(self, tensor: Any, handle: Any, record: dict[str, Any]) -> None:
+        self.tensor, self.handle, self.record = tensor, handle, record
+        self._result: tuple[float, bool] | None = None
+
+    @classmethod
+    def start(cls, local_loss: Any, warned: bool, record: dict[str, Any]) -> _ReducedStats:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.ones_like(local_loss) if warned else torch.zeros_like(local_loss)
+        tensor = torch.stack([local_loss.to(torch.float64), flag.to(torch.float64)])
+        return cls(tensor, dist.all_reduce(tensor, async_op=True), record)
+
+    def wait(self) -> tuple[float, bool]:
+        if self._result is None:
+            self.handle.wait()
+            total, flags = self.tensor.tolist()
+            self._result = total / self.record["scale"], flags > 0
+        return self._result
+
+
+class StartupPhases:
+    """Seconds spent in each start-up phase, from the process's own start ("process": Python, submitit,
+    unpickling the task), logged with the start event so a slow start can be traced to its phase."""
+
+    def __init__(self) -> None:
+        import psutil  # a DeepSpeed dependency
+
+        self._last = time.time()
+        self.seconds: dict[str, float] = {"process": round(self._last - psutil.Process().create_time(), 3)}
+
+    def done(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
 
 
 class Trainer:
@@ -64,7 +152,7 @@ class Trainer:
         self.ckpt_dir = folder / "checkpoints"
         self.metrics_path = folder / "metrics.jsonl"
 
-    def run(self) -> dict[str, Any]:
+    def run(self, phases: StartupPhases) -> dict[str, Any]:
         import deepspeed
         import torch
 
@@ -78,10 +166,13 @@ class Trainer:
         else:
             backend = "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        phases.done("init_distributed")
         torch.manual_seed(c.train.seed)
         ds_config = deepspeed_config(c, self.world)
         model = self._build_model()
+        phases.done("build_model")
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+        phases.done("deepspeed_initialize")
         self.pipeline = c.train.pipeline_stages > 1
         self.dp = self.world // c.train.pipeline_stages
         self.dp_rank = engine.grid.data_parallel_id if self.pipeline else self.rank
@@ -89,32 +180,40 @@ class Trainer:
         self.stream = self._data_stream()
 
         start_step = self._resume(engine)
+        phases.done("resume")
         restarts = restart_count(os.environ)
         if self.rank == 0:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world,
-                             "backend": backend, "threads": torch.get_num_threads()})
+                             "backend": backend, "threads": torch.get_num_threads(), "startup_s": phases.seconds})
         tokens_per_step = self.dp * c.train.micro_batch * c.train.grad_accum * c.model.seq_len
-        wall_start = time.monotonic()
-        step = start_step
+        wall_start = last = time.monotonic()
+        step, loss, pending = start_step, float("nan"), None
         while step < c.train.max_steps:
-            t0 = time.monotonic()
-            loss = self._train_step(engine, step)
+            local_loss, scale = self._train_step(engine, step)
             step += 1
-            elapsed = time.monotonic() - t0
-            if self.rank == 0 and (step % c.train.log_every == 0 or step == c.train.max_steps):
-                self._log_event({
-                    "step": step, "max_steps": c.train.max_steps, "loss": loss,
-                    "lr": engine.get_lr()[0] if engine.get_lr() else None,
-                    "grad_norm": _as_float(engine.get_global_grad_norm()),
-                    "step_time_s": elapsed, "tokens_per_s": tokens_per_step / elapsed if elapsed else None,
-                })
+            now = time.monotonic()
+            record = {"time": time.time(), "step": step, "max_steps": c.train.max_steps, "scale": scale,
+                      "lr": engine.get_lr()[0] if engine.get_lr() else None,
+                      "grad_norm": _as_float(engine.get_global_grad_norm()),
+                      "step_time_s": now - last, "tokens_per_s": tokens_per_step / (now - last) if now > last else None}
+            last = now
+            # This step's mean loss and warning flag reduce while the next step computes; the previous
+            # step's are complete by now, so reading them neither waits on the network nor stalls a GPU.
+            current = _ReducedStats.start(local_loss, _Warning.received, record)
+            warned = False
+            if pending is not None:
+                loss, warned = self._finish(pending)
+            pending = current
             if step % c.checkpoint.every == 0 or step == c.train.max_steps:
                 self._save(engine, step)
-            if self._warning_everywhere():
+            if warned:  # any rank got Slurm's warning by the previous step: all ranks know it here
                 if step % c.checkpoint.every and step != c.train.max_steps:
                     self._save(engine, step)
+                self._finish(pending)
                 self._requeue(requeue_target(os.environ), restarts)
+        if pending is not None:
+            loss, _ = self._finish(pending)
         wall = time.monotonic() - wall_start
         steps_run = c.train.max_steps - start_step
         summary = {"steps": c.train.max_steps, "steps_this_run": steps_run, "restarts": restarts,
@@ -160,25 +259,34 @@ class Trainer:
         start = micro_batch_start(step, micro, self.dp_rank, t.micro_batch, t.grad_accum, self.dp)
         return synthetic_tokens(self.config.data.seed, start, t.micro_batch, m.seq_len, m.vocab_size).to(self.device)
 
-    def _train_step(self, engine: Any, step: int) -> float:
+    def _train_step(self, engine: Any, step: int) -> tuple[Any, float]:
+        """One optimizer step: (this rank's share of the loss as a tensor on the device, the divisor that
+        turns the sum over ranks into the mean). No host sync: the loss is read a step later."""
         import torch
-        import torch.distributed as dist
 
         accum = self.config.train.grad_accum
         if self.pipeline:
             batches = iter([(b[:, :-1], b[:, 1:]) for b in (self._batch(step, m) for m in range(accum))])
             loss = engine.train_batch(data_iter=batches)
-            value = torch.tensor([float(loss)], dtype=torch.float64)
-            dist.broadcast(value, src=self.world - 1)  # the last stage holds the loss
-            return float(value.item())
-        total = torch.zeros(1, dtype=torch.float64)
+            # the last stage holds the loss (already averaged over its data-parallel group)
+            last_stage = self.rank == self.world - 1
+            return torch.tensor(float(loss) if last_stage else 0.0, dtype=torch.float64, device=self.device), 1.0
+        local = torch.zeros((), dtype=torch.float64, device=self.device)
         for micro in range(accum):
             loss = engine(self._batch(step, micro))
             engine.backward(loss)
             engine.step()
-            total += float(loss.detach().float().item())
-        dist.all_reduce(total)
-        return float(total.item()) / (accum * self.world)
+            local += loss.detach().double()
+        return local, float(accum * self.world)
+
+    def _finish(self, stats: _ReducedStats) -> tuple[float, bool]:
+        """Wait for a step's reduction, log it (rank 0), and return (mean loss, warning on any rank)."""
+        loss, warned = stats.wait()
+        step = stats.record["step"]
+        if self.rank == 0 and (step % self.config.train.log_every == 0 or step == self.config.train.max_steps):
+            record = {k: v for k, v in stats.record.items() if k != "scale"}
+            self._log_event({**record, "loss": loss})
+        return loss, warned
 
     def _client_state(self, step: int) -> dict[str, Any]:
         # Synthetic data is addressed by step; the Zarr loader's position is its sampler state, the
@@ -216,14 +324,6 @@ class Trainer:
         if rng.exists():
             torch.set_rng_state(torch.load(rng)["torch"])
         return int(client["step"])
-
-    def _warning_everywhere(self) -> bool:
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.tensor([1 if _Warning.received else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     def _requeue(self, target: str, restarts: int) -> None:
         import torch.distributed as dist

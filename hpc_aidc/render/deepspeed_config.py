@@ -23,9 +23,13 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict[str, Any]:
         "zero_optimization": zero,
         "optimizer": {
             "type": "AdamW",
-            "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": 1e-8, "weight_decay": o.weight_decay},
-            # Plain torch AdamW needs no JIT build; offload needs DeepSpeed's CPU Adam (built once, cached).
-            "torch_adam": t.offload == "none",
+            # torch's AdamW needs no JIT-built op (DeepSpeed's FusedAdam compiles for minutes on first use
+            # and needs a compiler on the nodes) and its bias correction is a pure function of the step,
+            # so a resumed run is bitwise the uninterrupted one. Offload needs DeepSpeed's CPU Adam.
+            # DeepSpeed reads the switch from inside "params" only. foreach: one multi-tensor update for all
+            # parameters (torch only picks it by itself on GPUs).
+            "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": 1e-8, "weight_decay": o.weight_decay,
+                       "torch_adam": t.offload == "none", **({"foreach": True} if t.offload == "none" else {})},
         },
         "scheduler": {
             "type": "WarmupDecayLR",

@@ -16,6 +16,7 @@ class ClusterFacts:
     nodes: dict[str, dict[str, str]]        # scontrol show node -o, by name
     accounts: frozenset[str]
     qos: frozenset[str]
+    prolog: str = ""  # slurm.conf's Prolog, as `scontrol show config` prints it
 
 
 def parse_scontrol_records(text: str, key: str) -> dict[str, dict[str, str]]:
@@ -35,7 +36,18 @@ def live_facts() -> ClusterFacts:
         nodes=parse_scontrol_records(run_slurm(["scontrol", "show", "node", "-o"]).stdout, "NodeName"),
         accounts=lines(run_slurm(["sacctmgr", "-n", "-P", "show", "account", "format=account"]).stdout),
         qos=lines(run_slurm(["sacctmgr", "-n", "-P", "show", "qos", "format=name"]).stdout),
+        prolog=parse_config_value(run_slurm(["scontrol", "show", "config"]).stdout, "Prolog"),
     )
+
+
+def parse_config_value(text: str, key: str) -> str:
+    """One `Key = value` line of `scontrol show config`; "" when absent or (null)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            value = value.strip()
+            return "" if value == "(null)" else value
+    return ""
 
 
 def site_problems(site: SiteProfile, facts: ClusterFacts) -> list[str]:
@@ -68,6 +80,10 @@ def site_problems(site: SiteProfile, facts: ClusterFacts) -> list[str]:
         if cpus and part.cpus_per_node > min(cpus):
             problems.append(f"partitions.{name}.cpus_per_node = {part.cpus_per_node} but its smallest node has "
                             f"{min(cpus)} CPUs; set cpus_per_node = {min(cpus)}")
+    if site.energy_prolog and not facts.prolog.endswith("energy/prolog.sh"):
+        problems.append(f"cluster.energy_prolog = true but slurm.conf's Prolog is {facts.prolog or 'unset'}, not "
+                        "hpc-aidc's slurm/energy/prolog.sh: jobs would go unmeasured; install the prolog "
+                        "or set energy_prolog = false")
     if site.default_account and site.default_account not in facts.accounts:
         problems.append(f"cluster.default_account {site.default_account!r} is not a Slurm account; "
                         "create it with sacctmgr or fix the profile")

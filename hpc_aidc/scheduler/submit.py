@@ -30,17 +30,18 @@ def python_command(launcher_prefix: str = "") -> str:
     return f"{launcher_prefix} {shlex.quote(sys.executable)}".strip()
 
 
-def prepare_user_folder(folder_pattern: Path) -> None:
-    """Create <job_root>/<user> owner-only: logs can hold secrets. Admins read it as root."""
+def prepare_user_folder(folder_pattern: Path) -> set[Path]:
+    """Create <job_root>/<user> owner-only (logs can hold secrets; admins read it as root) and return
+    what it holds now, so a refused submission can remove exactly what it added."""
     user_dir = folder_pattern.parent
-    if not user_dir.exists():
-        try:
-            user_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SlurmError(
-                f"Expected to create the job directory {user_dir}. Got: {exc.strerror}. Check the site "
-                "profile's job_root (it must be shared and writable by users)."
-            ) from None
+    try:
+        user_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        return set(user_dir.iterdir())
+    except OSError as exc:
+        raise SlurmError(
+            f"Expected to create and read the job directory {user_dir}. Got: {exc.strerror}. Check the site "
+            "profile's job_root (it must be shared, and writable by users)."
+        ) from None
 
 
 def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: Mapping[str, Any],
@@ -49,9 +50,8 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
     import submitit
     from submitit.core.utils import FailedJobError
 
-    prepare_user_folder(folder_pattern)
+    before = prepare_user_folder(folder_pattern)
     user_dir = folder_pattern.parent
-    before = set(user_dir.iterdir())
     executor = submitit.SlurmExecutor(folder=folder_pattern, python=python_command(launcher_prefix))
     executor.update_parameters(**parameters)
     try:

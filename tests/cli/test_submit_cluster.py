@@ -110,3 +110,10 @@ def test_follow_cancel_and_list(hpcai: RunHpcai) -> None:
     assert state == "CANCELLED"
     table = hpcai("jobs").stdout
     assert table.splitlines()[0].split()[:3] == ["JOBID", "NAME", "USER"]
+
+
+@pytest.mark.parametrize(("prolog", "sidecar"), [("1", False), ("0", True)])
+def test_job_starts_its_own_sampler_only_without_the_prolog(hpcai: RunHpcai, prolog: str, sidecar: bool) -> None:
+    proc = hpcai("submit", "run", "--dry-run", "--", "true", env={"HPCAI_ENERGY_PROLOG": prolog})
+    assert proc.returncode == 0, proc.stderr
+    assert ("energy sample" in proc.stdout) is sidecar

@@ -1,7 +1,9 @@
+import dataclasses
+
 from conftest import RECORDED
 from site_fixture import make_site, site_doc
 
-from hpc_aidc.scheduler.site_check import ClusterFacts, parse_scontrol_records, site_problems
+from hpc_aidc.scheduler.site_check import ClusterFacts, parse_config_value, parse_scontrol_records, site_problems
 from hpc_aidc.site import parse_site
 
 
@@ -37,3 +39,21 @@ def test_each_mismatch_is_one_line_with_a_fix() -> None:
     assert "'nobody' is not a Slurm account" in text
     assert "'gold' is not a Slurm QoS" in text
     assert make_site().name == "t"
+
+
+def test_config_values_from_recorded_scontrol_show_config() -> None:
+    text = (RECORDED / "scontrol_config.txt").read_text()
+    assert parse_config_value(text, "Prolog") == "/opt/hpc-aidc/slurm/energy/prolog.sh"
+    assert parse_config_value(text, "PrologSlurmctld") == ""  # (null)
+    assert parse_config_value(text, "NoSuchKey") == ""
+
+
+def test_energy_prolog_claim_is_checked_against_slurm_conf() -> None:
+    doc = site_doc()
+    doc["partitions"] = {"gpu": {"nodes": 4, "gpus_per_node": 4, "gpu_type": "h100", "cpus_per_node": 4}}
+    doc["cluster"]["energy_prolog"] = True
+    site = parse_site(doc)
+    installed = dataclasses.replace(facts(), prolog="/opt/hpc-aidc/slurm/energy/prolog.sh")
+    assert site_problems(site, installed) == []
+    (problem,) = site_problems(site, facts())
+    assert "energy_prolog = true" in problem and "Prolog is unset" in problem and "energy_prolog = false" in problem

@@ -57,8 +57,8 @@ def test_deepspeed_config_composes_the_batch() -> None:
     ds = deepspeed_config(c, 8)
     assert ds["train_batch_size"] == 4 * 2 * 8 == global_batch(c, 8)
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert ds["optimizer"]["torch_adam"] is False  # offload needs DeepSpeed's CPU Adam
-    assert deepspeed_config(parse_train_config({}), 2)["optimizer"]["torch_adam"] is True
+    assert ds["optimizer"]["params"]["torch_adam"] is False  # offload needs DeepSpeed's CPU Adam
+    assert deepspeed_config(parse_train_config({}), 2)["optimizer"]["params"]["torch_adam"] is True
 
 
 def test_memory_follows_the_zero_paper() -> None:
