@@ -13,6 +13,10 @@ next to `cp` of the raw bytes. Prints a table and writes bench/results/data_read
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -156,12 +161,41 @@ def zarr_sample(store: Path, n: int, reads: int, seed: int, sample_bytes: int) -
             "mb_per_s": round(reads * sample_bytes / dt / 1e6, 1), "note": f"{reads} random reads, not a full epoch"}
 
 
-def streaming_reason() -> str | None:
-    try:
-        from streaming import MDSWriter, StreamingDataset  # noqa: F401
-    except Exception as exc:  # it fails in several ways when its dependency chain is incomplete
-        return f"{type(exc).__name__}: {exc}"
-    return None
+def streaming_base() -> Any:
+    """MosaicML Streaming's `streaming.base` (MDSWriter, StreamingDataset). The package's __init__ also
+    imports its vision datasets, which need torchvision, and no torchvision loads next to torch 2.13 CPU
+    (PyPI's are CUDA builds); streaming.base needs none of it, so it is imported under a bare package.
+    Install: pip install --no-deps mosaicml-streaming==0.13.0 (its pins would downgrade numpy)."""
+    spec = importlib.util.find_spec("streaming")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("mosaicml-streaming is not installed")
+    if "streaming" not in sys.modules:
+        package = types.ModuleType("streaming")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["streaming"] = package
+    return importlib.import_module("streaming.base")
+
+
+def write_mds(raw: Path, seq_len: int, out: Path, shard_mib: int) -> list[Path]:
+    mds = streaming_base()
+    n = raw.stat().st_size // 2 // seq_len
+    mm = np.memmap(raw, dtype=np.uint16, mode="r", shape=(n, seq_len))
+    with mds.MDSWriter(out=str(out), columns={"tokens": f"ndarray:uint16:{seq_len}"},
+                       size_limit=f"{shard_mib}mb") as writer:
+        for i in range(n):
+            writer.write({"tokens": np.asarray(mm[i])})
+    return sorted(out.glob("*.mds"))
+
+
+def mds_loader(out: Path, workers: int, seed: int, limit: int) -> Iterable[Any]:
+    """The first `limit` samples of a shuffled MDS epoch (a full epoch at its rate takes minutes)."""
+    mds = streaming_base()
+    mds.util.clean_stale_shared_memory()
+    dataset = mds.StreamingDataset(local=str(out), shuffle=True, shuffle_seed=seed, batch_size=BATCH)
+    loader = DataLoader(dataset, batch_size=BATCH, num_workers=workers,
+                        collate_fn=lambda rows: torch.from_numpy(np.stack([r["tokens"] for r in rows])))
+    return itertools.islice(loader, limit // BATCH)
 
 
 def main() -> None:
@@ -172,6 +206,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/hpcai-bench-data")
     ap.add_argument("--zarr-reads", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=3, help="Rounds of every read; the table has each median.")
+    ap.add_argument("--mds-samples", type=int, default=16384, help="Samples read per MosaicML Streaming run.")
     ap.add_argument("--zarr-pack-mb", type=int, default=128, help="Size packed through zarr-python for the record.")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "data_read.json"))
     args = ap.parse_args()
@@ -236,6 +271,16 @@ def main() -> None:
         "WebDataset (shuffle 1000), 2 workers": lambda: wds_loader(wds_paths, 2, 1),
     }
     files_of = {"memmap": [raw], "hpc-aidc": files_under(store), "WebDataset": wds_paths}
+    notes: dict[str, str] = {}
+    try:
+        files_of["MosaicML"] = write_mds(raw, seq, work / "mds", int(args.shard_mib))
+        for workers in (0, 2):
+            name = f"MosaicML Streaming (MDS), {workers} workers"
+            runs[name] = functools.partial(mds_loader, work / "mds", workers, 1, args.mds_samples)
+            notes[name] = f"first {args.mds_samples} samples of a shuffled epoch"
+        results["mosaicml_streaming"] = "run (streaming.base, without torchvision)"
+    except Exception as exc:  # it fails in several ways when its dependency chain is incomplete
+        results["mosaicml_streaming"] = f"not run: {type(exc).__name__}: {exc}"
     rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for round_no in range(args.repeat):  # interleaved rounds, so a noisy moment hits every reader alike
         for cache in ("warm", "evicted"):
@@ -247,6 +292,8 @@ def main() -> None:
                 else:
                     evict(files_of[group])
                 row = timed_epoch(make(), sample_bytes)
+                if name in notes:
+                    row["note"] = notes[name]
                 rounds.setdefault((cache, name), []).append(row)
                 print(f"round {round_no + 1} {cache:8} {name:40} {row['samples_per_s']:>12,.0f} samples/s "
                       f"{row['mb_per_s']:>9,.1f} MB/s", flush=True)
@@ -259,8 +306,6 @@ def main() -> None:
         median = sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2]
         table.append({"reader": name, "cache": cache, **median,
                       "samples_per_s_all": [r["samples_per_s"] for r in rows]})
-    reason = streaming_reason()
-    results["mosaicml_streaming"] = "not run: " + reason if reason else "imports; not wired in this run"
     limit = {c: next(r["samples_per_s"] for r in table if r["cache"] == c and "limit" in r["reader"]) for c in
              ("warm", "evicted")}
     for row in table:

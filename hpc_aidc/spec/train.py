@@ -206,11 +206,34 @@ def global_batch(config: TrainConfig, world_size: int) -> int:
 
 def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None,
                       data_path: str | None = None) -> TrainConfig:
+    """A TOML config, or YAML when the file ends in .yaml/.yml (the same tables as mappings)."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(f"Expected a config file at {p}. Got no such file. Pass --config FILE.") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"Expected valid TOML in {p}. Got: {exc}.") from None
+    data = _parse_yaml(text, p) if p.suffix in (".yaml", ".yml") else _parse_toml(text, p)
     return parse_train_config(data, source=str(p), overrides=overrides, data_path=data_path)
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Expected valid TOML in {path}. Got: {exc}.") from None
+
+
+def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"Expected valid YAML in {path}. Got: {problem}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Expected a mapping of tables (model:, train:, ...) in {path}. Got a "
+                          f"{type(data).__name__} instead.")
+    return data

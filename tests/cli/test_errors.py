@@ -122,3 +122,11 @@ class TestAgainstTheCluster:
         assert_clean_error(proc, "sbatch refused the job", "partition")
         leftovers = [p for p in job_root.rglob("*") if p.is_file() or p.is_symlink()]
         assert leftovers == []
+
+
+def test_malformed_yaml_train_config(hpcai: RunHpcai, tmp_path: Path, job_root: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  zero: [1\n")
+    proc = hpcai("submit", "train", "--config", str(config), "--dry-run", env=_env(job_root))
+    assert_clean_error(proc, "Expected valid YAML", "run.yaml")
+    assert list(job_root.iterdir()) == []

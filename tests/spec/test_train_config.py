@@ -75,3 +75,16 @@ def test_memory_follows_the_zero_paper() -> None:
     assert off.params_gib == 0 and off.optimizer_gib == 0 and off.cpu_gib > 0
     nodes, stage, _ = suggest(c, 8, 80.0, 16) or (0, 0, "")
     assert estimate(c, nodes * 8, stage).total_gib <= 72
+
+
+def test_yaml_config_equals_the_toml_one(tmp_path: Path) -> None:
+    assert load_train_config(EXAMPLE.with_suffix(".yaml"), {"zero": 3}) == load_train_config(EXAMPLE, {"zero": 3})
+    (tmp_path / "bad.yml").write_text("train: {max_steps: [1,\n")
+    with pytest.raises(ConfigError, match=r"Expected valid YAML in .*bad\.yml\. Got: "):
+        load_train_config(tmp_path / "bad.yml")
+    (tmp_path / "list.yaml").write_text("- model\n- train\n")
+    with pytest.raises(ConfigError, match="Expected a mapping of tables"):
+        load_train_config(tmp_path / "list.yaml")
+    (tmp_path / "typo.yaml").write_text("trian:\n  zero: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown \['trian'\]"):
+        load_train_config(tmp_path / "typo.yaml")
