@@ -6,7 +6,7 @@ steps after the first 10.
 Goals (issue 3): startup within 1.2x of the baseline (DeepSpeed op builds cached); ZeRO-1 steps/s
 within 10% of the baseline.
 
-    .venv/bin/python bench/train_launch/run.py [--repeat 3] [--steps 60] [--account physics]
+    .venv/bin/python bench/train_launch/run.py [--repeat 5] [--steps 200] [--account physics]
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ def run_baseline(steps: int, account: str, work: Path) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--account", default="physics")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/train_launch.json")
     args = parser.parse_args()
