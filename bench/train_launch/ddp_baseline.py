@@ -21,10 +21,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--n-layer", type=int, default=2)
     args = parser.parse_args()
     rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    config = parse_train_config({"model": {"preset": "tiny", "n_layer": 2}})
+    config = parse_train_config({"model": {"preset": "tiny", "n_layer": args.n_layer}})
     m, t = config.model, config.train
     torch.manual_seed(t.seed)
     model = DistributedDataParallel(GPT(m))

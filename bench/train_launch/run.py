@@ -27,7 +27,7 @@ HPCAI = [sys.executable, "-m", "hpc_aidc.cli.main"]
 CONFIG = """
 [model]
 preset = "tiny"
-n_layer = 2
+n_layer = {n_layer}
 [train]
 max_steps = {steps}
 zero = 1
@@ -58,9 +58,9 @@ def _measure(rows: list[dict[str, Any]], t0: float, steps: int) -> dict[str, flo
     return {"startup_s": by_step[1] - t0, "steps_per_s": (steps - 10) / (by_step[steps] - by_step[10])}
 
 
-def run_hpcai(steps: int, account: str, work: Path) -> dict[str, float]:
+def run_hpcai(steps: int, account: str, work: Path, n_layer: int = 2) -> dict[str, float]:
     config = work / "bench.toml"
-    config.write_text(CONFIG.format(steps=steps))
+    config.write_text(CONFIG.format(steps=steps, n_layer=n_layer))
     t0 = time.time()
     out = subprocess.run([*HPCAI, "submit", "train", "-N", "2", "--ntasks-per-node", "1", "-A", account,
                           "--config", str(config), "--json"], capture_output=True, text=True, check=True, cwd="/tmp")
@@ -70,9 +70,10 @@ def run_hpcai(steps: int, account: str, work: Path) -> dict[str, float]:
     return _measure(rows, t0, steps)
 
 
-def run_baseline(steps: int, account: str, work: Path) -> dict[str, float]:
+def run_baseline(steps: int, account: str, work: Path, n_layer: int = 2) -> dict[str, float]:
     metrics = work / f"baseline-{time.time_ns()}.jsonl"
     env = {**os.environ, "HPCAI_PYTHON": sys.executable, "STEPS": str(steps), "METRICS": str(metrics),
+           "N_LAYER": str(n_layer),
            "HPCAI_BASELINE": str(REPO / "bench/train_launch/ddp_baseline.py")}
     t0 = time.time()
     job_id = subprocess.run(["sbatch", "--parsable", "-A", account, str(REPO / "bench/train_launch/baseline.sbatch")],
@@ -87,16 +88,17 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--account", default="physics")
+    parser.add_argument("--n-layer", type=int, default=2, help="Layers of the tiny GPT (its preset has 4).")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/train_launch.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="train-launch-", dir="/tmp"))
     work.chmod(0o755)
-    run_hpcai(args.steps, args.account, work)  # warm-up: DeepSpeed's JIT-built ops land in the cache
+    run_hpcai(args.steps, args.account, work, args.n_layer)  # warm-up: DeepSpeed's JIT-built ops land in the cache
     samples: dict[str, list[dict[str, float]]] = {"hpcai submit train (DeepSpeed ZeRO-1)": [],
                                                   "sbatch + srun + torch DDP": []}
     for _ in range(args.repeat):
-        samples["hpcai submit train (DeepSpeed ZeRO-1)"].append(run_hpcai(args.steps, args.account, work))
-        samples["sbatch + srun + torch DDP"].append(run_baseline(args.steps, args.account, work))
+        samples["hpcai submit train (DeepSpeed ZeRO-1)"].append(run_hpcai(args.steps, args.account, work, args.n_layer))
+        samples["sbatch + srun + torch DDP"].append(run_baseline(args.steps, args.account, work, args.n_layer))
     results = {name: {key: statistics.median(s[key] for s in runs) for key in ("startup_s", "steps_per_s")}
                for name, runs in samples.items()}
     ours, base = results.values()
@@ -108,6 +110,7 @@ def main() -> int:
     print(f"startup ratio {ratios['startup_ratio']:.2f}x (goal <= 1.2x), "
           f"steps/s ratio {ratios['steps_per_s_ratio']:.2f} (goal >= 0.9)")
     args.out.write_text(json.dumps({"benchmark": "train_launch", "repeat": args.repeat, "steps": args.steps,
+                                    "n_layer": args.n_layer,
                                     "median": results, "samples": samples, **ratios,
                                     "goals": {"startup_ratio_max": 1.2, "steps_per_s_ratio_min": 0.9}}, indent=2))
     print(f"wrote {args.out}")

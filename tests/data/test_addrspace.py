@@ -85,3 +85,20 @@ def test_forked_child_reads_through_the_inherited_range(packed: tuple[Path, np.n
     np.testing.assert_array_equal(got, ref[idx])
     np.testing.assert_array_equal(arr.take(idx), ref[idx])  # the parent's range still works afterwards
     arr.close()
+
+
+def test_spawned_worker_builds_its_own_range(packed: tuple[Path, np.ndarray]) -> None:
+    """With CUDA initialised, workers must be spawned, not forked: the reader pickles without its maps."""
+    import torch
+
+    from hpc_aidc.data.dataset import ResumableLoader, ShardedDataset, ShardedSampler
+
+    store, ref = packed
+    ds = ShardedDataset(store)
+    ds[0]  # the parent maps a shard first; the pickled copy must not carry that mapping
+    sampler = ShardedSampler(ds, rank=0, world_size=1, seed=5)
+    loader = ResumableLoader(ds, sampler, batch_size=16, num_workers=1, multiprocessing_context="spawn")
+    batches = list(loader)
+    order = list(ShardedSampler(ds, rank=0, world_size=1, seed=5))
+    got = torch.cat(batches).numpy()
+    np.testing.assert_array_equal(got, ref[order[: len(got)]])
