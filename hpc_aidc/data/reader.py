@@ -193,12 +193,13 @@ class ShardedArray:
             idx = idx % n
         shards = idx // self.shard_samples
         self._own_handles()
-        if self._slots() is not None:
+        flat = self._slots()
+        if flat is not None:
             if not self._mapped[shards].all():
                 for k in np.unique(shards[~self._mapped[shards]]).tolist():
                     self.shard(k)
-            if self._flat is not None and self._mapped[shards].all():
-                gathered: npt.NDArray[Any] = self._flat[idx]  # every shard in one range: one gather
+            if self._mapped[shards].all():
+                gathered: npt.NDArray[Any] = flat[idx]  # every shard in one range: one gather
                 return gathered
         out = np.empty((len(idx), *self.spec.sample_shape), dtype=self.dtype)
         for k in np.unique(shards).tolist():

@@ -107,27 +107,22 @@ def _import_muon_without_compiling() -> None:
 
 
 class _ReducedStats:
-    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read later."""
+    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read a step later."""
 
-    def __init__(self, tensor: Any, handle: Any, record: dict[str, Any]) -> None:
-        self.tensor, self.handle, self.record = tensor, handle, record
-        self._result: tuple[float, bool] | None = None
-
-    @classmethod
-    def start(cls, local_loss: Any, warned: bool, record: dict[str, Any]) -> _ReducedStats:
+    def __init__(self, local_loss: Any, scale: float, warned: bool, record: dict[str, Any]) -> None:
         import torch
         import torch.distributed as dist
 
         flag = torch.ones_like(local_loss) if warned else torch.zeros_like(local_loss)
-        tensor = torch.stack([local_loss.to(torch.float64), flag.to(torch.float64)])
-        return cls(tensor, dist.all_reduce(tensor, async_op=True), record)
+        self.tensor = torch.stack([local_loss.to(torch.float64), flag.to(torch.float64)])
+        self.handle = dist.all_reduce(self.tensor, async_op=True)
+        self.scale, self.record = scale, record
 
     def wait(self) -> tuple[float, bool]:
-        if self._result is None:
-            self.handle.wait()
-            total, flags = self.tensor.tolist()
-            self._result = total / self.record["scale"], flags > 0
-        return self._result
+        """(the mean loss over ranks, whether any rank got the warning signal)."""
+        self.handle.wait()
+        total, flags = self.tensor.tolist()
+        return total / self.scale, flags > 0
 
 
 class StartupPhases:
@@ -193,14 +188,14 @@ class Trainer:
             local_loss, scale = self._train_step(engine, step)
             step += 1
             now = time.monotonic()
-            record = {"time": time.time(), "step": step, "max_steps": c.train.max_steps, "scale": scale,
+            record = {"time": time.time(), "step": step, "max_steps": c.train.max_steps,
                       "lr": engine.get_lr()[0] if engine.get_lr() else None,
                       "grad_norm": _as_float(engine.get_global_grad_norm()),
                       "step_time_s": now - last, "tokens_per_s": tokens_per_step / (now - last) if now > last else None}
             last = now
             # This step's mean loss and warning flag reduce while the next step computes; the previous
             # step's are complete by now, so reading them neither waits on the network nor stalls a GPU.
-            current = _ReducedStats.start(local_loss, _Warning.received, record)
+            current = _ReducedStats(local_loss, scale, _Warning.received, record)
             warned = False
             if pending is not None:
                 loss, warned = self._finish(pending)
@@ -284,8 +279,7 @@ class Trainer:
         loss, warned = stats.wait()
         step = stats.record["step"]
         if self.rank == 0 and (step % self.config.train.log_every == 0 or step == self.config.train.max_steps):
-            record = {k: v for k, v in stats.record.items() if k != "scale"}
-            self._log_event({**record, "loss": loss})
+            self._log_event({**stats.record, "loss": loss})
         return loss, warned
 
     def _client_state(self, step: int) -> dict[str, Any]:
