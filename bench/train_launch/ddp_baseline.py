@@ -21,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--n-layer", type=int, default=2)
+    parser.add_argument("--n-layer", type=int, default=4)
     args = parser.parse_args()
     rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from hpc_aidc.spec.train import TrainConfig
 
@@ -146,6 +146,7 @@ class Trainer:
         self.config, self.folder, self.rank, self.world, self.local_rank = config, folder, rank, world, local_rank
         self.ckpt_dir = folder / "checkpoints"
         self.metrics_path = folder / "metrics.jsonl"
+        self._metrics: TextIO | None = None  # rank 0's handle, opened once: no open/close per step on shared storage
 
     def run(self, phases: StartupPhases) -> dict[str, Any]:
         import deepspeed
@@ -188,9 +189,11 @@ class Trainer:
             local_loss, scale = self._train_step(engine, step)
             step += 1
             now = time.monotonic()
+            lrs = engine.get_lr()
+            # The grad norm stays a (device) tensor until the record is written a step later: reading it
+            # now would make the host wait for the GPU on every step.
             record = {"time": time.time(), "step": step, "max_steps": c.train.max_steps,
-                      "lr": engine.get_lr()[0] if engine.get_lr() else None,
-                      "grad_norm": _as_float(engine.get_global_grad_norm()),
+                      "lr": lrs[0] if lrs else None, "grad_norm": _detached(engine.get_global_grad_norm()),
                       "step_time_s": now - last, "tokens_per_s": tokens_per_step / (now - last) if now > last else None}
             last = now
             # This step's mean loss and warning flag reduce while the next step computes; the previous
@@ -200,13 +203,15 @@ class Trainer:
             if pending is not None:
                 loss, warned = self._finish(pending)
             pending = current
-            if step % c.checkpoint.every == 0 or step == c.train.max_steps:
+            # `warned`: some rank got Slurm's warning by the previous step; all ranks know it here.
+            if step % c.checkpoint.every == 0 or step == c.train.max_steps or warned:
+                # This step's loss is logged before its checkpoint exists: a run stopped right after the
+                # checkpoint resumes at the next step and would never log this one.
+                loss, warned_now = self._finish(pending)
+                pending = None
                 self._save(engine, step)
-            if warned:  # any rank got Slurm's warning by the previous step: all ranks know it here
-                if step % c.checkpoint.every and step != c.train.max_steps:
-                    self._save(engine, step)
-                self._finish(pending)
-                self._requeue(requeue_target(os.environ), restarts)
+                if (warned or warned_now) and step < c.train.max_steps:
+                    self._requeue(requeue_target(os.environ), restarts)
         if pending is not None:
             loss, _ = self._finish(pending)
         wall = time.monotonic() - wall_start
@@ -218,6 +223,8 @@ class Trainer:
         if self.rank == 0:
             self._log_event({"event": "end", **summary})
             (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self._metrics is not None:
+            self._metrics.close()
         # Shut gloo/NCCL down before the interpreter does: a process group torn down at exit can abort
         # ("terminate called without an active exception") and fail a job that finished its work.
         import torch.distributed as dist
@@ -279,7 +286,7 @@ class Trainer:
         loss, warned = stats.wait()
         step = stats.record["step"]
         if self.rank == 0 and (step % self.config.train.log_every == 0 or step == self.config.train.max_steps):
-            self._log_event({**stats.record, "loss": loss})
+            self._log_event({**stats.record, "grad_norm": _as_float(stats.record["grad_norm"]), "loss": loss})
         return loss, warned
 
     def _client_state(self, step: int) -> dict[str, Any]:
@@ -307,11 +314,13 @@ class Trainer:
         import torch
 
         from hpc_aidc.node.checkpoint import latest_tag
+        from hpc_aidc.node.cpu_adam_resume import replay_bias_correction
 
         tag = latest_tag(self.ckpt_dir) if self.ckpt_dir.exists() else None
         if tag is None:
             return 0
         _, client = engine.load_checkpoint(str(self.ckpt_dir), tag=tag)
+        replay_bias_correction(getattr(engine.optimizer, "optimizer", None))  # offload: DeepSpeed's CPU Adam
         if self.stream is not None:
             self.stream.load_state_dict(client["data"])
         rng = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
@@ -348,12 +357,18 @@ class Trainer:
         return 6 * self.config.model.n_params * tokens_per_s / (float(peak) * 1e12 * self.world)
 
     def _log_event(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps({"time": time.time(), **record}) + "\n")
+        if self._metrics is None:
+            self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: each line lands whole
+        self._metrics.write(json.dumps({"time": time.time(), **record}) + "\n")
         if "loss" in record:
             from hpc_aidc.render.progress import progress_line
 
             print(progress_line(record), flush=True)
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a tensor that later in-place updates can't change; other values as they are."""
+    return value.detach().clone() if hasattr(value, "detach") else value
 
 
 def _as_float(value: Any) -> float | None:

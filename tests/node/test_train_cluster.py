@@ -52,6 +52,9 @@ RUNS: dict[str, tuple[list[str], int, int]] = {
     # A packed Zarr token store instead of the synthetic stream: the loader's position is checkpointed.
     "zarr_uninterrupted": (["--zero", "2"], 80, 20),
     "zarr_requeue": (["--zero", "2"], 80, 20),
+    # Optimizer offload: DeepSpeed's CPU Adam, whose bias-correction state a checkpoint does not hold.
+    "offload_uninterrupted": (["--zero", "2", "--offload", "optimizer"], 60, 20),
+    "offload_requeue": (["--zero", "2", "--offload", "optimizer"], 60, 20),
 }
 
 
@@ -102,7 +105,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
 
     held: list[str] = []
 
-    pending = {"admin_requeue": (45, admin_requeue), "self_requeue": (45, warn), "zarr_requeue": (30, admin_requeue)}
+    pending = {"admin_requeue": (45, admin_requeue), "self_requeue": (45, warn), "zarr_requeue": (30, admin_requeue),
+               "offload_requeue": (30, admin_requeue)}
     deadline = time.monotonic() + 600
     while pending and time.monotonic() < deadline:
         for name, (step, action) in list(pending.items()):
@@ -147,33 +151,47 @@ def test_every_zero_stage_and_the_pipeline_train(runs: dict[str, dict[str, Any]]
         summary = json.loads((job["folder"] / "summary.json").read_text())
         assert summary["tokens"] > 0 and summary["world_size"] == 2
         assert (job["folder"] / "config.json").exists() and (job["folder"] / "deepspeed.json").exists()
+        # A checkpointed step's loss is logged before the checkpoint: a run stopped right after a checkpoint
+        # resumes at the next step, so a loss logged later would be missing from its curve.
+        rows = _metrics(job["folder"])
+        for i, row in enumerate(rows):
+            if row.get("event") == "checkpoint":
+                assert any(r.get("step") == row["step"] and "loss" in r for r in rows[:i]), (name, row)
 
 
-def test_requeued_runs_end_exactly_like_the_uninterrupted_one(runs: dict[str, dict[str, Any]]) -> None:
+def _assert_resumed_exactly(job: dict[str, Any], reference: dict[str, Any], name: str) -> None:
+    """The job was interrupted once, resumed from a checkpoint, and ended bitwise like the reference."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    reference = runs["uninterrupted"]
+    steps = RUNS[name][1]
     ref_losses = _losses(reference["folder"])
     ref_weights = get_fp32_state_dict_from_zero_checkpoint(str(reference["folder"] / "checkpoints"))
     assert ref_weights, "zero_to_fp32 found no weights"
+    assert job["status"]["state"] == "COMPLETED", (name, job["status"])
+    events = [r for r in _metrics(job["folder"]) if r.get("event") == "start"]
+    assert [e["restarts"] for e in events] == [0, 1], (name, events)
+    assert 0 < events[1]["step"] < steps, events  # resumed from a checkpoint, not from scratch
+    losses = _losses(job["folder"])
+    assert losses.keys() == ref_losses.keys()
+    assert losses == ref_losses, name  # the same loss curve, bitwise
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(job["folder"] / "checkpoints"))
+    assert weights.keys() == ref_weights.keys()
+    # Bitwise the uninterrupted weights, whether the run resumed from the checkpoint it wrote on Slurm's
+    # warning or (admin requeue) from an older periodic one and redid the steps after it.
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights), name
+    assert job["status"]["progress"]["step"] == steps
+
+
+def test_requeued_runs_end_exactly_like_the_uninterrupted_one(runs: dict[str, dict[str, Any]]) -> None:
     for name in ("admin_requeue", "self_requeue"):
-        job = runs[name]
-        assert job["status"]["state"] == "COMPLETED", (name, job["status"])
-        events = [r for r in _metrics(job["folder"]) if r.get("event") == "start"]
-        assert [e["restarts"] for e in events] == [0, 1], (name, events)
-        assert 0 < events[1]["step"] < 120, events  # resumed from a checkpoint, not from scratch
-        losses = _losses(job["folder"])
-        assert losses.keys() == ref_losses.keys()
-        assert losses == ref_losses, name  # the same loss curve, bitwise
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(job["folder"] / "checkpoints"))
-        assert weights.keys() == ref_weights.keys()
-        # Bitwise the uninterrupted weights, whether the run resumed from the checkpoint it wrote on Slurm's
-        # warning or (admin requeue) from an older periodic one and redid the steps after it.
-        assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights), name
-        assert job["status"]["progress"]["step"] == 120
+        _assert_resumed_exactly(runs[name], runs["uninterrupted"], name)
     self_events = [r.get("event") for r in _metrics(runs["self_requeue"]["folder"])]
     assert "requeue" in self_events
+
+
+def test_a_requeued_offload_run_ends_exactly_like_the_uninterrupted_one(runs: dict[str, dict[str, Any]]) -> None:
+    _assert_resumed_exactly(runs["offload_requeue"], runs["offload_uninterrupted"], "offload_requeue")
 
 
 def test_one_rank_with_double_accumulation_matches_two_ranks(runs: dict[str, dict[str, Any]]) -> None:
