@@ -109,9 +109,11 @@ def main() -> int:
         DDP: lambda: run_baseline("ddp_baseline.py", args.steps, args.account, work, args.n_layer),
         CONTROL: lambda: run_baseline("deepspeed_baseline.py", args.steps, args.account, work, args.n_layer)}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
-    for _ in range(args.repeat):
-        for name, arm in arms.items():
-            samples[name].append(arm())
+    names = list(arms)
+    for round_no in range(args.repeat):
+        # Each round starts with a different arm, so none always runs right after the same neighbour.
+        for name in names[round_no % len(names):] + names[:round_no % len(names)]:
+            samples[name].append(arms[name]())
     results = {name: {key: statistics.median(s[key] for s in runs) for key in ("startup_s", "steps_per_s")}
                for name, runs in samples.items()}
     ours, base, control = results[OURS], results[DDP], results[CONTROL]
