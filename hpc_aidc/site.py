@@ -5,7 +5,9 @@ Parsing is pure: `parse_site` takes a dict; only `load_site` touches the filesys
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +89,9 @@ _CLUSTER_KEYS = {
     "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
     "energy_store", "scratch", "admins", "setup", "energy_prolog",
 }
+# Keys a user's HPCAI_* environment must never change: who is an admin, where root writes energy records,
+# whether the job measures itself, what runs in every batch script.
+_ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog"}
 _PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time"}
 _GPU_KEYS = {"precisions", "peak_bf16_tflops", "memory_gib"}
 _PRICE_KEYS = {"currency", "gpu_hour", "kwh", "pue", "carbon_g_per_kwh"}
@@ -139,7 +144,7 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
     _check_keys(data, _TOP_KEYS, "top level", source)
     cluster = dict(data.get("cluster", {}))
     _check_keys(cluster, _CLUSTER_KEYS, "cluster", source)
-    for key in _CLUSTER_KEYS - {"admins", "setup"}:
+    for key in _CLUSTER_KEYS - _ADMIN_ONLY_KEYS:
         override = (environ or {}).get(f"HPCAI_{key.upper()}")
         if override:
             cluster[key] = override
@@ -253,3 +258,47 @@ def load_site(explicit: str | os.PathLike[str] | None = None,
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SiteProfileError(f"Expected valid TOML in the site profile {path}. Got: {exc}.") from None
     return parse_site(data, source=str(path), environ=env)
+
+
+def load_trusted_site(path: Path = DEFAULT_SITE_PATH) -> SiteProfile:
+    """The admin's site profile, for access decisions and for code that runs as root: only the file at
+    `path` (never --site or $HPCAI_SITE), a regular file (not a link) owned by root and writable by
+    nobody else, in a directory owned by root and writable by nobody else, with no HPCAI_* overrides.
+    A profile that anyone but root could have written or swapped decides nothing (SiteProfileError)."""
+    hint = f"Ask an admin to run `chown root:root {path.parent} {path}; chmod 755 {path.parent}; chmod 644 {path}`."
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SiteProfileError(f"Expected the admin's site profile directory {path.parent}. Got {exc.strerror}. "
+                               "Ask an admin to install the site profile.") from None
+    try:
+        dst = os.fstat(dir_fd)
+        if dst.st_uid != 0 or dst.st_mode & 0o022:
+            raise SiteProfileError(
+                f"Expected {path.parent} owned by root and writable by root alone. Got owner uid {dst.st_uid}, "
+                f"mode {stat.S_IMODE(dst.st_mode):o}. {hint}")
+        # O_NONBLOCK: a FIFO planted under the name must not hang us (regular files ignore it).
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise SiteProfileError(
+            f"Expected the admin's site profile at {path}. Got no such file. Ask an admin to install it "
+            "(`hpcai devcluster up` does on the dev cluster)."
+        ) from None
+    except OSError as exc:
+        got = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise SiteProfileError(f"Expected a regular file as the site profile {path}. Got {got}. {hint}") from None
+    finally:
+        os.close(dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_uid != 0 or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+            raise SiteProfileError(
+                f"Expected {path} to be a regular file owned by root and writable by root alone. Got owner "
+                f"uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}. {hint}"
+            )
+        raw = fh.read()
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SiteProfileError(f"Expected valid TOML in the site profile {path}. Got: {exc}.") from None
+    return parse_site(data, source=str(path), environ={})

@@ -81,8 +81,9 @@ def test_energy_prolog_flag_and_its_override() -> None:
     doc = site_doc()
     doc["cluster"]["energy_prolog"] = True
     assert parse_site(doc).energy_prolog is True
-    assert parse_site(doc, environ={"HPCAI_ENERGY_PROLOG": "0"}).energy_prolog is False
-    assert parse_site(site_doc(), environ={"HPCAI_ENERGY_PROLOG": "yes"}).energy_prolog is True
+    # an admin-only key: a user's HPCAI_ENERGY_PROLOG changes nothing (tests/test_site_trusted.py)
+    assert parse_site(doc, environ={"HPCAI_ENERGY_PROLOG": "0"}).energy_prolog is True
+    assert parse_site(site_doc(), environ={"HPCAI_ENERGY_PROLOG": "yes"}).energy_prolog is False
     doc["cluster"]["energy_prolog"] = "sometimes"
     with pytest.raises(SiteProfileError, match="energy_prolog to be true or false"):
         parse_site(doc, source="x.toml")

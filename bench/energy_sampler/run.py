@@ -60,6 +60,7 @@ class Run:
         self.scenario = scenario(ngpus, start=time.time() - 1.0)
         store = root / "energy"
         store.mkdir(exist_ok=True)
+        store.chmod(0o1733)  # root-owned, as open_store requires
         site = root / "site.toml"
         site.write_text(f'[cluster]\njob_root="{root}"\nenergy_store="{store}"\nscratch="/tmp"\n'
                         "[partitions.gpu]\nnodes=1\ngpus_per_node=8\ncpus_per_node=4\n")
@@ -85,7 +86,7 @@ class Run:
         self.probe()
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
-        d = self.store / self.job
+        d = self.store / self.job / "r0"
         meta = json.loads((d / "b.meta.json").read_text())
         end = json.loads((d / "b.end.json").read_text())
         s = decode_rows((d / "b.series.bin").read_bytes(), self.ngpus)

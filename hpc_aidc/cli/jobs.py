@@ -20,11 +20,14 @@ from hpc_aidc.errors import SpecError
 @json_option
 def jobs(since: str, all_users: bool, accounts: tuple[str, ...], as_json: bool) -> None:
     """List your jobs: one sacct and one squeue call, whatever their number."""
+    from hpc_aidc.ids import current_user
     from hpc_aidc.render.table import format_duration, format_table
-    from hpc_aidc.scheduler.accounting import list_jobs
-    from hpc_aidc.scheduler.submit import current_user
+    from hpc_aidc.scheduler.accounting import SLURMDBD_DOWN_NOTE, list_jobs
 
-    records = list_jobs(user=current_user(), all_users=all_users, accounts=accounts, since=since)
+    listing = list_jobs(user=current_user(), all_users=all_users, accounts=accounts, since=since)
+    if listing.live_only:
+        click.echo(SLURMDBD_DOWN_NOTE, err=True)
+    records = listing.records
     if as_json:
         echo_json([r.to_json() for r in records])
         return
@@ -54,16 +57,21 @@ def _job_folder(ctx: click.Context, job_id: str, user: str) -> Path:
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Show one job: state, resources, where it ran, and its job directory."""
-    from hpc_aidc.render.progress import read_metrics, training_progress
+    from hpc_aidc.render.progress import last_problem, read_metrics, training_progress
     from hpc_aidc.render.table import format_duration
-    from hpc_aidc.scheduler.accounting import job_record
+    from hpc_aidc.scheduler.accounting import SLURMDBD_DOWN_NOTE, find_job
 
-    record = job_record(job_id)
+    lookup = find_job(job_id)
+    if lookup.live_only:
+        click.echo(SLURMDBD_DOWN_NOTE, err=True)
+    record = lookup.record
     folder = _job_folder(ctx, record.job_id, record.user)
     metrics = folder / "metrics.jsonl"
-    progress = training_progress(read_metrics(metrics.read_text().splitlines())) if _readable(metrics) else None
+    events = read_metrics(metrics.read_text(errors="replace").splitlines()) if _readable(metrics) else []
+    progress = training_progress(events)
+    problem = last_problem(events)  # e.g. the checkpoint a full filesystem stopped, and what to do
     if as_json:
-        echo_json({**record.to_json(), "folder": str(folder), "progress": progress})
+        echo_json({**record.to_json(), "folder": str(folder), "progress": progress, "problem": problem})
         return
     fields: list[tuple[str, Any]] = [
         ("job", f"{record.job_id} ({record.name})"), ("state", record.state), ("exit code", record.exit_code),
@@ -78,6 +86,8 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         fields.append(("progress", f"step {progress['step']}/{progress['max_steps']}, loss {progress['loss']:.4f}, "
                                    f"tokens/s {tps}, ETA {format_duration(progress['eta_s'])}, "
                                    f"restarts {progress['restarts']}"))
+    if problem:
+        fields.append(("problem", problem))
     for key, value in fields:
         click.echo(f"{key + ':':15s}{'' if value is None else value}")
 
@@ -135,13 +145,15 @@ def _follow(log: Path, job_id: str) -> None:
 @click.argument("job_ids", nargs=-1, required=True)
 @json_option
 def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
-    """Cancel one or more jobs (array tasks as 123_4)."""
-    from hpc_aidc.scheduler.accounting import validate_job_id
-    from hpc_aidc.scheduler.slurm_cli import run_slurm
+    """Cancel one or more jobs (array tasks as 123_4). An id Slurm does not know, or a job you may not
+    cancel, is an error (exit 2); a job that had already ended is said so."""
+    from hpc_aidc.scheduler.accounting import cancel_jobs
 
-    ids = [validate_job_id(j) for j in job_ids]
-    run_slurm(["scancel", *ids])
+    outcome = cancel_jobs(job_ids)
     if as_json:
-        echo_json({"cancelled": ids})
-    else:
-        click.echo(f"Cancelled {', '.join(ids)}")
+        echo_json({"cancelled": outcome.cancelled, "already_ended": outcome.already_ended})
+        return
+    if outcome.cancelled:
+        click.echo(f"Cancelled {', '.join(outcome.cancelled)}")
+    if outcome.already_ended:
+        click.echo(f"Already ended, nothing to cancel: {', '.join(outcome.already_ended)}")

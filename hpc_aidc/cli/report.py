@@ -5,10 +5,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hpc_aidc.cli.common import json_option, site_from
+
+if TYPE_CHECKING:
+    from hpc_aidc.report.aggregate import Filters
+
+
+def _allowed(requested: Filters) -> Filters:
+    """The filters the current user may report with. Who they are comes from their uid, who is an admin
+    from Slurm and the admin's own /etc/hpcai/site.toml: never from --site or HPCAI_* (a user's own
+    profile may list anyone in `admins`)."""
+    from hpc_aidc.ids import current_user
+    from hpc_aidc.report import access
+
+    viewer = access.viewer(current_user(), access.trusted_admins())
+    filters = access.decide(viewer, requested)
+    note = access.private_jobs_note(viewer, filters, access.private_data()) if not viewer.admin else None
+    if note:
+        click.echo(note, err=True)
+    return filters
 
 
 @click.group()
@@ -41,7 +60,7 @@ def usage(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str, ...],
     One sacct call for the whole period. Jobs crossing the period's edges are pro-rated; running jobs
     count their time so far; jobs without an energy summary count as unknown energy, not 0."""
     from hpc_aidc.errors import ConfigError
-    from hpc_aidc.report import access, source
+    from hpc_aidc.report import source
     from hpc_aidc.report.aggregate import Filters, accumulate, check_dimensions, report_from_groups
     from hpc_aidc.report.period import make_period
     from hpc_aidc.report.render import render, write_parquet
@@ -56,7 +75,7 @@ def usage(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str, ...],
     if from_file is not None:
         groups = source.accumulate_file(from_file, period, dims, requested)
     else:
-        filters = access.decide(access.viewer(access.current_user(), site.admins), requested)
+        filters = _allowed(requested)
         groups = accumulate(source.sacct_lines(period, filters), period, dims, filters)
     result = report_from_groups(groups, period, dims, site.prices)
     if fmt == "parquet":
@@ -96,7 +115,7 @@ def fields() -> None:
 def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None, accounts: tuple[str, ...],
              from_file: Path | None) -> None:
     """Build the static report site: an overview of every project and one page per project."""
-    from hpc_aidc.report import access, source
+    from hpc_aidc.report import source
     from hpc_aidc.report.aggregate import Filters
     from hpc_aidc.report.period import Period, parse_when
     from hpc_aidc.report.site import build_site
@@ -111,7 +130,7 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
         lines = source.read_lines(from_file)
         filters = requested
     else:
-        filters = access.decide(access.viewer(access.current_user(), site.admins), requested)
+        filters = _allowed(requested)
         lines = source.sacct_lines(period, filters)
     index = build_site(lines, period, filters, site.prices, out, cluster=site.name)
     click.echo(f"wrote {index}")

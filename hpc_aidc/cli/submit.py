@@ -49,10 +49,11 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
                 after_submit: Callable[[Path], None] | None = None, launcher_prefix: str = "",
                 **render_kwargs: Any) -> None:
     """Shared tail of every submit command: dry-run or submit, then report (and optionally wait)."""
+    from hpc_aidc.ids import current_user
     from hpc_aidc.monitor.launch import batch_script_line
     from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
     from hpc_aidc.scheduler.slurm_cli import slurm_available
-    from hpc_aidc.scheduler.submit import current_user, dry_run_script, submit_function, test_only
+    from hpc_aidc.scheduler.submit import dry_run_script, submit_function, test_only
 
     # One energy sampler per node, started by the job itself for sites without the hpc-aidc prolog
     # (where the prolog runs anyway it would exit at once; the site profile says so, saving a job step).
@@ -160,6 +161,12 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
         )
     click.echo(f"hpcai: {config.model.n_params / 1e6:.1f}M parameters, ZeRO-{config.train.zero}, "
                f"~{plan.total_gib:.2f} GiB/GPU estimated", err=True)
+    from hpc_aidc.ids import current_user
+    from hpc_aidc.node.checkpoint import space_warning
+
+    short = space_warning(site.job_root / current_user(), config)  # a warning: space may be freed meanwhile
+    if short:
+        click.echo(f"hpcai: warning: {short}", err=True)
     env = {"TORCH_EXTENSIONS_DIR": str(site.job_root / "{user}" / ".cache" / "torch_extensions")}
     if gpu and gpu.peak_bf16_tflops:
         env["HPCAI_PEAK_TFLOPS"] = str(gpu.peak_bf16_tflops)

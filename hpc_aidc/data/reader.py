@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpc_aidc.data.addrspace import SlotRange, reserve
 from hpc_aidc.data.shardfmt import EMPTY, decode_chunk, parse_index
-from hpc_aidc.data.spec import Manifest, shard_key
+from hpc_aidc.data.spec import Manifest, open_in_store, shard_key
 from hpc_aidc.errors import DataError
 
 if TYPE_CHECKING:
@@ -95,20 +95,26 @@ class ShardedArray:
         return self._flat
 
     def _open(self, k: int) -> _Shard:
-        import numpy as np
-
         rel = f"{self.spec.name}/{shard_key(k, self.spec.ndim)}"
-        path = self.root / rel
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_in_store(self.root, rel)  # inside the store only: no `..`, no links
         except OSError as exc:
             raise DataError(f"Expected shard file {rel} in {self.root}. Got {exc.strerror}. "
                             "Run `hpcai data verify` and re-pack or re-stage the dataset.") from None
+        try:
+            return self._map(k, rel, fd)
+        except BaseException:
+            os.close(fd)  # a bad shard must not leak its fd on every retry
+            raise
+
+    def _map(self, k: int, rel: str, fd: int) -> _Shard:
+        import numpy as np
+
         size = os.fstat(fd).st_size
         if self.verify == "full":
-            from hpc_aidc.data.verify import check_file_digest
+            from hpc_aidc.data.verify import check_fd_digest
 
-            check_file_digest(path, rel, self._checksums.get(k))
+            check_fd_digest(fd, rel, self._checksums.get(k))
         want = self.chunks_per_shard * 16 + 4
         tail = os.pread(fd, want, max(0, size - want)) if size >= want else b""
         index = parse_index(tail, self.chunks_per_shard, size, rel)

@@ -1,9 +1,18 @@
 """Frozen descriptions of a packed dataset: the manifest (what `verify`, `info` and the loader read) and
-the pack plan (what every pack task reads). Pure: JSON in, dataclasses out, with house-style errors."""
+the pack plan (what every pack task reads). Pure: JSON in, dataclasses out, with house-style errors;
+`read_manifest` and `open_in_store` are the only file access.
+
+A store may come from someone else (a shared dataset on the parallel filesystem), so its manifest is
+input to check: shard paths and array names are relative paths without `.`/`..`/empty parts, and shard
+files are opened one path component at a time relative to the store's directory, never following a
+link, so nothing outside the store is ever read through it."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +97,50 @@ def shard_bounds(index: int, shard_samples: int, num_samples: int) -> tuple[int,
     return start, min(num_samples, start + shard_samples)
 
 
+def store_relpath(rel: str, store: str = "<memory>") -> tuple[str, ...]:
+    """The parts of a path inside a store: relative, no empty, `.` or `..` part, no NUL.
+    DataError (one line) otherwise: a manifest naming `../../x` or `/etc/x` is refused, not followed."""
+    parts = tuple(rel.split("/"))
+    if rel.startswith("/") or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+        raise DataError(
+            f"Expected a relative path inside the store {store} (no '..', no leading '/'). Got {rel!r} "
+            "instead. The manifest was edited or not written by `hpcai data pack`: re-pack the dataset."
+        )
+    return parts
+
+
+def open_in_store(root: str | Path, rel: str) -> int:
+    """A read-only fd of the regular file `rel` inside the store `root`: opened relative to the store's
+    directory, one component at a time with O_NOFOLLOW, so neither `..` nor a symbolic link anywhere
+    under the store can lead outside it. OSError (e.g. FileNotFoundError) when it is not there;
+    DataError for a link or anything but a regular file."""
+    parts = store_relpath(rel, str(root))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the store itself may be a link
+    try:
+        for part in parts[:-1]:
+            sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        # O_NONBLOCK: a FIFO under the name must not hang the reader (regular files ignore it)
+        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise DataError(
+                f"Expected {rel} inside the store {root} as plain files and folders. Got a symbolic link or "
+                "a file where a folder belongs (a link could lead outside the store). Re-pack the dataset, "
+                "or copy it without links."
+            ) from None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise DataError(f"Expected {rel} in the store {root} to be a regular file. Got something else (a "
+                        "device, pipe or folder). Re-pack the dataset.")
+    os.set_blocking(file_fd, True)
+    return file_fd
+
+
 def _bad(store: str, what: str, got: object) -> DataError:
     return DataError(
         f"Expected {what} in {store}/{MANIFEST_NAME}. Got {got!r} instead. "
@@ -127,13 +180,20 @@ def parse_manifest(data: Mapping[str, Any], store: str = "<memory>") -> Manifest
     if manifest.num_samples < 1 or manifest.shard_samples < 1 or min(a.chunk_samples for a in arrays) < 1:
         raise _bad(store, "positive sample, shard and chunk counts",
                    (manifest.num_samples, manifest.shard_samples))
+    for spec in arrays:
+        if len(store_relpath(spec.name, store)) != 1:
+            raise _bad(store, "array names without '/'", spec.name)
+    for f in files:
+        store_relpath(f.path, store)
     return manifest
 
 
 def read_manifest(store: str | Path) -> Manifest:
     path = Path(store) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        fd = open_in_store(store, MANIFEST_NAME)
+        with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
     except FileNotFoundError:
         pending = (Path(store) / PACK_DIR).is_dir()
         hint = ("The pack did not finish: re-run the same `hpcai data pack` command to finish it."

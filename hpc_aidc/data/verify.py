@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -10,34 +11,52 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aidc.data.shardfmt import parse_index
-from hpc_aidc.data.spec import Manifest, ShardFile, read_manifest
+from hpc_aidc.data.spec import Manifest, ShardFile, open_in_store, read_manifest
 from hpc_aidc.errors import DataError
-from hpc_aidc.fsutil import sha256_file
+
+_BLOCK = 8 << 20
 
 
-def check_file_digest(path: Path, name: str, expected: str | None) -> None:
-    got = sha256_file(path)
+def sha256_fd(fd: int) -> str:
+    """sha256 of a whole open file (read with pread: the fd's offset is left alone)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, _BLOCK, offset):
+        digest.update(block)
+        offset += len(block)
+    return digest.hexdigest()
+
+
+def check_fd_digest(fd: int, name: str, expected: str | None) -> None:
+    got = sha256_fd(fd)
     if expected is not None and got != expected:
         raise DataError(f"Expected sha256 {expected[:12]}… for shard {name}. Got {got[:12]}… (corrupted "
                         "shard). Re-pack or re-stage the dataset.")
 
 
 def check_shard(root: Path, manifest: Manifest, f: ShardFile, full: bool = True) -> str | None:
-    """None when the shard file is good, else one line naming it."""
-    path = root / f.path
+    """None when the shard file is good, else one line naming it. The file is opened inside the store
+    only (no `..`, no links: see `open_in_store`)."""
     try:
-        size = path.stat().st_size
+        fd = open_in_store(root, f.path)
     except FileNotFoundError:
         return f"{f.path}: missing"
-    if size != f.nbytes:
-        return f"{f.path}: {size} bytes, expected {f.nbytes} (truncated or overwritten)"
-    if full and sha256_file(path) != f.sha256:
-        return f"{f.path}: sha256 mismatch (corrupted)"
-    spec = manifest.array(f.array)
-    n = manifest.shard_samples // spec.chunk_samples
-    with path.open("rb") as fh:
-        fh.seek(max(0, size - (16 * n + 4)))
-        tail = fh.read()
+    except OSError as exc:
+        return f"{f.path}: {exc.strerror}"
+    except DataError as exc:
+        return f"{f.path}: {exc}"
+    try:
+        size = os.fstat(fd).st_size
+        if size != f.nbytes:
+            return f"{f.path}: {size} bytes, expected {f.nbytes} (truncated or overwritten)"
+        if full and sha256_fd(fd) != f.sha256:
+            return f"{f.path}: sha256 mismatch (corrupted)"
+        spec = manifest.array(f.array)
+        n = manifest.shard_samples // spec.chunk_samples
+        want = 16 * n + 4
+        tail = os.pread(fd, want, max(0, size - want))
+    finally:
+        os.close(fd)
     try:
         parse_index(tail, n, size, f.path)
     except DataError as exc:

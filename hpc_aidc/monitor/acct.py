@@ -38,9 +38,28 @@ def encode(t: Totals) -> str:
         ("tokens", _num(t.tokens)), ("samples", _num(t.samples)),
         ("j_per_token", _num(t.j_per_token)), ("j_per_sample", _num(t.j_per_sample)),
         ("src", t.source), ("sim", str(int(t.simulated))), ("approx", str(int(t.approximate))),
-        ("missing", _names(t.missing)),
+        ("missing", _names(t.missing)), ("runs", str(t.runs)),
     ]
     return " ".join([TAG, *(f"{k}={v}" for k, v in pairs)])
+
+
+def compose(existing: str, line: str) -> str:
+    """AdminComment with our summary replaced by `line`, and whatever other tools keep there (jobstats'
+    `JS1:...`, a site's notes) kept in front of it."""
+    others = strip_summary(existing)
+    return f"{others} {line}" if others else line
+
+
+def strip_summary(text: str) -> str:
+    """`text` without our tagged summary (the tag and the key=value words after it)."""
+    match = _TAG_RE.search(text.lower())
+    if match is None:
+        return text.strip()
+    words = text[match.end():].split()
+    rest = 0
+    while rest < len(words) and "=" in words[rest]:
+        rest += 1
+    return " ".join([text[:match.start()].strip(), *words[rest:]]).strip()
 
 
 def contains_summary(text: str) -> bool:
@@ -81,5 +100,5 @@ def decode(text: str) -> Totals:
         util_mean=num("util"), idle_gpu_s=num("idle_gpu_s"), tokens=num("tokens"),
         samples=num("samples"), source=fields.get("src", "unavailable"),
         simulated=fields.get("sim") == "1", approximate=fields.get("approx") == "1",
-        missing=names("missing"),
+        missing=names("missing"), runs=int(num("runs") or 1),
     )

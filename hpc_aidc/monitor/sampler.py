@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -37,6 +37,7 @@ class SamplerConfig:
     source: str = "job"
     max_duration_s: float | None = None
     rapl_root: Path = POWERCAP
+    run: int = 0  # Slurm's restart count: each run of a requeued job has its own records
 
     def __post_init__(self) -> None:
         if not self.interval_s >= MIN_INTERVAL_S:
@@ -52,21 +53,38 @@ def _timed(read: Any) -> tuple[float, Any]:
 
 
 def run_sampler(cfg: SamplerConfig, stop: threading.Event | None = None,
-                environ: Mapping[str, str] | None = None) -> Outcome:
+                environ: Mapping[str, str] | None = None,
+                log: Callable[[str], None] = lambda message: None,
+                ready: Callable[[], None] = lambda: None) -> Outcome:
+    """Sample until `stop`. As root (the prolog) the run's records are root's own, in a directory made
+    now (one planted before is set aside, see store.prepare_run_as_root); as the job's user (sites
+    without the prolog) they are the user's, and a job root already measures is left alone. `ready` is
+    called once this process owns the node's lock."""
     stop = stop or threading.Event()
     owner = store.owner_for(cfg.user, cfg.account)
-    directory = store.ensure_job_dir(cfg.store, cfg.job_id, owner)
-    lock = store.NodeLock(directory / f"{cfg.node}.lock", owner)
-    if not lock.acquire():
-        return "already-owned"
-    try:
-        _sample(cfg, owner, stop, environ)
-    finally:
-        lock.release()
+    if os.geteuid() == 0:
+        run_dir, notes = store.prepare_run_as_root(cfg.store, cfg.job_id, cfg.run, owner)
+        for note in notes:
+            log(note)
+        file_owner = store.Owner(0, owner.gid)
+    else:
+        found = store.prepare_run_as_user(cfg.store, cfg.job_id, cfg.run, owner)
+        if found is None:
+            return "already-owned"
+        run_dir, file_owner = found, owner
+    with run_dir:
+        lock = store.NodeLock(run_dir, cfg.node, file_owner)
+        if not lock.acquire():
+            return "already-owned"
+        ready()
+        try:
+            _sample(cfg, run_dir, file_owner, stop, environ)
+        finally:
+            lock.release()
     return "sampled"
 
 
-def _sample(cfg: SamplerConfig, owner: store.Owner, stop: threading.Event,
+def _sample(cfg: SamplerConfig, run_dir: store.RecordDir, owner: store.Owner, stop: threading.Event,
             environ: Mapping[str, str] | None) -> None:
     nvml: Nvml | None
     try:
@@ -84,11 +102,12 @@ def _sample(cfg: SamplerConfig, owner: store.Owner, stop: threading.Event,
             source=cfg.source, pid=os.getpid(), interval_s=cfg.interval_s, t_start=t_start,
             nvml=reason, driver=nvml.driver if nvml else "", simulated=bool(nvml and nvml.simulated),
             gpus=tuple(d for d, _ in devices), start_counters_mj=start_mj,
-            rapl_start=read_rapl(cfg.rapl_root),
+            rapl_start=read_rapl(cfg.rapl_root), run=cfg.run,
         )
-        prefix = cfg.store / cfg.job_id / cfg.node
-        store.write_json(Path(f"{prefix}.meta.json"), series.meta_to_json(meta), owner)
-        fd = store.open_append(Path(f"{prefix}.series.bin"), owner) if handles else None
+        # A stale end record (a job id used again) must not end this run before it started.
+        run_dir.unlink(f"{cfg.node}.end.json")
+        run_dir.write_json(f"{cfg.node}.meta.json", series.meta_to_json(meta), owner)
+        fd = run_dir.create_append(f"{cfg.node}.series.bin", owner) if handles else None
         try:
             _loop(cfg, nvml, handles, fd, stop, time.monotonic())
         finally:
@@ -96,7 +115,7 @@ def _sample(cfg: SamplerConfig, owner: store.Owner, stop: threading.Event,
                 os.close(fd)
         t_end, end_mj = _timed(counters)
         end = series.NodeEnd(t_end, end_mj, read_rapl(cfg.rapl_root), "sampler")
-        store.write_json(Path(f"{prefix}.end.json"), series.end_to_json(end), owner)
+        run_dir.write_json(f"{cfg.node}.end.json", series.end_to_json(end), owner)
     finally:
         if nvml:
             nvml.close()

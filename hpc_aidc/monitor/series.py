@@ -82,6 +82,7 @@ class NodeMeta:
     gpus: tuple[GpuDevice, ...]
     start_counters_mj: tuple[int | None, ...]
     rapl_start: RaplReading | None
+    run: int = 0  # Slurm's restart count
     version: int = FORMAT_VERSION
 
 

@@ -48,6 +48,7 @@ class Totals:
     simulated: bool
     approximate: bool
     missing: tuple[str, ...] = ()  # nodes of the job with no energy record
+    runs: int = 1  # runs of the job these totals add up (a requeued job runs again)
 
     @property
     def gpu_kwh(self) -> float | None:
@@ -199,6 +200,28 @@ def combine(parts: Sequence[Totals]) -> Totals:
         approximate=any(t.approximate for t in parts),
         missing=tuple(sorted(n for t in parts for n in t.missing)),
     )
+
+
+def combine_runs(parts: Sequence[Totals]) -> Totals:
+    """A job's totals from its runs' totals: runs follow each other, so energy, time and idle time add
+    up; means are weighted by GPU-seconds; GPUs are the largest allocation of any run."""
+    if not parts:
+        return replace(unavailable_node(""), missing=())
+    one = combine(parts)  # sums, maxima, sources and flags as for nodes
+    weights = [t.gpus * t.duration_s for t in parts]
+
+    def weighted(name: str) -> float | None:
+        pairs = [(getattr(t, name), w) for t, w in zip(parts, weights, strict=True)
+                 if getattr(t, name) is not None and w > 0]
+        total = sum(w for _, w in pairs)
+        fallback: float | None = getattr(one, name)
+        return float(sum(v * w for v, w in pairs) / total) if total else fallback
+
+    return replace(one, gpus=max(t.gpus for t in parts), duration_s=sum(t.duration_s for t in parts),
+                   power_mean_w=weighted("power_mean_w"), util_mean=weighted("util_mean"),
+                   nodes=tuple(sorted({n for t in parts for n in t.nodes})),
+                   missing=tuple(sorted({n for t in parts for n in t.missing})),
+                   runs=sum(t.runs for t in parts))
 
 
 def with_missing(totals: Totals, missing: Sequence[str]) -> Totals:

@@ -1,5 +1,5 @@
 """The work a job reports (tokens, samples), for J/token and J/sample. A job process appends lines
-`tokens=N` / `samples=N` to a file `work.<node>.<anything>` in its energy record directory (see
+`tokens=N` / `samples=N` to a file `work.<node>.<anything>` in its run's work/ directory (see
 `work_path`); every line counts, so each process reports the work it did itself."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from hpc_aidc.errors import ConfigError, expected
 
 KINDS = ("tokens", "samples")
+MAX_WORK_BYTES = 1 << 20  # per file: root reads these, and a user must not make it read gigabytes
 
 
 @dataclass(frozen=True)
@@ -52,5 +53,6 @@ def work_line(kind: str, amount: float) -> str:
     return f"{kind}={amount:g}\n"
 
 
-def work_path(job_dir: Path, node: str, pid: int) -> Path:
-    return job_dir / f"work.{node}.{pid}"
+def work_path(run_dir: Path, node: str, pid: int) -> Path:
+    """Where a job's process reports its work: the run's work/ directory (the job's user owns it)."""
+    return run_dir / "work" / f"work.{node}.{pid}"

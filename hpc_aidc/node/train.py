@@ -7,6 +7,7 @@ states, optimizer and scheduler restored, so the loss curve continues exactly.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hpc_aidc.spec.train import TrainConfig
+
+if TYPE_CHECKING:
+    from hpc_aidc.node.checkpoint import WriteGuard
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class _Warning:
 def train_task(task: TrainTask) -> dict[str, Any]:
     """Entry point run by submitit in every srun task."""
     phases = StartupPhases()
+    remove_stale_result_tmp()
     # submitit installed its own USR2 handler; ours checkpoints collectively at a step boundary instead
     # of inside the signal handler, where ranks would be at different points.
     signal.signal(signal.SIGUSR2, _Warning.handler)
@@ -62,6 +67,33 @@ def train_task(task: TrainTask) -> dict[str, Any]:
     phases.done("import_dynamo")
     folder = Path(task.folder_pattern.replace("%j", info.job_id))
     return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank).run(phases)
+
+
+def remove_stale_result_tmp() -> Path | None:
+    """Remove this task's leftover submitit temporary result from an earlier run of the same job.
+
+    submitit saves a task's result (or its error) to `<jobid>_<task>_result.pkl.save_tmp`, then renames it,
+    and refuses to save when that temporary file already exists ("A temporary saved file already exists").
+    A run that died while writing it (a full filesystem) leaves it behind, and the requeued run, which has
+    the same job id and task, then FAILs after training to the end. Only this task writes that file, and
+    only when it ends, so removing it at start is safe. Returns the removed path (None if none)."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return None  # not started by submitit
+    import submitit
+
+    try:
+        result = submitit.JobEnvironment().paths.result_pickle  # the very path submitit will save to
+    except (KeyError, ValueError, RuntimeError):
+        return None
+    stale = result.with_suffix(result.suffix + ".save_tmp")  # as submitit's utils.temporary_save_path names it
+    try:
+        stale.unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        print(f"hpcai: could not remove submitit's stale {stale}: {exc.strerror}", file=sys.stderr)
+        return None
+    return stale
 
 
 def _quiet_renamed_collectives() -> None:
@@ -179,6 +211,9 @@ class Trainer:
         phases.done("resume")
         restarts = restart_count(os.environ)
         if self.rank == 0:
+            from hpc_aidc.node.checkpoint import remove_incomplete
+
+            remove_incomplete(self.ckpt_dir)  # what an earlier run left half-written
             self.folder.mkdir(parents=True, exist_ok=True)
             self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world,
                              "backend": backend, "threads": torch.get_num_threads(), "startup_s": phases.seconds})
@@ -296,19 +331,76 @@ class Trainer:
         return {"step": step, "data": {"kind": self.config.data.kind, **data}}
 
     def _save(self, engine: Any, step: int) -> None:
+        """Write checkpoint `tag` on every rank, then publish it (rank 0). A failed write on any rank
+        stops the job cleanly (`_stop_after_failed_save`) with `latest` still on the last complete tag."""
         import torch
-        import torch.distributed as dist
 
-        from hpc_aidc.node.checkpoint import publish, tag_for
+        from hpc_aidc.node.checkpoint import WriteGuard, latest_tag, publish, tag_for
 
         tag = tag_for(step)
-        engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=self._client_state(step), save_latest=False)
-        torch.save({"torch": torch.get_rng_state()}, self.ckpt_dir / tag / f"rng_rank{self.rank}.pt")
-        dist.barrier()
+        guard = WriteGuard()
+        with guard.around_deepspeed(engine):
+            engine.save_checkpoint(str(self.ckpt_dir), tag=tag, client_state=self._client_state(step),
+                                   save_latest=False)
+        rng = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
+        if guard.error is None:
+            guard.run(lambda: torch.save({"torch": torch.get_rng_state()}, rng), rng)
+        self._stop_if_any_failed(guard, tag)  # also the barrier before publishing
         if self.rank == 0:
-            publish(self.ckpt_dir, tag, self.config.checkpoint.keep_last)
+            guard.run(lambda: publish(self.ckpt_dir, tag, self.config.checkpoint.keep_last), self.ckpt_dir / tag)
+            if guard.error is not None and latest_tag(self.ckpt_dir) == tag:
+                guard.error = guard.path = None  # published whole; only pruning older tags failed
+        self._stop_if_any_failed(guard, tag)  # also the barrier after publishing
+        if self.rank == 0:
             self._log_event({"event": "checkpoint", "step": step, "tag": tag})
+
+    def _stop_if_any_failed(self, guard: WriteGuard, tag: str) -> None:
+        """Collective: every rank learns whether any rank's write failed; if one did, stop the job."""
+        import torch.distributed as dist
+
+        outcomes: list[Any] = [None] * self.world
+        dist.all_gather_object(outcomes, (guard.error, guard.path))
+        failed = [(rank, error, path) for rank, (error, path) in enumerate(outcomes) if error is not None]
+        if failed:
+            self._stop_after_failed_save(tag, *failed[0])
+
+    def _stop_after_failed_save(self, tag: str, rank: int, error: str, path: str | None) -> None:
+        """Every rank is done writing: rank 0 removes the partial tag and records one line (metrics event
+        for `hpcai status`, and its log); then all ranks leave the process group and exit non-zero without
+        a traceback (SystemExit passes submitit's error handler, so it writes no result file either)."""
+        import torch.distributed as dist
+
+        from hpc_aidc.node.checkpoint import FAILED_EVENT, failure_line, latest_tag, remove_partial
+        from hpc_aidc.node.slurm_env import requeue_target
+
+        line = ""
+        if self.rank == 0:
+            remove_partial(self.ckpt_dir, tag)
+            line = failure_line(tag=tag, ckpt_dir=self.ckpt_dir, error=error, path=path, rank=rank,
+                                latest=latest_tag(self.ckpt_dir), requeue=requeue_target(os.environ))
+            self._append_event({"event": FAILED_EVENT, "tag": tag, "rank": rank, "message": line})
         dist.barrier()
+        dist.destroy_process_group()
+        if self.rank == 0:
+            sys.exit(f"hpcai: error: {line}")
+        sys.exit(f"hpcai: rank {self.rank}: stopping: checkpoint {tag} could not be written (see `hpcai status`)")
+
+    def _append_event(self, record: dict[str, Any]) -> None:
+        """One metrics line written with a single unbuffered append, for when the filesystem may be full:
+        nothing is left in a buffer to fail again at exit."""
+        if self._metrics is not None:
+            with contextlib.suppress(OSError):
+                self._metrics.close()
+            self._metrics = None
+        data = (json.dumps({"time": time.time(), **record}) + "\n").encode()
+        try:
+            fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            print(f"hpcai: could not record the failure in {self.metrics_path}: {exc.strerror}", file=sys.stderr)
 
     def _resume(self, engine: Any) -> int:
         import torch

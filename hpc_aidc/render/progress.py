@@ -41,3 +41,14 @@ def training_progress(records: list[dict[str, Any]]) -> dict[str, Any] | None:
             "tokens_per_s": sum(tps) / len(tps) if tps else None,
             "eta_s": (last["max_steps"] - last["step"]) * mean_step, "restarts": restarts,
             "finished": any(r.get("event") == "end" for r in records)}
+
+
+def last_problem(records: list[dict[str, Any]]) -> str | None:
+    """The one line a run left when it stopped on a failed checkpoint write, unless a later run started
+    (after a requeue) since; None when there is nothing to report."""
+    for record in reversed(records):
+        if record.get("event") == "start":
+            return None
+        if record.get("event") == "checkpoint-failed" and record.get("message"):  # node.checkpoint.FAILED_EVENT
+            return str(record["message"])
+    return None

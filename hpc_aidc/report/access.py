@@ -1,20 +1,26 @@
 """Who may see which project's report (Slurm's PrivateData idea, per account): a user sees the
 accounts they have an association with, a coordinator the accounts they coordinate (and their
-sub-accounts), Slurm admins/operators and the site profile's admins see all. `decide` is pure; `viewer`
-asks sacctmgr (two calls, three when the user coordinates accounts)."""
+sub-accounts), Slurm admins/operators and the admins of the admin's own site profile see all.
+
+Access decisions come from root-owned configuration and Slurm only: the site admins are read from
+/etc/hpcai/site.toml through `load_trusted_site` (never `--site`, $HPCAI_SITE or HPCAI_* of the user),
+and the user is the process's real uid (`hpc_aidc.ids.current_user`, never $USER). Slurm enforces the
+same under PrivateData: slurmdbd gives a user their own jobs only, a coordinator their accounts' jobs.
+`decide` is pure; `viewer` asks sacctmgr (two calls, three when the user coordinates accounts), which
+under PrivateData=users,accounts still answers a user about themselves and their own associations."""
 
 from __future__ import annotations
 
-import getpass
-import os
-import pwd
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from hpc_aidc.errors import AccessError
+from hpc_aidc.errors import AccessError, SiteProfileError, SlurmError
 from hpc_aidc.report.aggregate import Filters
 from hpc_aidc.scheduler.associations import user_associations
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.scheduler.parse import slurmdbd_down_message, slurmdbd_unreachable
+from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.site import DEFAULT_SITE_PATH, load_trusted_site
 
 ADMIN_LEVELS = {"administrator", "operator"}
 
@@ -82,17 +88,50 @@ def parse_parents(text: str) -> dict[str, str]:
     return out
 
 
-def current_user() -> str:
+def trusted_admins(path: Path = DEFAULT_SITE_PATH) -> frozenset[str]:
+    """The `admins` of the admin's own site profile; nobody when it is missing or anyone but root could
+    have written it (Slurm's AdminLevel still counts: see `viewer`)."""
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return getpass.getuser()
+        return frozenset(load_trusted_site(path).admins)
+    except SiteProfileError:
+        return frozenset()
+
+
+def private_jobs_note(viewer: Viewer, filters: Filters, private_data: Iterable[str]) -> str | None:
+    """One line for stderr when Slurm's PrivateData=jobs limits a report to the viewer's own jobs in
+    some of its accounts (those they neither administer nor coordinate); None when it does not."""
+    if viewer.admin or "jobs" not in set(private_data):
+        return None
+    own_only = sorted((filters.accounts or viewer.visible) - viewer.coordinated)
+    if not own_only:
+        return None
+    return (f"note: the cluster's PrivateData=jobs shows you only your own jobs in {', '.join(own_only)}; "
+            "the project's coordinator or an admin sees all of its jobs.")
+
+
+def parse_private_data(config: str) -> frozenset[str]:
+    """`scontrol show config` -> its PrivateData items ({'jobs', 'usage', ...}; empty for none)."""
+    from hpc_aidc.scheduler.site_check import parse_config_value
+
+    value = parse_config_value(config, "PrivateData")
+    return frozenset(v.strip().lower() for v in value.split(",") if v.strip() and v.strip().lower() != "none")
+
+
+def private_data() -> frozenset[str]:
+    """slurmctld's PrivateData setting (slurmdbd's is not readable by users; sites set both alike).
+    Only for the note above: when scontrol does not answer, no note."""
+    proc = run_slurm(["scontrol", "show", "config"], check=False)
+    return parse_private_data(proc.stdout) if proc.returncode == 0 else frozenset()
 
 
 def viewer(user: str, site_admins: Iterable[str]) -> Viewer:
-    admin, coordinated = parse_user_line(run_slurm(
-        ["sacctmgr", "--noheader", "--parsable2", "show", "user", user, "withcoord",
-         "format=user,adminlevel,coordinators"]).stdout)
+    proc = run_slurm(["sacctmgr", "--noheader", "--parsable2", "show", "user", user, "withcoord",
+                      "format=user,adminlevel,coordinators"], check=False)
+    if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
+        raise SlurmError(slurmdbd_down_message(proc.stderr, "A usage report"))
+    if proc.returncode != 0:
+        raise SlurmError(f"sacctmgr failed: {first_error_line(proc.stderr or proc.stdout)}")
+    admin, coordinated = parse_user_line(proc.stdout)
     if admin or user in set(site_admins):
         return Viewer(user, True, frozenset())
     if coordinated:

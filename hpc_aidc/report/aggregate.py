@@ -5,8 +5,9 @@ Rules (those of sreport where it has one):
   part inside it (pro-rated); a running job counts its elapsed time so far (until `Period.now`).
 - Every run of a requeued job is a row of its own (sacct --duplicates) and counts its own usage; the
   runs that ended in REQUEUED are counted as requeues, not as jobs. Array tasks are jobs of their own.
-- A job's energy is its summary's GPU + CPU energy, pro-rated like its time. The summary describes the
-  last run, so REQUEUED runs and running jobs count as unknown energy. A job without a readable
+- A job's energy is its summary's GPU + CPU energy, pro-rated like its time. The summary on a job's last
+  run holds the energy of all its runs (`runs=N`), so REQUEUED runs (whose rows may hold their own
+  run's summary) and running jobs count as unknown energy, and nothing is counted twice. A job without a readable
   summary has *unknown* energy, never 0: `energy_coverage` is the share of GPU-hours (CPU-hours for
   groups without GPUs) whose energy is known, and cost/CO2 of energy cover only that part.
 - Queue wait (start - eligible, else submit) counts for jobs that started inside the period."""

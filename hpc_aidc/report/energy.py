@@ -17,7 +17,7 @@ from hpc_aidc.monitor.acct import NA, TAG, decode
 _V1 = re.compile(
     re.escape(TAG) + r" nodes=\S* gpus=\S+ gpu_j=(\S+) gpu_kwh=\S+ cpu_j=(\S+) dur_s=\S+ p_mean_w=\S+ "
     r"p_max_w=\S+ util=(\S+) idle_gpu_s=(\S+) tokens=(\S+) samples=\S+ j_per_token=\S+ j_per_sample=\S+ "
-    r"src=\S+ sim=([01]) approx=[01] missing=\S*"
+    r"src=\S+ sim=([01]) approx=[01] missing=\S*(?: runs=[0-9]+)?"
 )
 _match = _V1.fullmatch
 

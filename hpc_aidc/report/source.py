@@ -10,12 +10,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpc_aidc.errors import ConfigError
+from hpc_aidc.errors import ConfigError, SlurmError
 from hpc_aidc.report.aggregate import Acc, Filters, accumulate
 from hpc_aidc.report.period import Period, iso
 from hpc_aidc.report.rows import REPORT_FIELDS
-from hpc_aidc.scheduler.parse import SACCT_DELIMITER
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.scheduler.parse import SACCT_DELIMITER, slurmdbd_down_message, slurmdbd_unreachable
+from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
 
 WORKERS_ENV = "HPCAI_REPORT_WORKERS"  # processes for big --from-file inputs (default: one per core)
 PARALLEL_MIN_BYTES = 64 << 20  # below this, one process is faster than starting workers
@@ -37,7 +37,12 @@ def report_sacct_argv(period: Period, filters: Filters) -> list[str]:
 
 
 def sacct_lines(period: Period, filters: Filters) -> list[str]:
-    return run_slurm(report_sacct_argv(period, filters), timeout=600.0).stdout.splitlines()
+    proc = run_slurm(report_sacct_argv(period, filters), timeout=600.0, check=False)
+    if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
+        raise SlurmError(slurmdbd_down_message(proc.stderr, "A usage report"))
+    if proc.returncode != 0:
+        raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
+    return proc.stdout.splitlines()
 
 
 def read_lines(path: Path) -> list[str]:

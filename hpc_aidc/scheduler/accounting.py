@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from hpc_aidc.errors import JobNotFoundError, SpecError
+from hpc_aidc.errors import AccessError, JobNotFoundError, SlurmError
+from hpc_aidc.ids import parse_job_id
 from hpc_aidc.scheduler.parse import (
     SACCT_DELIMITER,
     SACCT_FIELDS,
@@ -13,8 +16,13 @@ from hpc_aidc.scheduler.parse import (
     parse_sacct,
     parse_scontrol_job,
     parse_squeue,
+    slurmdbd_unreachable,
 )
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+
+# Said on stderr (one line) by `hpcai jobs` and `hpcai status` when they fall back to slurmctld.
+SLURMDBD_DOWN_NOTE = ("slurmdbd not reachable: showing jobs slurmctld knows (running/pending/recently ended) "
+                      "only")
 
 
 def sacct_argv(*, job_ids: Sequence[str] = (), user: str | None = None, all_users: bool = False,
@@ -43,8 +51,22 @@ def query_jobs(**kwargs: object) -> list[AccountingRecord]:
     return parse_sacct(run_slurm(sacct_argv(**kwargs)).stdout)  # type: ignore[arg-type]
 
 
-def squeue_argv(*, user: str | None = None, all_users: bool = False, accounts: Sequence[str] = ()) -> list[str]:
+def _query_jobs_or_none(**kwargs: object) -> list[AccountingRecord] | None:
+    """query_jobs, or None when slurmdbd does not answer (maintenance): callers fall back to
+    slurmctld. Any other sacct failure is a SlurmError as before."""
+    proc = run_slurm(sacct_argv(**kwargs), check=False)  # type: ignore[arg-type]
+    if proc.returncode != 0:
+        if slurmdbd_unreachable(proc.stderr):
+            return None
+        raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
+    return parse_sacct(proc.stdout)
+
+
+def squeue_argv(*, user: str | None = None, all_users: bool = False, accounts: Sequence[str] = (),
+                all_states: bool = False) -> list[str]:
     argv = ["squeue", "--noheader", f"--format={SQUEUE_FORMAT}"]
+    if all_states:  # also the jobs that ended within MinJobAge, which slurmctld still holds
+        argv.append("--states=all")
     if all_users:
         argv.append("--all")
     elif user:
@@ -54,14 +76,23 @@ def squeue_argv(*, user: str | None = None, all_users: bool = False, accounts: S
     return argv
 
 
+@dataclass(frozen=True)
+class JobListing:
+    records: list[AccountingRecord]
+    live_only: bool = False  # slurmdbd did not answer: only the jobs slurmctld knows (SLURMDBD_DOWN_NOTE)
+
+
 def list_jobs(*, user: str | None, all_users: bool = False, accounts: Sequence[str] = (),
-              since: str | None = None) -> list[AccountingRecord]:
+              since: str | None = None) -> JobListing:
     """History from slurmdbd (one sacct call) overlaid with the live queue (one squeue call): a job
-    submitted a moment ago is listed even before slurmdbd has recorded it."""
-    merged = {r.job_id: r for r in query_jobs(user=user, all_users=all_users, accounts=accounts, since=since)}
-    live = parse_squeue(run_slurm(squeue_argv(user=user, all_users=all_users, accounts=accounts)).stdout)
+    submitted a moment ago is listed even before slurmdbd has recorded it. While slurmdbd is away,
+    slurmctld's jobs alone (squeue of every state it still holds), marked `live_only`."""
+    history = _query_jobs_or_none(user=user, all_users=all_users, accounts=accounts, since=since)
+    merged = {r.job_id: r for r in history or ()}
+    live = parse_squeue(run_slurm(squeue_argv(user=user, all_users=all_users, accounts=accounts,
+                                              all_states=history is None)).stdout)
     merged.update({r.job_id: r for r in live})
-    return sorted(merged.values(), key=_job_sort_key)
+    return JobListing(sorted(merged.values(), key=_job_sort_key), live_only=history is None)
 
 
 def _job_sort_key(record: AccountingRecord) -> tuple[int, str]:
@@ -69,25 +100,91 @@ def _job_sort_key(record: AccountingRecord) -> tuple[int, str]:
     return (int(base) if base.isdigit() else 0, record.job_id)
 
 
-def validate_job_id(job_id: str) -> str:
-    base = job_id.split("_", 1)
-    if not base[0].isdigit() or (len(base) == 2 and not base[1].isdigit()):
-        raise SpecError(f"Expected a job id like 123 or 123_4. Got {job_id!r} instead. See `hpcai jobs`.")
-    return job_id
+
+@dataclass(frozen=True)
+class JobLookup:
+    record: AccountingRecord
+    live_only: bool = False  # slurmdbd did not answer: slurmctld's record (SLURMDBD_DOWN_NOTE)
 
 
 def job_record(job_id: str) -> AccountingRecord:
     """The allocation record of one job (an array task as 123_4)."""
-    validate_job_id(job_id)
+    return find_job(job_id).record
+
+
+def find_job(job_id: str) -> JobLookup:
+    """job_record, also saying whether slurmdbd was away and slurmctld answered alone."""
+    parse_job_id(job_id)
     # -a: a job id names the job whoever owns it; PrivateData decides what we may see.
-    records = query_jobs(job_ids=[job_id], all_users=True)
-    matches = [r for r in records if r.job_id == job_id or r.job_id_raw == job_id]
+    records = _query_jobs_or_none(job_ids=[job_id], all_users=True)
+    matches = [r for r in records or () if r.job_id == job_id or r.job_id_raw == job_id]
     if not matches:
-        # slurmdbd learns of a job a moment after sbatch returns; slurmctld knows it at once.
+        # slurmdbd learns of a job a moment after sbatch returns, and may be down for maintenance;
+        # slurmctld knows a job from submission until MinJobAge after its end.
         proc = run_slurm(["scontrol", "show", "job", "-o", job_id], check=False)
         if proc.returncode == 0 and proc.stdout.strip():
-            return parse_scontrol_job(proc.stdout.strip().splitlines()[0])
+            return JobLookup(parse_scontrol_job(proc.stdout.strip().splitlines()[0]), live_only=records is None)
+        if records is None:
+            raise JobNotFoundError(
+                f"Expected job {job_id} in slurmctld's jobs while slurmdbd is not reachable. Got none (it ended "
+                "a while ago, or is not yours). Try again once slurmdbd is back, or check `hpcai jobs`."
+            )
         raise JobNotFoundError(
-            f"Expected a job {job_id} in Slurm's accounting. Got none. Check the id with `hpcai jobs`."
+            f"Expected a job {job_id} in Slurm's accounting. Got none (or none you may see). Check the id "
+            "with `hpcai jobs`."
         )
-    return matches[-1]
+    return JobLookup(matches[-1])
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    cancelled: list[str]       # scancel accepted: Slurm is ending them
+    already_ended: list[str]   # nothing left to cancel
+
+
+# scancel exits 0 whatever happened to each id, and says nothing about an id Slurm does not know unless
+# asked with --verbose, which gives one line per refused id (tests/recorded/scancel_verbose.txt).
+_KILL_ERROR = re.compile(r"Kill job error on job id (\S+): (.+)$")
+_UNKNOWN = "Invalid job id specified"
+_ENDED = "already completing or completed"
+_DENIED = "Access/permission denied"
+
+
+def parse_scancel_verbose(stderr: str) -> dict[str, str]:
+    """Slurm's refusal per job id from `scancel --verbose` (ids it accepted are absent)."""
+    refused: dict[str, str] = {}
+    for line in stderr.splitlines():
+        m = _KILL_ERROR.search(line.strip())
+        if m:
+            refused[m.group(1)] = m.group(2).strip()
+    return refused
+
+
+def cancel_jobs(job_ids: Sequence[str]) -> CancelOutcome:
+    """Cancel jobs (array tasks as 123_4) with one scancel call, and say truthfully what happened to each:
+    cancelled, already ended, or refused (an id Slurm does not know, a job of someone else) with one line."""
+    # as scancel writes them back (0042 -> 42), so that its verdicts match the ids asked for
+    ids = ["_".join(str(int(part)) for part in parse_job_id(j).split("_")) for j in job_ids]
+    proc = run_slurm(["scancel", "--verbose", *ids], check=False)
+    refused = parse_scancel_verbose(proc.stderr)
+    if proc.returncode != 0 and not refused:
+        raise SlurmError(f"scancel failed: {first_error_line(proc.stderr or proc.stdout)}")
+    cancelled = [j for j in ids if j not in refused]
+    ended = [j for j in ids if _ENDED in refused.get(j, "")]
+    done = f" (cancelled: {', '.join(cancelled)})" if cancelled else ""
+    unknown = [j for j in ids if _UNKNOWN in refused.get(j, "")]
+    if unknown:
+        raise JobNotFoundError(
+            f"Expected a job Slurm knows. Got no job {', '.join(unknown)} (scancel: {_UNKNOWN}) instead{done}. "
+            "Check the id with `hpcai jobs`."
+        )
+    denied = [j for j in ids if _DENIED in refused.get(j, "")]
+    if denied:
+        raise AccessError(
+            f"Expected jobs you may cancel. Got {', '.join(denied)} (scancel: {_DENIED}) instead{done}. Only "
+            "a job's owner, a coordinator of its account or an admin may cancel it."
+        )
+    other = [j for j in ids if j in refused and j not in ended]
+    if other:
+        raise SlurmError(f"scancel refused job {other[0]}: {refused[other[0]]}{done}.")
+    return CancelOutcome(cancelled=cancelled, already_ended=ended)

@@ -4,12 +4,13 @@ before submission, so the tasks only read it. Kept small: the general submit mod
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
 
 from hpc_aidc.errors import SlurmError
+from hpc_aidc.ids import current_user
+from hpc_aidc.scheduler.submit import prepare_user_folder
 from hpc_aidc.site import SiteProfile
 from hpc_aidc.slurmtime import parse_time_limit
 
@@ -23,7 +24,9 @@ def submit_pack_array(site: SiteProfile, out: str, tasks: int, *, engine: str = 
     from hpc_aidc.data.pack import finalize_pack, pack_task
 
     out = str(Path(out).resolve())
-    folder = site.job_root / getpass.getuser() / "data-pack" / "%j"
+    user_dir = site.job_root / current_user()
+    prepare_user_folder(user_dir)  # ours, and nobody else's to write, before anything is written in it
+    folder = user_dir / "data-pack" / "%j"
     params: dict[str, Any] = {
         "partition": site.partition(partition).name, "time": parse_time_limit(time_limit),
         "ntasks_per_node": 1, "cpus_per_task": 1, "setup": list(site.setup),

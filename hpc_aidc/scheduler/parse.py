@@ -137,6 +137,25 @@ def parse_sacct(text: str) -> list[AccountingRecord]:
     return records
 
 
+# What Slurm's clients print on stderr (exit 1) when slurmdbd does not answer, e.g. during maintenance
+# (tests/recorded/sacct_slurmdbd_down.txt): the persistent connection to it fails.
+_SLURMDBD_DOWN = ("Problem talking to the database", "failed to open persistent connection",
+                  "Sending PersistInit msg")
+
+
+def slurmdbd_unreachable(stderr: str) -> bool:
+    """True when sacct/sacctmgr failed because slurmdbd is not reachable (not for bad arguments)."""
+    return any(marker in stderr for marker in _SLURMDBD_DOWN)
+
+
+def slurmdbd_down_message(stderr: str, needs: str) -> str:
+    """The one-line error for a command that cannot do without slurmdbd (`needs`: what it reads)."""
+    reason = next((line.rsplit(":", 1)[-1].strip() for line in stderr.splitlines()
+                   if any(marker in line for marker in _SLURMDBD_DOWN)), "no answer")
+    return (f"Expected slurmdbd (Slurm's accounting daemon) to answer. Got no connection ({reason}). {needs} "
+            "needs accounting: try again once slurmdbd is back (e.g. after maintenance), or ask your admins.")
+
+
 def parse_sbatch_job_id(text: str) -> str:
     """'Submitted batch job 42' (or '42;cluster' with --parsable) -> '42'."""
     m = re.search(r"(\d+)", text)

@@ -57,8 +57,10 @@ write_configs() {
     "@LIBEXEC@=$HERE"
   render "$HERE/gres.conf.in" /etc/slurm/gres.conf "@STATE@=$DEV_STATE"
   SLURM_CONFIG_CHANGED=$CONFIG_CHANGED
+  CONFIG_CHANGED=0
   render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf \
     "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@DBPASS@=$DB_PASS"
+  DBD_CONFIG_CHANGED=$CONFIG_CHANGED
   chown "$SLURM_USER:" /etc/slurm/slurmdbd.conf
   chmod 600 /etc/slurm/slurmdbd.conf
 }
@@ -90,6 +92,12 @@ SQL
 }
 
 start_slurmdbd() {
+  # slurmdbd reads slurmdbd.conf (PrivateData among it) only at start: a changed config means a restart.
+  if [ "$DBD_CONFIG_CHANGED" = 1 ] && alive "$DEV_RUN/slurmdbd.pid"; then
+    log "config changed: restarting slurmdbd"
+    kill "$(cat "$DEV_RUN/slurmdbd.pid")"
+    while alive "$DEV_RUN/slurmdbd.pid"; do sleep 0.2; done
+  fi
   alive "$DEV_RUN/slurmdbd.pid" || /usr/sbin/slurmdbd
   wait_for "slurmdbd" 60 sacctmgr -n show cluster
 }
@@ -180,10 +188,14 @@ setup_energy() {
   local store="$DEV_STATE/energy" fake="$DEV_STATE/fake-nvml" src="$HERE/../../tests/monitor/fake_nvml/fake_nvml.c"
   local python
   python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
-  mkdir -p "$store/accounting" "$fake"
-  chmod 1733 "$store"
-  chown "root:$(id -gn "$SLURM_USER")" "$store/accounting"
-  chmod 2750 "$store/accounting"
+  # The prolog samples every job (energy_prolog = true), so only root writes the store: 0711 lets users
+  # reach their own jobs' records without listing or creating anything. The accounting box is shared by
+  # root (node epilogs) and the SlurmUser (EpilogSlurmctld, its spool), and nobody else.
+  mkdir -p "$store/accounting/spool" "$fake"
+  chown root:root "$store"
+  chmod 0711 "$store"
+  chown "root:$(id -gn "$SLURM_USER")" "$store/accounting" "$store/accounting/spool"
+  chmod 2770 "$store/accounting" "$store/accounting/spool"
   chmod 755 "$fake"
   if [ -f "$src" ] && { [ ! -f "$fake/libnvidia-ml.so.1" ] || [ "$src" -nt "$fake/libnvidia-ml.so.1" ]; }; then
     command -v gcc >/dev/null || die "gcc is needed to build the simulated NVML ($src)"

@@ -112,8 +112,14 @@ def test_follow_cancel_and_list(hpcai: RunHpcai) -> None:
     assert table.splitlines()[0].split()[:3] == ["JOBID", "NAME", "USER"]
 
 
-@pytest.mark.parametrize(("prolog", "sidecar"), [("1", False), ("0", True)])
-def test_job_starts_its_own_sampler_only_without_the_prolog(hpcai: RunHpcai, prolog: str, sidecar: bool) -> None:
-    proc = hpcai("submit", "run", "--dry-run", "--", "true", env={"HPCAI_ENERGY_PROLOG": prolog})
+@pytest.mark.parametrize(("prolog", "sidecar"), [("true", False), ("false", True)])
+def test_job_starts_its_own_sampler_only_without_the_prolog(hpcai: RunHpcai, tmp_path: Path, prolog: str,
+                                                            sidecar: bool) -> None:
+    # energy_prolog is an admin-only key (HPCAI_ENERGY_PROLOG changes nothing): a profile says it
+    site = tmp_path / "site.toml"
+    site.write_text(Path("/etc/hpcai/site.toml").read_text().replace("energy_prolog = true",
+                                                                     f"energy_prolog = {prolog}"))
+    proc = hpcai("--site", str(site), "submit", "run", "--dry-run", "--", "true",
+                 env={"HPCAI_ENERGY_PROLOG": "false" if prolog == "true" else "true"})
     assert proc.returncode == 0, proc.stderr
     assert ("energy sample" in proc.stdout) is sidecar

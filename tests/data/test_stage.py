@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from hpc_aidc.data.dataset import ShardedDataset
 from hpc_aidc.data.stage import local_path, stage, staged_copy
 from hpc_aidc.data.verify import verify_store
+from hpc_aidc.ids import current_user
 
 
 def _stage_one(args: tuple[str, str, str]) -> bool:
@@ -28,11 +30,12 @@ def test_concurrent_stagers_copy_once(packed: tuple[Path, np.ndarray], tmp_path:
     env = {"USER": "alice", "SLURM_JOB_ID": "77"}
     local = staged_copy(store, scratch, env)
     assert local == local_path(store, scratch, env) and local is not None
-    assert "hpcai-alice" in str(local) and "job-77" in str(local)
+    # the user is the real uid's name: $USER (which anyone can set) changes nothing
+    assert f"hpcai-{current_user()}" in str(local) and "job-77" in str(local)
+    assert local_path(store, scratch, {"USER": "bob", "SLURM_JOB_ID": "77"}) == local
     assert verify_store(local).ok
-    other_job = local_path(store, scratch, {"USER": "alice", "SLURM_JOB_ID": "78"})
-    other_user = local_path(store, scratch, {"USER": "bob", "SLURM_JOB_ID": "77"})
-    assert len({local, other_job, other_user}) == 3
+    assert local_path(store, scratch, {"SLURM_JOB_ID": "78"}) != local
+    assert stat.S_IMODE((scratch / f"hpcai-{current_user()}").stat().st_mode) == 0o700
 
     monkeypatch.setattr("hpc_aidc.data.stage.default_scratch", lambda environ=None: scratch)
     monkeypatch.setenv("USER", "alice")

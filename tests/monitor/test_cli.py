@@ -37,7 +37,7 @@ def test_doctor_on_the_fake(fake_env: MakeEnv, run_cli: RunCli) -> None:
 
 def test_error_paths_are_one_line(fake_env: MakeEnv, run_cli: RunCli) -> None:
     env = fake_env(ramp_scenario(start=0.0))
-    assert_clean_error(run_cli("energy", "show", "abc", env=env), "Expected a numeric Slurm job id")
+    assert_clean_error(run_cli("energy", "show", "abc", env=env), "Expected a Slurm job id like 123")
     assert_clean_error(run_cli("energy", "sample", env=env), "Expected a job id")
     assert_clean_error(run_cli("energy", "sample", "--job-id", "9", "--interval", "0", env=env),
                        "Expected a sampling interval")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,20 @@ def _sbatch(user: str, *args: str) -> str:
     out = subprocess.run(["runuser", "-u", user, "--", "sbatch", "--parsable", "-o", "/dev/null", *args],
                          capture_output=True, text=True, check=True, cwd="/tmp")
     return out.stdout.strip().split(";")[0]
+
+
+def _job_nodes(job: str) -> list[str]:
+    """The job's nodes, once it has them (the cluster may be busy with other tests' jobs)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+        if out:
+            names = subprocess.run(["scontrol", "show", "hostnames", out], capture_output=True, text=True,
+                                   check=True).stdout.split()
+            return sorted(names)
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} got no nodes")
 
 
 def _admin_comment(job: str, timeout: float = 90.0) -> str:
@@ -68,27 +84,29 @@ def test_two_node_job_energy_in_sacct_equals_the_exact_integral(
     job = _sbatch("alice", "-N2", "-A", "physics", "--gres=gpu:h100:2", "--wrap", "sleep 6")
     # Kill one node's sampler with -9 mid-job (once it has written rows): its summary must still come
     # from the counters.
-    pid = _wait_lock_pid(store / job / "n2.lock")
-    series = store / job / "n2.series.bin"
+    nodes = _job_nodes(job)
+    victim = nodes[1]
+    pid = _wait_lock_pid(store / job / "r0" / f"{victim}.lock")
+    series = store / job / "r0" / f"{victim}.series.bin"
     deadline = time.monotonic() + 30
     while not (series.exists() and series.stat().st_size >= 2 * (8 + 2 * 28)):
-        assert time.monotonic() < deadline, "the n2 sampler wrote no rows"
+        assert time.monotonic() < deadline, f"the {victim} sampler wrote no rows"
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     totals = acct.decode(_admin_comment(job))
-    assert totals.nodes == ("n1", "n2") and totals.gpus == 4 and totals.missing == ()
+    assert totals.nodes == tuple(nodes) and totals.gpus == 4 and totals.missing == ()
     assert totals.source == "counter" and totals.simulated and totals.cpu_j is None
 
     exact = 0.0
     ends = {}
-    for node in ("n1", "n2"):
-        summary = json.loads((store / job / f"{node}.summary.json").read_text())
-        meta = json.loads((store / job / f"{node}.meta.json").read_text())
+    for node in nodes:
+        summary = json.loads((store / job / "r0" / f"{node}.summary.json").read_text())
+        meta = json.loads((store / job / "r0" / f"{node}.meta.json").read_text())
         ends[node] = summary["end_source"]
-        assert (store / job / f"{node}.series.bin").stat().st_size > 0
+        assert (store / job / "r0" / f"{node}.series.bin").stat().st_size > 0
         for gpu in meta["gpus"]:
             exact += scenario.energy_j(gpu["index"], summary["t_start"], summary["t_end"])
-    assert ends == {"n1": "sampler", "n2": "epilog"}
+    assert ends == {nodes[0]: "sampler", victim: "epilog"}
     # Tolerance: AdminComment keeps 10 significant digits; counters are whole mJ, read within ~1 ms.
     assert totals.gpu_j == pytest.approx(exact, rel=1e-4)
 
@@ -98,11 +116,13 @@ def test_two_node_job_energy_in_sacct_equals_the_exact_integral(
     assert "SIMULATED" in shown.stdout and "Power over time" in shown.stdout
     as_json = json.loads(hpcai("energy", "show", job, "--json", user="alice").stdout)
     assert as_json["totals"]["gpu_j"] == pytest.approx(totals.gpu_j)
-    assert len(as_json["nodes"]) == 2 and len(as_json["nodes"][0]["gpus"]) == 2
-    denied = subprocess.run(["runuser", "-u", "bob", "--", "cat", str(store / job / "n1.summary.json")],
+    run0 = as_json["runs"][0]
+    assert len(run0["nodes"]) == 2 and len(run0["nodes"][0]["gpus"]) == 2
+    denied = subprocess.run(["runuser", "-u", "bob", "--", "cat", str(store / job / "r0" / f"{nodes[0]}.summary.json")],
                             capture_output=True, text=True, check=False)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
-    assert_clean_error(hpcai("energy", "show", job, user="bob"), "readable by the job's user")
+    # PrivateData=jobs: to bob, alice's job does not exist
+    assert_clean_error(hpcai("energy", "show", job, user="bob"), f"Expected job {job} in Slurm accounting")
 
 
 def test_job_without_nvml_runs_and_its_energy_is_unavailable(
@@ -124,3 +144,114 @@ def test_job_without_nvml_runs_and_its_energy_is_unavailable(
 
 def test_show_unknown_job_is_one_clean_line(cluster: None, hpcai: RunHpcai) -> None:
     assert_clean_error(hpcai("energy", "show", "99999999"), "Expected job 99999999")
+
+
+STATE = Path("/var/lib/hpcai-devcluster")
+SLURMDBD_PID = Path("/run/hpcai-devcluster/slurmdbd.pid")
+
+
+def _state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False)
+    return next((w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("JobState=")), "")
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def _slurmdbd_up() -> bool:
+    return subprocess.run(["sacctmgr", "-n", "show", "cluster"], capture_output=True, check=False).returncode == 0
+
+
+def test_store_is_roots_alone_and_records_are_read_only_for_the_user(site_store: tuple[Path, Scenario]) -> None:
+    store, _ = site_store
+    job = _sbatch("alice", "-N1", "-A", "physics", "--gres=gpu:h100:1", "--wrap", "sleep 1")
+    node = _job_nodes(job)[0]
+    _admin_comment(job)
+    as_alice = [
+        f"mkdir {store}/99999999",  # no job directory of her own in the store (mode 0711)
+        f"ls {store}",  # nor a listing of other jobs
+        f"touch {store}/{job}/r0/{node}.meta.json",  # her own job's records are root's
+        f"ln -s /etc/passwd {store}/{job}/r0/{node}.lock",
+        f"cat {store}/accounting/{job}.r0.{node}",  # the accounting box is root's and the SlurmUser's
+    ]
+    for command in as_alice:
+        proc = subprocess.run(["runuser", "-u", "alice", "--", "bash", "-c", command], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode != 0, command
+    # but she reports her job's work in its work directory
+    assert (store / job / "r0" / "work").stat().st_uid == pwd.getpwnam("alice").pw_uid
+
+
+def test_job_requeued_after_a_node_failure_has_energy_per_run_that_adds_up(
+        site_store: tuple[Path, Scenario], hpcai: RunHpcai) -> None:
+    store, _ = site_store
+    job = _sbatch("alice", "-N1", "-A", "physics", "--gres=gpu:h100:2", "--wrap", "sleep 5")
+    first = _job_nodes(job)[0]
+    _wait_lock_pid(store / job / "r0" / f"{first}.lock")
+    time.sleep(1.5)
+    try:
+        # The node fails: Slurm ends the run as NODE_FAIL and requeues the job (JobRequeue=1).
+        subprocess.run(["scontrol", "update", f"nodename={first}", "state=down", "reason=hpcai-test"], check=True)
+        _wait(lambda: _state(job) == "PENDING", 60, "the job was not requeued after its node failed")
+        # Slurm holds a requeued job back for two minutes; an admin lets it start at once elsewhere.
+        subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now", f"ExcNodeList={first}"],
+                       check=True)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={first}", "state=resume"], capture_output=True,
+                       check=False)
+
+    def both_runs_stored() -> bool:
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "state,admincomment"],
+                             capture_output=True, text=True, check=False).stdout
+        state, _, comment = (out.strip().splitlines() or [""])[-1].partition("|")  # the latest run's row
+        return state == "COMPLETED" and acct.contains_summary(comment) and acct.decode(comment).runs == 2
+
+    _wait(both_runs_stored, 120, "the job's two runs did not reach accounting")
+    shown = json.loads(hpcai("energy", "show", job, "--json", user="alice").stdout)
+    runs = shown["runs"]
+    assert [r["run"] for r in runs] == [0, 1]
+    assert sum(r["totals"]["gpu_j"] for r in runs) == pytest.approx(shown["totals"]["gpu_j"], rel=1e-6)
+    assert sum(r["totals"]["duration_s"] for r in runs) == pytest.approx(shown["totals"]["duration_s"], rel=1e-6)
+    for r in runs:
+        gpus = [g for node in r["nodes"] for g in node["gpus"]]
+        assert len(gpus) == 2
+        assert sum(g["energy_j"] for g in gpus) == pytest.approx(r["totals"]["gpu_j"], rel=1e-6)
+        assert sum(g["idle_s"] for g in gpus) <= 2 * r["totals"]["duration_s"] + 1e-6
+    text = hpcai("energy", "show", job, user="alice").stdout
+    assert "job total over 2 runs" in text and "Run 1  (after 1 requeue)" in text
+
+
+def test_summaries_survive_a_slurmdbd_outage(site_store: tuple[Path, Scenario], hpcai: RunHpcai) -> None:
+    store, _ = site_store
+    spool = store / "accounting" / "spool"
+    os.kill(int(SLURMDBD_PID.read_text()), signal.SIGTERM)
+    try:
+        _wait(lambda: not _slurmdbd_up(), 30, "slurmdbd did not stop")
+        jobs = [_sbatch("alice", "-N1", "-A", "physics", "--gres=gpu:h100:1", "--wrap", "sleep 1")
+                for _ in range(2)]
+        # Each job's EpilogSlurmctld finds slurmdbd away: its summary is spooled, not lost.
+        _wait(lambda: all((spool / j).exists() for j in jobs), 90, f"jobs {jobs} were not spooled")
+    finally:
+        if not _slurmdbd_up():
+            subprocess.run(["/usr/sbin/slurmdbd"], check=True)
+        _wait(_slurmdbd_up, 60, "slurmdbd did not come back")
+
+    def stored() -> bool:
+        # what an admin's cron runs; slurmctld sends the jobs' records once slurmdbd is back
+        done = hpcai("energy", "backfill", "--json")
+        assert done.returncode == 0, done.stderr
+        return all(acct.contains_summary(_comment(j)) for j in jobs)
+
+    _wait(stored, 120, "the spooled summaries did not reach accounting")
+    assert not any((spool / j).exists() for j in jobs)
+    for j in jobs:
+        assert acct.decode(_comment(j)).gpus == 1
+
+
+def _comment(job: str) -> str:
+    return subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "admincomment"], capture_output=True,
+                          text=True, check=False).stdout.strip()

@@ -4,6 +4,7 @@ records private to the job's user and project."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -27,7 +28,7 @@ def _expected(scenario: Scenario, gpus: int, t0: float, t1: float) -> float:
 
 
 def _summary(store: Path, job: str, node: str) -> dict[str, object]:
-    data = json.loads((store / job / f"{node}.summary.json").read_text())
+    data = json.loads((store / job / "r0" / f"{node}.summary.json").read_text())
     assert isinstance(data, dict)
     return data
 
@@ -37,7 +38,7 @@ def test_clean_run_counter_energy_is_exact_and_second_sampler_backs_off(
     scenario = ramp_scenario(start=time.time() - 0.37)
     env = {**fake_env(scenario), "SLURM_JOB_GPUS": "0,1"}
     first = start_sampler(env, "--job-id", "101", "--node", "na", "--interval", "0.1")
-    wait_for(store / "101" / "na.meta.json")
+    wait_for(store / "101" / "r0" / "na.meta.json")
     second = run_cli("energy", "sample", "--job-id", "101", "--node", "na", env=env, timeout=20)
     assert second.returncode == 0 and "already sampled" in second.stderr
     time.sleep(1.5)
@@ -52,7 +53,7 @@ def test_clean_run_counter_energy_is_exact_and_second_sampler_backs_off(
     exact = _expected(scenario, 2, float(s["t_start"]), float(s["t_end"]))  # type: ignore[arg-type]
     # Counter reads are timed to within ~0.1 ms; the counter floors to whole mJ.
     assert totals.gpu_j == pytest.approx(exact, rel=1e-4)
-    rows = (store / "101" / "na.series.bin").stat().st_size // (8 + 2 * 28)
+    rows = (store / "101" / "r0" / "na.series.bin").stat().st_size // (8 + 2 * 28)
     assert 13 <= rows <= 18  # ~1.6 s at 10 Hz
 
 
@@ -68,7 +69,7 @@ def test_power_integration_without_counter(fake_env: MakeEnv, store: Path, run_c
     assert isinstance(gpus, list) and {g["source"] for g in gpus} == {"integrated"}
     from hpc_aidc.monitor.series import decode_rows
 
-    times = decode_rows((store / "102" / "na.series.bin").read_bytes(), 2).times
+    times = decode_rows((store / "102" / "r0" / "na.series.bin").read_bytes(), 2).times
     exact = _expected(scenario, 2, times[0], times[-1])
     total = sum(g["energy_j"] for g in gpus)
     assert total == pytest.approx(exact, rel=5e-3)  # trapezoids at 20 Hz over kinked ramps
@@ -79,7 +80,7 @@ def test_kill_9_loses_one_interval_and_the_epilog_reads_the_counters(
     scenario = ramp_scenario(start=time.time() - 1.1)
     env = {**fake_env(scenario), "SLURM_JOB_GPUS": "1"}
     proc = start_sampler(env, "--job-id", "103", "--node", "nb", "--interval", "0.1")
-    wait_for(store / "103" / "nb.meta.json")
+    wait_for(store / "103" / "r0" / "nb.meta.json")
     time.sleep(1.0)
     killed_at = time.time()
     proc.send_signal(signal.SIGKILL)
@@ -88,10 +89,10 @@ def test_kill_9_loses_one_interval_and_the_epilog_reads_the_counters(
     done = run_cli("energy", "finish", "--job-id", "103", "--node", "nb", env=env)
     assert done.returncode == 0, done.stderr
     s = _summary(store, "103", "nb")
-    assert s["end_source"] == "epilog" and (store / "103" / "nb.end.json").stat().st_size != 0
+    assert s["end_source"] == "epilog" and (store / "103" / "r0" / "nb.end.json").stat().st_size != 0
     from hpc_aidc.monitor.series import decode_rows
 
-    times = decode_rows((store / "103" / "nb.series.bin").read_bytes(), 1).times
+    times = decode_rows((store / "103" / "r0" / "nb.series.bin").read_bytes(), 1).times
     assert times[-1] >= killed_at - 0.1 - 0.05  # at most one interval lost
     exact = scenario.energy_j(1, float(s["t_start"]), float(s["t_end"]))  # type: ignore[arg-type]
     assert acct.decode(done.stdout).gpu_j == pytest.approx(exact, rel=1e-4)
@@ -107,7 +108,7 @@ def test_no_nvml_the_job_runs_and_energy_is_unavailable(
     done = run_cli("energy", "finish", "--job-id", "104", "--node", "nc", env=env)
     assert done.returncode == 0, done.stderr
     assert "gpu_j=na" in done.stdout and "src=unavailable" in done.stdout
-    meta = json.loads((store / "104" / "nc.meta.json").read_text())
+    meta = json.loads((store / "104" / "r0" / "nc.meta.json").read_text())
     assert meta["nvml"].startswith("Expected an NVML library")
 
 
@@ -145,13 +146,17 @@ def _check_access(fake_env: MakeEnv, run_cli: RunCli, root: Path, site: str) -> 
     assert proc.wait(20) == 0
     assert run_cli("energy", "finish", "--job-id", "105", "--node", "nd", env=env).returncode == 0
     job = store / "105"
+    # The sampler ran as root (as the prolog does): root owns the records, the project's group reads.
     st = job.stat()
-    assert pwd.getpwuid(st.st_uid).pw_name == "alice" and oct(st.st_mode & 0o7777) == "0o2750"
-    for f in job.iterdir():
+    assert (st.st_uid, grp.getgrgid(st.st_gid).gr_name, oct(st.st_mode & 0o7777)) == (0, "physics", "0o750")
+    for f in (job / "r0").iterdir():
         assert f.stat().st_mode & 0o007 == 0, f  # nothing for "others"
+        if f.name != "work":
+            assert f.stat().st_uid == 0 and f.stat().st_mode & 0o020 == 0, f  # root's, not writable by the group
+    assert pwd.getpwuid((job / "r0" / "work").stat().st_uid).pw_name == "alice"  # her work reports go here
 
     def read_as(user: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["runuser", "-u", user, "--", "cat", str(job / "nd.summary.json")],
+        return subprocess.run(["runuser", "-u", user, "--", "cat", str(job / "r0" / "nd.summary.json")],
                               capture_output=True, text=True, check=False)
 
     assert read_as("alice").returncode == 0
