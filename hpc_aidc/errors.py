@@ -22,6 +22,15 @@ class SpecError(ConfigError):
     """A job request does not fit the site (partition, GRES, limits, counts, times)."""
 
 
+class PolicyError(SpecError):
+    """A job breaks the site's submission policy ([policy] in the site profile); `code` is the rule's
+    code in the rejection catalogue (HPCAI-P00N), the same code job_submit.lua gives."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class AccessError(HpcAidcError, PermissionError):
     """The user may not do this (no association with the account, another project's data)."""
 

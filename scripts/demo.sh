@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded dev cluster, end to end: pack a small text corpus into a Zarr v3 sharded
 # store, train the tiny GPT on it with DeepSpeed ZeRO-2 across 2 nodes (following its progress), show
-# the job's GPU energy (simulated NVML: the dev machine has no GPU) and the project's usage report.
+# the job's GPU energy (simulated NVML: the dev machine has no GPU), run the trained checkpoint over
+# held-out prompts as a 2-task batch-inference array, and show the project's usage report.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,7 +11,7 @@ bash scripts/bootstrap.sh
 HPCAI="$ROOT/.venv/bin/hpcai"
 WORK="/srv/hpcai/demo"
 # Each run starts from a clean demo folder, so the demo can be repeated.
-rm -rf "$WORK/corpus.zarr" "$WORK/report-site"
+rm -rf "$WORK/corpus.zarr" "$WORK/report-site" "$WORK/infer"
 mkdir -p "$WORK"
 
 echo
@@ -44,7 +45,36 @@ done
 "$HPCAI" energy show "$job_id"
 
 echo
-echo "== 4. hpcai report usage: today's usage and energy per project"
+echo "== 4. hpcai submit infer: the trained checkpoint over held-out prompts, a 2-task job array"
+grep -h -v '^[[:space:]]*$' /usr/share/doc/*/copyright | cut -c1-40 | head -n 64 >"$WORK/prompts.txt"
+infer_json="$("$HPCAI" submit infer --model "$folder" --input "$WORK/prompts.txt" --output "$WORK/infer" \
+  --tasks 2 --rows-per-shard 32 --max-new-tokens 16 --account physics --job-name demo-infer --json)"
+array_id="$(printf '%s' "$infer_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["arrays"][0]["job_id"])')"
+echo "submitted array job $array_id; waiting for its shards (hpcai infer status $WORK/infer)"
+for _ in $(seq 1 300); do
+  "$HPCAI" infer status "$WORK/infer" --json | .venv/bin/python -c \
+    'import json, sys; s = json.load(sys.stdin); sys.exit(0 if s["running"] + s["pending"] == 0 else 1)' && break
+  sleep 1
+done
+"$HPCAI" infer status "$WORK/infer"
+echo "a few generations (input -> output):"
+.venv/bin/python - "$WORK/infer" <<'PY'
+import json, pathlib, sys
+rows = [json.loads(line) for line in (pathlib.Path(sys.argv[1]) / "shards" / "000000.jsonl").read_text().splitlines()]
+for r in rows[:3]:
+    print(f"  {r['input']!r} -> {r['output']!r} ({r['finish_reason']})")
+PY
+for task in 0 1; do
+  for _ in $(seq 1 60); do
+    sacct -X -n -j "${array_id}_$task" -o AdminComment%300 | grep -q hpcai-energy && break
+    sleep 1
+  done
+  "$HPCAI" energy show "${array_id}_$task" | grep -E '^(Job|GPU energy|Work)'
+done
+
+echo
+echo "== 5. hpcai report usage: today's usage and energy per project (the training and inference jobs)"
+sacct -X -j "$job_id,$array_id" -o JobID,JobName,Account,State,Elapsed
 "$HPCAI" report usage --since "$(date +%F)" --by account
 "$HPCAI" report site --out "$WORK/report-site" >/dev/null
 echo "report site: $WORK/report-site/index.html"

@@ -200,22 +200,18 @@ def backfill(ctx: click.Context, budget: float, as_json: bool) -> None:
 @click.pass_context
 def work(ctx: click.Context, tokens: float | None, samples: float | None) -> None:
     """Report work done by this process of a job, for J/token and J/sample (amounts add up)."""
-    from hpc_aidc.monitor.store import run_name
-    from hpc_aidc.monitor.work import work_line, work_path
+    from hpc_aidc.monitor.work import report_work
 
     if tokens is None and samples is None:
         raise ConfigError(expected("--tokens or --samples", None, "Say how much work was done."))
-    lines = "".join(work_line(k, v) for k, v in (("tokens", tokens), ("samples", samples)) if v is not None)
+    for amount in (tokens, samples):
+        if amount is not None and amount < 0:
+            raise ConfigError(expected("amounts >= 0", amount, "Report what the process did."))
     site = site_from(ctx)
-    run_dir = site.energy_store / _job_id(None) / run_name(_run(None))
-    path = work_path(run_dir, _node(None), os.getpid())
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o640)
-        with os.fdopen(fd, "a") as fh:
-            fh.write(lines)
-    except OSError as exc:
-        raise EnergyError(f"Expected to write {path}. Got {exc.strerror}. Is the job's sampler running "
-                          "(it creates the directory)?") from None
+    job, run = _job_id(None), _run(None)
+    if not report_work(site.energy_store, job, run, _node(None), tokens=tokens, samples=samples):
+        raise EnergyError(f"Expected the work directory of job {job} run {run} in {site.energy_store}. Got none "
+                          "writable. Is the job's sampler running (it creates the directory)?")
 
 
 @energy.command()

@@ -70,8 +70,10 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     events = read_metrics(metrics.read_text(errors="replace").splitlines()) if _readable(metrics) else []
     progress = training_progress(events)
     problem = last_problem(events)  # e.g. the checkpoint a full filesystem stopped, and what to do
+    inference = _inference(ctx, record.job_id, record.user)
     if as_json:
-        echo_json({**record.to_json(), "folder": str(folder), "progress": progress, "problem": problem})
+        echo_json({**record.to_json(), "folder": str(folder), "progress": progress, "problem": problem,
+                   "inference": inference[1].to_json() if inference else None})
         return
     fields: list[tuple[str, Any]] = [
         ("job", f"{record.job_id} ({record.name})"), ("state", record.state), ("exit code", record.exit_code),
@@ -90,6 +92,28 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         fields.append(("problem", problem))
     for key, value in fields:
         click.echo(f"{key + ':':15s}{'' if value is None else value}")
+    if inference:
+        from hpc_aidc.cli.infer import render_progress
+
+        out, prog, plan = inference
+        click.echo(f"{'inference:':15s}{out}")
+        for line in render_progress(plan, prog, str(out)):
+            click.echo(f"{'':15s}{line}")
+
+
+def _inference(ctx: click.Context, job_id: str, user: str) -> tuple[Path, Any, Any] | None:
+    """(output directory, progress, plan) when the job is a batch-inference array task."""
+    from hpc_aidc.errors import HpcAidcError
+    from hpc_aidc.scheduler.infer_submit import infer_output_of, run_progress
+
+    out = infer_output_of(site_from(ctx).job_root / user, job_id)
+    if out is None:
+        return None
+    try:
+        plan, prog = run_progress(out)
+    except (HpcAidcError, OSError):
+        return None
+    return out, prog, plan
 
 
 @click.command()

@@ -59,6 +59,11 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     # (where the prolog runs anyway it would exit at once; the site profile says so, saving a job step).
     render_kwargs.setdefault("extra_setup", [] if site.energy_prolog else [batch_script_line()])
     user = current_user()
+    # The site's submission policy ([policy]), the same rules and codes as its job_submit.lua: refused here,
+    # before sbatch, with the message slurmctld would give.
+    from hpc_aidc.spec.policy import enforce, request_from_resources
+
+    enforce(site, request_from_resources(resources, user, time_given=opts.get("time_limit") is not None))
     folder = job_folder(site, user)
     if "extra_env" in render_kwargs:
         render_kwargs["extra_env"] = {k: v.replace("{user}", user) for k, v in render_kwargs["extra_env"].items()}
@@ -101,6 +106,15 @@ def _wait_and_report(job_id: str, folder: Any, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _add_infer() -> None:
+    from hpc_aidc.cli.infer import submit_infer
+
+    submit.add_command(submit_infer)
+
+
+_add_infer()
+
+
 @submit.command("run", context_settings={"allow_interspersed_args": False})
 @resource_options(default_job_name="hpcai-run")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -136,48 +150,30 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
 
     Every rank is an srun task; the job checkpoints every K steps and on Slurm's warning signal,
     requeues itself, and resumes from its latest complete checkpoint."""
-    from hpc_aidc.errors import SpecError
-    from hpc_aidc.node.train import TrainTask, train_task
-    from hpc_aidc.spec.memory import estimate
-    from hpc_aidc.spec.train import check_world
-
-    site = site_from(ctx)
-    config = load_config(opts)
-    resources = resources_from(site, opts)
-    part = site.partition(resources.partition)
-    gpu = site.gpu_types.get(part.gpu_type or "") if resources.gpus_per_node else None
-    check_world(config, resources.world_size, gpu.precisions if gpu else None)
-    if config.train.entry:
-        from hpc_aidc.node.entry import load_entry
-
-        load_entry(config.train.entry)
-    dp = resources.world_size // config.train.pipeline_stages
-    plan = estimate(config, dp)
-    if gpu and gpu.memory_gib and plan.total_gib > 0.9 * gpu.memory_gib:
-        raise SpecError(
-            f"Expected the model to fit a {gpu.name} ({gpu.memory_gib:.0f} GiB): the estimate is "
-            f"{plan.total_gib:.1f} GiB per GPU with ZeRO-{plan.zero}, offload {plan.offload}, {dp} data-parallel "
-            f"ranks. Run `hpcai plan --config {opts['config_path']}` for a stage and node count that fit."
-        )
-    click.echo(f"hpcai: {config.model.n_params / 1e6:.1f}M parameters, ZeRO-{config.train.zero}, "
-               f"~{plan.total_gib:.2f} GiB/GPU estimated", err=True)
+    from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.ids import current_user
     from hpc_aidc.node.checkpoint import space_warning
+    from hpc_aidc.node.train import TrainTask, train_task
 
-    short = space_warning(site.job_root / current_user(), config)  # a warning: space may be freed meanwhile
+    site = site_from(ctx)
+    user_dir = site.job_root / current_user()
+    job = prepare_train(site, resources_from(site, opts), load_config(opts), opts["config_path"], user_dir)
+    config, resources = job.config, job.resources
+    for note in job.notes:
+        click.echo(note, err=True)
+    short = space_warning(user_dir, config)  # a warning: space may be freed meanwhile
     if short:
         click.echo(f"hpcai: warning: {short}", err=True)
-    env = {"TORCH_EXTENSIONS_DIR": str(site.job_root / "{user}" / ".cache" / "torch_extensions")}
-    if gpu and gpu.peak_bf16_tflops:
-        env["HPCAI_PEAK_TFLOPS"] = str(gpu.peak_bf16_tflops)
+    env = dict(job.env)
     launcher = opts["launcher"]
     prefix = ""
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"srun_args": list(job.srun_args)}
     if launcher == "mpirun":
         prefix = mpirun_prefix(resources.ntasks_per_node)
-        extra["use_srun"] = False  # mpirun starts the ranks (through Slurm's own launch of its daemons)
+        extra = {"use_srun": False}  # mpirun starts the ranks (through Slurm's own launch of its daemons)
         env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     submit_flow(site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
+                signal_delay_s=job.signal_delay_s,
                 task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
                 after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size),
                 launcher_prefix=prefix, **extra)

@@ -21,6 +21,7 @@ _FAIL_BITS = 0x8 | 0x40 | 0x80
 class Verdict:
     status: str  # ok | warn | fail
     reasons: tuple[str, ...]
+    failures: tuple[str, ...] = ()  # the reasons that make it fail (the prolog names them when it drains)
 
 
 def throttle_reasons(mask: int) -> list[str]:
@@ -48,4 +49,4 @@ def verdict(facts: Mapping[str, Any]) -> Verdict:
     if isinstance(temp, (int, float)) and temp >= TEMP_WARN_C:
         warn.append(f"hot: {temp:.0f} C")
     status = "fail" if fail else "warn" if warn else "ok"
-    return Verdict(status, tuple(fail + warn))
+    return Verdict(status, tuple(fail + warn), tuple(fail))

@@ -67,15 +67,24 @@ class Nvml:
             self.nvml_version = "unknown"
         # The test/dev-cluster stand-in reports a "fake" driver: every output built on it says simulated.
         self.simulated = "fake" in self.driver.lower()
+        self._slots: list[Any] | None = None
 
     def count(self) -> int:
         return int(self._n.nvmlDeviceGetCount())
 
     def handle(self, token: GpuToken) -> Any:
+        """The NVML handle a token names. Indices are Slurm's (see slurm_order), not NVML's own."""
         n = self._n
+        if token.kind == "index":
+            slots = self.slurm_order()
+            i = int(token.value)
+            if i >= len(slots):
+                raise EnergyError(
+                    f"Expected GPU index {i} among this node's {len(slots)} GPUs (Slurm's numbering). Got no such "
+                    "GPU. Check the job's GPU list (SLURM_JOB_GPUS) against `nvidia-smi -L`."
+                )
+            return slots[i]
         try:
-            if token.kind == "index":
-                return n.nvmlDeviceGetHandleByIndex(int(token.value))
             if token.kind == "pci":
                 return n.nvmlDeviceGetHandleByPciBusId(token.value)
             return n.nvmlDeviceGetHandleByUUID(token.value)
@@ -85,25 +94,98 @@ class Nvml:
                 "Check the job's GPU list (SLURM_JOB_GPUS) against `nvidia-smi -L`."
             ) from None
 
+    def slurm_order(self) -> list[Any]:
+        """NVML handles in the order Slurm numbers a node's GPUs (SLURM_JOB_GPUS, gres indices).
+
+        Slurm numbers the GPUs after their device files (/dev/nvidiaN, gres.conf's File= or what
+        AutoDetect finds), that is by the minor number N; NVML numbers them by PCI bus id. The two differ
+        on nodes whose driver assigned minors out of bus order, so an index is looked up by minor number
+        (NVML's order where the driver reports no minors). On a MIG node each GPU with MIG enabled stands
+        for its MIG devices, in their order, and a GPU without MIG for itself: index i is the i-th of
+        those slots, and a MIG slot's handle is its MIG device (measured through its parent, approximate)."""
+        if self._slots is not None:
+            return self._slots
+        n = self._n
+        physical = [n.nvmlDeviceGetHandleByIndex(i) for i in range(self.count())]
+        minors = [m for m in (self._minor(h) for h in physical) if m is not None]
+        if len(minors) == len(physical) and len(set(minors)) == len(minors):
+            by_minor = dict(zip(minors, physical, strict=True))
+            physical = [by_minor[m] for m in sorted(by_minor)]
+        slots: list[Any] = []
+        for h in physical:
+            migs = self._mig_devices(h)
+            slots.extend(migs or [h])
+        self._slots = slots
+        return slots
+
+    def _minor(self, handle: Any) -> int | None:
+        try:
+            return int(self._n.nvmlDeviceGetMinorNumber(handle))
+        except (self._n.NVMLError, AttributeError):
+            return None
+
+    def _mig_devices(self, handle: Any) -> list[Any]:
+        """The MIG devices of a GPU in MIG mode, in NVML's order; [] when MIG is off or unsupported."""
+        n = self._n
+        try:
+            current, _ = n.nvmlDeviceGetMigMode(handle)
+            if not current:
+                return []
+            count = int(n.nvmlDeviceGetMaxMigDeviceCount(handle))
+        except (n.NVMLError, AttributeError):
+            return []
+        found = []
+        for i in range(count):
+            try:
+                found.append(n.nvmlDeviceGetMigDeviceHandleByIndex(handle, i))
+            except n.NVMLError:
+                continue  # an empty slot
+        return found
+
+    def _is_mig(self, handle: Any) -> bool:
+        try:
+            return bool(self._n.nvmlDeviceIsMigDeviceHandle(handle))
+        except (self._n.NVMLError, AttributeError):
+            return False
+
     def devices(self, tokens: Iterable[GpuToken] | None) -> list[tuple[GpuDevice, Any]]:
-        """The physical GPUs behind the tokens (all GPUs when None), each once, in first-seen order."""
+        """The physical GPUs behind the tokens (all GPUs when None), each once, in first-seen order;
+        EnergyError for a token no GPU of this node matches."""
+        found, unresolved = self.resolve(tokens)
+        if unresolved:
+            raise unresolved[0][1]
+        return found
+
+    def resolve(self, tokens: Iterable[GpuToken] | None) -> tuple[list[tuple[GpuDevice, Any]],
+                                                                   list[tuple[str, EnergyError]]]:
+        """Like `devices`, but tokens that match no GPU are returned with why, not raised: a sampler
+        measures the GPUs it can find and records the others as unresolved."""
+        unresolved: list[tuple[str, EnergyError]] = []
         if tokens is None:
-            tokens = [GpuToken("index", str(i)) for i in range(self.count())]
+            n = self._n
+            tokens_or_handles: list[tuple[str, Any]] = [(str(i), n.nvmlDeviceGetHandleByIndex(i))
+                                                        for i in range(self.count())]
+        else:
+            tokens_or_handles = []
+            for token in tokens:
+                try:
+                    tokens_or_handles.append((token.value, self.handle(token)))
+                except EnergyError as exc:
+                    unresolved.append((token.value, exc))
         found: dict[str, tuple[GpuDevice, Any]] = {}
-        for token in tokens:
-            handle = self.handle(token)
+        for requested, handle in tokens_or_handles:
             approximate = False
-            if token.kind == "mig":
+            if self._is_mig(handle):
                 handle = self._n.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
                 approximate = True
             uuid = _text(self._n.nvmlDeviceGetUUID(handle))
             if uuid in found:
                 old, h = found[uuid]
                 found[uuid] = (GpuDevice(old.uuid, old.index, old.name, old.pci, old.has_counter,
-                                         old.approximate or approximate, (*old.requested, token.value)), h)
+                                         old.approximate or approximate, (*old.requested, requested)), h)
                 continue
-            found[uuid] = (self._describe(handle, uuid, approximate, token.value), handle)
-        return list(found.values())
+            found[uuid] = (self._describe(handle, uuid, approximate, requested), handle)
+        return list(found.values()), unresolved
 
     def _describe(self, handle: Any, uuid: str, approximate: bool, requested: str) -> GpuDevice:
         n = self._n

@@ -1,7 +1,8 @@
 """The per-node sampler (edge): exactly one per job per node, whoever starts first (prolog or the job
 itself) takes the node lock; a second one returns "already-owned" at once. It reads the energy counters
 at start, appends one row per interval to the series file (each row is one write(2), so `kill -9` loses
-at most the current interval), and on SIGTERM/SIGINT reads the counters again and writes the end record."""
+at most the current interval), and on SIGTERM/SIGINT reads the counters again and writes the end record.
+Slurm's warning signals (USR1/USR2, sent to every step ahead of a time limit) do not stop it."""
 
 from __future__ import annotations
 
@@ -78,14 +79,14 @@ def run_sampler(cfg: SamplerConfig, stop: threading.Event | None = None,
             return "already-owned"
         ready()
         try:
-            _sample(cfg, run_dir, file_owner, stop, environ)
+            _sample(cfg, run_dir, file_owner, stop, environ, log)
         finally:
             lock.release()
     return "sampled"
 
 
 def _sample(cfg: SamplerConfig, run_dir: store.RecordDir, owner: store.Owner, stop: threading.Event,
-            environ: Mapping[str, str] | None) -> None:
+            environ: Mapping[str, str] | None, log: Callable[[str], None] = lambda message: None) -> None:
     nvml: Nvml | None
     try:
         nvml = open_nvml(environ)
@@ -93,7 +94,9 @@ def _sample(cfg: SamplerConfig, run_dir: store.RecordDir, owner: store.Owner, st
     except NvmlUnavailable as exc:
         nvml, reason = None, str(exc)
     try:
-        devices = nvml.devices(cfg.gpus) if nvml else []
+        devices, unresolved = nvml.resolve(cfg.gpus) if nvml else ([], [])
+        for token, why in unresolved:
+            log(f"GPU {token} not measured: {why}")
         handles = [h for _, h in devices]
         counters = (lambda: tuple(nvml.counter_mj(h) for h in handles)) if nvml else (lambda: ())
         t_start, start_mj = _timed(counters)
@@ -102,7 +105,7 @@ def _sample(cfg: SamplerConfig, run_dir: store.RecordDir, owner: store.Owner, st
             source=cfg.source, pid=os.getpid(), interval_s=cfg.interval_s, t_start=t_start,
             nvml=reason, driver=nvml.driver if nvml else "", simulated=bool(nvml and nvml.simulated),
             gpus=tuple(d for d, _ in devices), start_counters_mj=start_mj,
-            rapl_start=read_rapl(cfg.rapl_root), run=cfg.run,
+            rapl_start=read_rapl(cfg.rapl_root), run=cfg.run, unresolved=tuple(t for t, _ in unresolved),
         )
         # A stale end record (a job id used again) must not end this run before it started.
         run_dir.unlink(f"{cfg.node}.end.json")
@@ -136,10 +139,19 @@ def _loop(cfg: SamplerConfig, nvml: Nvml | None, handles: list[Any], fd: int | N
         stop.wait(max(0.0, t0 + tick * cfg.interval_s - time.monotonic()))
 
 
+# Slurm's warning signals, which reach every job step when a job asks for --signal=USR2@<s> without
+# "B:" (submitit's form): they tell training to checkpoint, not the sampler to stop. Without this, their
+# default action kills a job-started sampler minutes before the job ends, and it writes no end record.
+WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
 def stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM (Slurm's job end, the epilog) and SIGINT end sampling cleanly."""
+    """SIGTERM (Slurm's job end, the epilog) and SIGINT end sampling cleanly; Slurm's warning signals
+    (USR1, USR2) are ignored: the sampler measures until the job really ends."""
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    for sig in WARNING_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

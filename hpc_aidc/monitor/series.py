@@ -84,6 +84,9 @@ class NodeMeta:
     rapl_start: RaplReading | None
     run: int = 0  # Slurm's restart count
     version: int = FORMAT_VERSION
+    # The job's GPUs (as Slurm named them) that no GPU of the node matched: not measured, so the node's
+    # figures are approximate (low), never silently complete.
+    unresolved: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def meta_from_json(d: Mapping[str, Any]) -> NodeMeta:
     fields["gpus"] = tuple(GpuDevice(**{**g, "requested": tuple(g["requested"])}) for g in d["gpus"])
     fields["start_counters_mj"] = tuple(d["start_counters_mj"])
     fields["rapl_start"] = _rapl_from(d.get("rapl_start"))
+    fields["unresolved"] = tuple(d.get("unresolved", ()))
     return NodeMeta(**fields)
 
 

@@ -147,7 +147,7 @@ def summarize_node(meta: NodeMeta, series: Series, end: NodeEnd | None, work: Wo
         samples=work.samples,
         source=_source(sources),
         simulated=meta.simulated,
-        approximate=any(g.approximate for g in gpus) or len(known) < len(gpus),
+        approximate=any(g.approximate for g in gpus) or len(known) < len(gpus) or bool(meta.unresolved),
     )
     return NodeSummary(totals, tuple(gpus), meta.t_start, t_end,
                        end.source if end else "live", meta.nvml)

@@ -56,3 +56,25 @@ def work_line(kind: str, amount: float) -> str:
 def work_path(run_dir: Path, node: str, pid: int) -> Path:
     """Where a job's process reports its work: the run's work/ directory (the job's user owns it)."""
     return run_dir / "work" / f"work.{node}.{pid}"
+
+
+def report_work(store: Path, job_id: str, run: int, node: str, tokens: float | None = None,
+                samples: float | None = None) -> bool:
+    """Append this process's work to its job's energy records (run's work/ directory); False when there
+    is nowhere to report (no sampler made the directory, not a Slurm job). Never raises: energy
+    accounting must not break the work it measures."""
+    import os
+
+    lines = "".join(work_line(k, v) for k, v in (("tokens", tokens), ("samples", samples)) if v is not None)
+    if not lines:
+        return False
+    path = work_path(store / job_id / f"r{run}", node, os.getpid())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return False
+    try:
+        os.write(fd, lines.encode())
+    finally:
+        os.close(fd)
+    return True

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpc_aidc.fsutil import atomic_write_text
+from hpc_aidc.spec.memory import checkpoint_bytes
 
 if TYPE_CHECKING:
     from hpc_aidc.spec.train import TrainConfig
+
+__all__ = ["checkpoint_bytes"]  # re-exported: callers size checkpoints from here
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
@@ -76,19 +79,6 @@ def remove_incomplete(ckpt_dir: Path) -> None:
     for path in ckpt_dir.iterdir():
         if path.is_dir() and path.name.startswith("step") and path.name != keep and not (path / COMPLETE).exists():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def checkpoint_bytes(config: TrainConfig) -> int:
-    """Bytes of one checkpoint, all ranks together, as DeepSpeed writes it (measured on this machine for
-    the tiny model, within 1%: fp32 ZeRO-0 12.1, ZeRO-1/2 16.0, ZeRO-3 12.0 bytes/param; bf16 ZeRO-0/2
-    14.1, ZeRO-3 12.0): Adam's momentum and variance (8 bytes/param), the fp32 master weights (4) unless
-    fp32 training without ZeRO keeps none apart from the model, and the module's weights in the training
-    precision, which ZeRO-3 does not write (they are partitioned into the optimizer files)."""
-    t = config.train
-    half = t.precision in ("bf16", "fp16")
-    weights = 0 if t.zero == 3 else (2 if half else 4)
-    optimizer = 8 + (4 if t.zero >= 1 or half else 0)
-    return config.model.n_params * (weights + optimizer)
 
 
 def free_bytes(path: Path) -> int | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from hpc_aidc.spec.train import ModelConfig
@@ -56,28 +58,52 @@ class Head(nn.Module):
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    """Cross-entropy in fp32 whatever the logits' precision: a softmax over 50k bf16 logits loses the
+    small probabilities (a no-op for fp32 logits)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _recompute(fn: Any, *args: torch.Tensor) -> Any:
+    """torch's non-reentrant activation checkpoint: keeps the inputs, rebuilds the rest in backward
+    (works with ZeRO-3's parameter hooks and with inputs that need no gradient)."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 
 
 class GPT(nn.Module):
-    """Takes a [batch, seq+1] token tensor, returns the next-token loss."""
+    """Takes a [batch, seq+1] token tensor, returns the next-token loss. With activation checkpointing
+    each segment of `checkpoint_interval` blocks keeps only its input and is recomputed in backward."""
 
     def __init__(self, m: ModelConfig) -> None:
         super().__init__()
         self.embed = Embed(m)
         self.blocks = nn.ModuleList(Block(m) for _ in range(m.n_layer))
         self.head = Head(m)
+        self.checkpoint_interval = m.checkpoint_interval if m.activation_checkpointing else 0
+
+    def _segment(self, start: int, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks[start:start + self.checkpoint_interval]:
+            x = block(x)
+        return x
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens[:, :-1])
-        for block in self.blocks:
-            x = block(x)
+        if self.checkpoint_interval and self.training and torch.is_grad_enabled():
+            for start in range(0, len(self.blocks), self.checkpoint_interval):
+                x = _recompute(functools.partial(self._segment, start), x)
+        else:
+            for block in self.blocks:
+                x = block(x)
         return lm_loss(self.head(x), tokens[:, 1:])
 
 
 def pipeline_model(m: ModelConfig, num_stages: int) -> Any:
-    """The same network as DeepSpeed PipelineModule layers (inputs, labels) -> loss."""
+    """The same network as DeepSpeed PipelineModule layers (inputs, labels) -> loss; with activation
+    checkpointing, every run of `checkpoint_interval` blocks is recomputed (never a range holding the
+    embedding, whose integer input needs no gradient)."""
     from deepspeed.pipe import LayerSpec, PipelineModule
 
     layers = [LayerSpec(Embed, m), *(LayerSpec(Block, m) for _ in range(m.n_layer)), LayerSpec(Head, m)]
-    return PipelineModule(layers=layers, num_stages=num_stages, loss_fn=lm_loss, partition_method="uniform")
+    interval = m.checkpoint_interval if m.activation_checkpointing else 0
+    return PipelineModule(layers=layers, num_stages=num_stages, loss_fn=lm_loss, partition_method="uniform",
+                          activation_checkpoint_interval=interval, activation_checkpoint_func=_recompute,
+                          checkpointable_layers=["Block"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
-from hpc_aidc.node.slurm_env import RankInfo, rendezvous_port
+from hpc_aidc.node.slurm_env import RankInfo, port_range, rendezvous_port
 
 
 def mpi_rank_info() -> RankInfo:
@@ -20,5 +20,6 @@ def mpi_rank_info() -> RankInfo:
     leaders = world.allgather(world.rank if node.rank == 0 else -1)
     node_rank = sorted(r for r in leaders if r >= 0).index(node.bcast(world.rank, root=0))
     job_id = os.environ.get("SLURM_JOB_ID", "0")
+    port = rendezvous_port(job_id, port_range(os.environ))
     return RankInfo(rank=world.rank, world_size=world.size, local_rank=node.rank, local_world_size=node.size,
-                    node_rank=node_rank, master_addr=master, master_port=rendezvous_port(job_id), job_id=job_id)
+                    node_rank=node_rank, master_addr=master, master_port=port, job_id=job_id)

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpc_aidc.errors import ConfigError
+from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, parse_port_range
 
-PORT_BASE = 20000
-PORT_SPAN = 20000
+# The site profile's cluster.rendezvous_ports, exported into every training job's environment.
+PORTS_ENV = "HPCAI_RENDEZVOUS_PORTS"
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,27 @@ def _expand_one(item: str) -> list[str]:
     return out
 
 
-def rendezvous_port(job_id: str) -> int:
-    """A port derived from the job id, so two jobs sharing a first node do not collide."""
+def rendezvous_port(job_id: str, ports: tuple[int, int] = DEFAULT_RENDEZVOUS_PORTS) -> int:
+    """A port derived from the job id within `ports` (inclusive), so two jobs sharing a first node do not
+    collide; the site's range lies outside the kernel's ephemeral ports, which outgoing connections take."""
     digits = int(re.sub(r"\D", "", job_id) or "0")
-    return PORT_BASE + digits % PORT_SPAN
+    lo, hi = ports
+    return lo + digits % (hi - lo + 1)
+
+
+def port_range(env: Mapping[str, str]) -> tuple[int, int]:
+    """The rendezvous port range the job was given ($HPCAI_RENDEZVOUS_PORTS), else the default."""
+    text = env.get(PORTS_ENV)
+    if not text:
+        return DEFAULT_RENDEZVOUS_PORTS
+    return parse_port_range(text, where=f"${PORTS_ENV}", source="the site profile")
 
 
 def rank_info(env: Mapping[str, str]) -> RankInfo:
     """Rank, world and rendezvous of this srun task. Outside Slurm: a single local rank."""
     if "SLURM_PROCID" not in env:
-        return RankInfo(0, 1, 0, 1, 0, "127.0.0.1", rendezvous_port(env.get("HPCAI_JOB_ID", "0")), "local")
+        return RankInfo(0, 1, 0, 1, 0, "127.0.0.1", rendezvous_port(env.get("HPCAI_JOB_ID", "0"), port_range(env)),
+                        "local")
     try:
         rank = int(env["SLURM_PROCID"])
         world = int(env.get("SLURM_NTASKS") or env["SLURM_NPROCS"])
@@ -78,7 +90,7 @@ def rank_info(env: Mapping[str, str]) -> RankInfo:
     job_id = job_id or env.get("SLURM_JOB_ID", "0")
     return RankInfo(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                     node_rank=node_rank, master_addr=nodes[0] if nodes else "127.0.0.1",
-                    master_port=rendezvous_port(env.get("SLURM_JOB_ID", job_id)), job_id=job_id)
+                    master_port=rendezvous_port(env.get("SLURM_JOB_ID", job_id), port_range(env)), job_id=job_id)
 
 
 def requeue_target(env: Mapping[str, str]) -> str:

@@ -8,12 +8,15 @@ states, optimizer and scheduler restored, so the loss curve continues exactly.""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -66,7 +69,8 @@ def train_task(task: TrainTask) -> dict[str, Any]:
     _import_muon_without_compiling()
     phases.done("import_dynamo")
     folder = Path(task.folder_pattern.replace("%j", info.job_id))
-    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank).run(phases)
+    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank,
+                   local_world=info.local_world_size).run(phases)
 
 
 def remove_stale_result_tmp() -> Path | None:
@@ -139,21 +143,47 @@ def _import_muon_without_compiling() -> None:
 
 
 class _ReducedStats:
-    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read a step later."""
+    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read a step later.
 
-    def __init__(self, local_loss: Any, scale: float, warned: bool, record: dict[str, Any]) -> None:
+    On GPUs nothing here makes the host wait: the reduction's result and the step's grad norm are copied
+    into pinned host memory behind a CUDA event, and reading them a step later waits for that event only
+    (the end of their step), never for the step queued after it."""
+
+    def __init__(self, local_loss: Any, scale: float, warned: bool, record: dict[str, Any],
+                 grad_norm: Any = None) -> None:
         import torch
         import torch.distributed as dist
 
         flag = torch.ones_like(local_loss) if warned else torch.zeros_like(local_loss)
         self.tensor = torch.stack([local_loss.to(torch.float64), flag.to(torch.float64)])
-        self.handle = dist.all_reduce(self.tensor, async_op=True)
-        self.scale, self.record = scale, record
+        self.handle: Any = dist.all_reduce(self.tensor, async_op=True)
+        self.scale, self.record, self.grad_norm = scale, record, grad_norm
+        self.event: Any = None
+        self.norm_on_host = False
+        if self.tensor.is_cuda:
+            # NCCL: wait() orders this stream after the reduction; the host does not block.
+            self.handle.wait()
+            self.handle = None
+            self.host = torch.empty(3, dtype=torch.float64, pin_memory=True)
+            self.host[:2].copy_(self.tensor, non_blocking=True)
+            if isinstance(grad_norm, torch.Tensor) and grad_norm.is_cuda:
+                self.host[2:].copy_(grad_norm.detach().to(torch.float64).reshape(1), non_blocking=True)
+                self.norm_on_host = True
+            self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self.event.record()
+        elif isinstance(grad_norm, torch.Tensor):
+            self.grad_norm = grad_norm.detach().clone()  # later in-place updates must not change it
 
     def wait(self) -> tuple[float, bool]:
-        """(the mean loss over ranks, whether any rank got the warning signal)."""
-        self.handle.wait()
-        total, flags = self.tensor.tolist()
+        """(the mean loss over ranks, whether any rank got the warning signal); sets the record's grad_norm."""
+        if self.event is not None:
+            self.event.synchronize()
+            total, flags, norm = self.host.tolist()
+            self.record["grad_norm"] = norm if self.norm_on_host else _as_float(self.grad_norm)
+        else:
+            self.handle.wait()
+            total, flags = self.tensor.tolist()
+            self.record["grad_norm"] = _as_float(self.grad_norm)
         return total / self.scale, flags > 0
 
 
@@ -173,14 +203,24 @@ class StartupPhases:
         self._last = now
 
 
+# Steps at the start of each run left out of model FLOPs utilisation and the grace's step time: the first
+# ones allocate memory, build kernels and fill the pipeline.
+WARMUP_STEPS = 3
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, folder: Path, rank: int, world: int, local_rank: int) -> None:
+    def __init__(self, config: TrainConfig, folder: Path, rank: int, world: int, local_rank: int,
+                 local_world: int = 1) -> None:
         self.config, self.folder, self.rank, self.world, self.local_rank = config, folder, rank, world, local_rank
+        self.local_world = local_world
         self.ckpt_dir = folder / "checkpoints"
         self.metrics_path = folder / "metrics.jsonl"
         self._metrics: TextIO | None = None  # rank 0's handle, opened once: no open/close per step on shared storage
+        self.timing = RunTiming()
 
     def run(self, phases: StartupPhases) -> dict[str, Any]:
+        import datetime
+
         import deepspeed
         import torch
 
@@ -188,16 +228,22 @@ class Trainer:
         from hpc_aidc.render.deepspeed_config import deepspeed_config
 
         c = self.config
+        if c.train.precision == "auto":  # not resolved at submission (the trainer called directly)
+            from hpc_aidc.spec.train import resolve_precision
+
+            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            self.config = c = resolve_precision(c, ("fp32", "bf16") if bf16 else None)
         if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)  # one GPU per rank, never all on GPU 0
             backend = "nccl"
+            device = self._bind_gpu()
         else:
-            backend = "gloo"
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            backend, device = "gloo", torch.device("cpu")
+        timeout = datetime.timedelta(seconds=c.train.collective_timeout_s)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
         phases.done("init_distributed")
         torch.manual_seed(c.train.seed)
         ds_config = deepspeed_config(c, self.world)
-        model = self._build_model()
+        model = self._build_model(ds_config, device)
         phases.done("build_model")
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
         phases.done("deepspeed_initialize")
@@ -208,6 +254,7 @@ class Trainer:
         self.stream = self._data_stream()
 
         start_step = self._resume(engine)
+        self.batches = self._batch_source(start_step)
         phases.done("resume")
         restarts = restart_count(os.environ)
         if self.rank == 0:
@@ -216,7 +263,8 @@ class Trainer:
             remove_incomplete(self.ckpt_dir)  # what an earlier run left half-written
             self.folder.mkdir(parents=True, exist_ok=True)
             self._log_event({"event": "start", "step": start_step, "restarts": restarts, "world_size": self.world,
-                             "backend": backend, "threads": torch.get_num_threads(), "startup_s": phases.seconds})
+                             "backend": backend, "precision": c.train.precision,
+                             "threads": torch.get_num_threads(), "startup_s": phases.seconds})
         tokens_per_step = self.dp * c.train.micro_batch * c.train.grad_accum * c.model.seq_len
         wall_start = last = time.monotonic()
         step, loss, pending = start_step, float("nan"), None
@@ -225,15 +273,16 @@ class Trainer:
             step += 1
             now = time.monotonic()
             lrs = engine.get_lr()
-            # The grad norm stays a (device) tensor until the record is written a step later: reading it
-            # now would make the host wait for the GPU on every step.
+            step_s = now - last
+            self.timing.step(step_s, tokens_per_step)
             record = {"time": time.time(), "step": step, "max_steps": c.train.max_steps,
-                      "lr": lrs[0] if lrs else None, "grad_norm": _detached(engine.get_global_grad_norm()),
-                      "step_time_s": now - last, "tokens_per_s": tokens_per_step / (now - last) if now > last else None}
+                      "lr": lrs[0] if lrs else None, "grad_norm": None,
+                      "step_time_s": step_s, "tokens_per_s": tokens_per_step / step_s if step_s > 0 else None}
             last = now
             # This step's mean loss and warning flag reduce while the next step computes; the previous
             # step's are complete by now, so reading them neither waits on the network nor stalls a GPU.
-            current = _ReducedStats(local_loss, scale, _Warning.received, record)
+            # The grad norm stays on the device until then too.
+            current = _ReducedStats(local_loss, scale, _Warning.received, record, engine.get_global_grad_norm())
             warned = False
             if pending is not None:
                 loss, warned = self._finish(pending)
@@ -244,20 +293,27 @@ class Trainer:
                 # checkpoint resumes at the next step and would never log this one.
                 loss, warned_now = self._finish(pending)
                 pending = None
+                saved_at = time.monotonic()
                 self._save(engine, step)
+                self.timing.checkpoint(time.monotonic() - saved_at)
+                self._after_checkpoint(step)
                 if (warned or warned_now) and step < c.train.max_steps:
                     self._requeue(requeue_target(os.environ), restarts)
+                last = time.monotonic()  # the next step's time leaves the checkpoint out
         if pending is not None:
             loss, _ = self._finish(pending)
+        self.batches.close()
         wall = time.monotonic() - wall_start
         steps_run = c.train.max_steps - start_step
         summary = {"steps": c.train.max_steps, "steps_this_run": steps_run, "restarts": restarts,
                    "final_loss": loss if steps_run else None, "tokens": tokens_per_step * c.train.max_steps,
                    "wall_time_s": wall, "tokens_per_s": tokens_per_step * steps_run / wall if wall else None,
-                   "world_size": self.world, "mfu": self._mfu(tokens_per_step * steps_run / wall if wall else 0)}
+                   "world_size": self.world, "precision": c.train.precision, **self._performance(),
+                   **_memory_peaks()}
         if self.rank == 0:
             self._log_event({"event": "end", **summary})
             (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
+            self._report_tokens(tokens_per_step * steps_run)
         if self._metrics is not None:
             self._metrics.close()
         # Shut gloo/NCCL down before the interpreter does: a process group torn down at exit can abort
@@ -268,7 +324,63 @@ class Trainer:
         dist.destroy_process_group()
         return summary
 
-    def _build_model(self) -> Any:
+    def _report_tokens(self, tokens: int) -> None:
+        """This run's tokens (the whole job's, from rank 0) into its energy records, for J/token."""
+        from hpc_aidc.monitor.store import run_of
+        from hpc_aidc.monitor.work import report_work
+
+        store = os.environ.get("HPCAI_WORK_STORE")
+        job = os.environ.get("SLURM_JOB_ID")
+        if store and job and tokens > 0:
+            node = os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+            report_work(Path(store), job, run_of(os.environ), node, tokens=tokens)
+
+    def _bind_gpu(self) -> Any:
+        """This rank's GPU among those its task sees (node.devices), made current and named in LOCAL_RANK
+        (DeepSpeed reads it as the device number); TF32 and determinism as the config says."""
+        import torch
+
+        from hpc_aidc.node.devices import select_device
+
+        t = self.config.train
+        # Before the first CUDA allocation: expandable segments keep the allocator's fragmentation low
+        # (spec.memory counts on it); the cuBLAS workspace setting makes its reductions deterministic.
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        index = select_device(self.local_rank, self.local_world, torch.cuda.device_count(), os.environ)
+        os.environ["LOCAL_RANK"] = str(index)
+        torch.cuda.set_device(index)
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+        return torch.device("cuda", index)
+
+    def _build_model(self, ds_config: dict[str, Any], device: Any) -> Any:
+        """The model, built once where it will live: ZeRO-3 partitions each parameter as it is created
+        (deepspeed.zero.Init: no rank ever holds the whole model); otherwise it is created on this rank's
+        GPU, in the training precision. Nothing is built whole in host memory first (spec.memory)."""
+        import contextlib
+
+        import deepspeed
+        import torch
+
+        c = self.config
+        with contextlib.ExitStack() as where:
+            if c.train.zero == 3:
+                remote = "cpu" if c.train.offload == "optimizer+params" else None
+                where.enter_context(deepspeed.zero.Init(config_dict_or_path=ds_config, remote_device=remote,
+                                                        pin_memory=device.type == "cuda"))
+            elif device.type == "cuda":
+                where.enter_context(device)
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(c.train.precision)
+                if dtype is not None:
+                    where.enter_context(_default_dtype(dtype))
+            return self._new_model()
+
+    def _new_model(self) -> Any:
         from hpc_aidc.node.model import GPT, pipeline_model
 
         c = self.config
@@ -287,14 +399,29 @@ class Trainer:
 
         return ZarrTokenStream(self.config, rank=self.dp_rank, world_size=self.dp)
 
-    def _batch(self, step: int, micro: int) -> Any:
+    def _batch_source(self, start_step: int) -> Any:
+        """Batches in training order from `start_step`, prepared by a background thread (node.batches)."""
+        from hpc_aidc.node.batches import Prefetcher
         from hpc_aidc.node.synthetic import micro_batch_start, synthetic_tokens
 
-        if self.stream is not None:
-            return self.stream.next_batch().to(self.device)
-        t, m = self.config.train, self.config.model
-        start = micro_batch_start(step, micro, self.dp_rank, t.micro_batch, t.grad_accum, self.dp)
-        return synthetic_tokens(self.config.data.seed, start, t.micro_batch, m.seq_len, m.vocab_size).to(self.device)
+        stream = self.stream
+        if stream is not None:
+            def fetch() -> tuple[Any, Any]:
+                position = stream.state_dict()  # before this batch: what a checkpoint must record
+                return position, stream.next_batch()
+        else:
+            t, m, seed, dp, dp_rank = self.config.train, self.config.model, self.config.data.seed, self.dp, self.dp_rank
+            keys = ((step, micro) for step in itertools.count(start_step) for micro in range(t.grad_accum))
+
+            def fetch() -> tuple[Any, Any]:
+                step, micro = next(keys)
+                start = micro_batch_start(step, micro, dp_rank, t.micro_batch, t.grad_accum, dp)
+                return (step, micro), synthetic_tokens(seed, start, t.micro_batch, m.seq_len, m.vocab_size)
+
+        return Prefetcher(fetch, self.device)
+
+    def _batch(self, step: int, micro: int) -> Any:
+        return self.batches.next()
 
     def _train_step(self, engine: Any, step: int) -> tuple[Any, float]:
         """One optimizer step: (this rank's share of the loss as a tensor on the device, the divisor that
@@ -305,9 +432,11 @@ class Trainer:
         if self.pipeline:
             batches = iter([(b[:, :-1], b[:, 1:]) for b in (self._batch(step, m) for m in range(accum))])
             loss = engine.train_batch(data_iter=batches)
-            # the last stage holds the loss (already averaged over its data-parallel group)
-            last_stage = self.rank == self.world - 1
-            return torch.tensor(float(loss) if last_stage else 0.0, dtype=torch.float64, device=self.device), 1.0
+            # the last stage holds the loss (already averaged over its data-parallel group); kept on the
+            # device, read a step later
+            if self.rank == self.world - 1:
+                return torch.as_tensor(loss).detach().to(device=self.device, dtype=torch.float64).reshape(()), 1.0
+            return torch.zeros((), dtype=torch.float64, device=self.device), 1.0
         local = torch.zeros((), dtype=torch.float64, device=self.device)
         for micro in range(accum):
             loss = engine(self._batch(step, micro))
@@ -321,13 +450,13 @@ class Trainer:
         loss, warned = stats.wait()
         step = stats.record["step"]
         if self.rank == 0 and (step % self.config.train.log_every == 0 or step == self.config.train.max_steps):
-            self._log_event({**stats.record, "grad_norm": _as_float(stats.record["grad_norm"]), "loss": loss})
+            self._log_event({**stats.record, "loss": loss})
         return loss, warned
 
     def _client_state(self, step: int) -> dict[str, Any]:
         # Synthetic data is addressed by step; the Zarr loader's position is its sampler state, the
         # same on every rank (so rank 0's copy in the checkpoint is enough).
-        data = self.stream.state_dict() if self.stream is not None else {"next_step": step}
+        data = self.batches.position() if self.stream is not None else {"next_step": step}
         return {"step": step, "data": {"kind": self.config.data.kind, **data}}
 
     def _save(self, engine: Any, step: int) -> None:
@@ -351,8 +480,6 @@ class Trainer:
             if guard.error is not None and latest_tag(self.ckpt_dir) == tag:
                 guard.error = guard.path = None  # published whole; only pruning older tags failed
         self._stop_if_any_failed(guard, tag)  # also the barrier after publishing
-        if self.rank == 0:
-            self._log_event({"event": "checkpoint", "step": step, "tag": tag})
 
     def _stop_if_any_failed(self, guard: WriteGuard, tag: str) -> None:
         """Collective: every rank learns whether any rank's write failed; if one did, stop the job."""
@@ -439,14 +566,54 @@ class Trainer:
         time.sleep(600)
         sys.exit("hpcai: requeue did not stop the job")
 
-    def _mfu(self, tokens_per_s: float) -> float | None:
-        """Model FLOPs utilisation on GPUs (6 N FLOPs per token), None on CPU."""
-        import torch
+    def _after_checkpoint(self, step: int) -> None:
+        """Rank 0: log the checkpoint with its write time; record what the warning grace must cover
+        (node.grace_record) and say so when the grace this job got is shorter."""
+        if self.rank != 0:
+            return
+        from hpc_aidc.node.checkpoint import tag_for
+        from hpc_aidc.spec.grace import needed_s
 
+        t = self.timing
+        needed = needed_s(t.step_s_max, t.checkpoint_s_max)
+        self._log_event({"event": "checkpoint", "step": step, "tag": tag_for(step),
+                         "seconds": round(t.checkpoint_s_last, 3), "grace_needed_s": needed})
+        from hpc_aidc.node.grace_record import GRACE_ENV, KEY_ENV, write_record
+
+        key = os.environ.get(KEY_ENV)
+        if key:
+            try:
+                write_record(self.folder.parent, key, t.step_s_max, t.checkpoint_s_max, needed,
+                             self.folder.name)
+            except OSError as exc:
+                print(f"hpcai: could not record the checkpoint time: {exc}", file=sys.stderr)
+        grace = int(os.environ.get(GRACE_ENV, "0") or 0)
+        if grace and needed > grace and not t.warned_short:
+            t.warned_short = True
+            line = (f"the warning grace of {grace} s is shorter than the {needed} s a checkpoint needs here "
+                    f"(steps up to {t.step_s_max:.1f} s, checkpoint writes up to {t.checkpoint_s_max:.1f} s): a "
+                    "time limit or preemption may kill the job before it saves. Set [checkpoint] grace_s = 0 "
+                    "(derived) or higher; the next `hpcai submit train` of this shape asks for enough.")
+            self._log_event({"event": "grace-short", "grace_s": grace, "needed_s": needed, "message": line})
+            print(f"hpcai: warning: {line}", file=sys.stderr, flush=True)
+
+    def _performance(self) -> dict[str, Any]:
+        """Throughput without the warm-up steps and checkpoint writes, and model FLOPs utilisation (GPUs
+        only, against the peak of the precision trained in: $HPCAI_PEAK_TFLOPS)."""
+        from hpc_aidc.spec.flops import FORMULA, flops_per_token, mfu
+        from hpc_aidc.spec.grace import needed_s
+
+        t = self.timing
+        tokens_per_s = t.tokens_per_s()
         peak = os.environ.get("HPCAI_PEAK_TFLOPS")
-        if not torch.cuda.is_available() or not peak:
-            return None
-        return 6 * self.config.model.n_params * tokens_per_s / (float(peak) * 1e12 * self.world)
+        on_gpu = self.device.type == "cuda" if hasattr(self, "device") else False
+        value = mfu(tokens_per_s, self.config.model, float(peak), self.world) if (
+            on_gpu and peak and tokens_per_s) else None
+        return {"tokens_per_s_training": tokens_per_s, "measured_steps": t.measured_steps, "mfu": value,
+                "flops_per_token": flops_per_token(self.config.model), "mfu_formula": FORMULA,
+                "peak_tflops": float(peak) if peak else None, "step_s_max": t.step_s_max,
+                "checkpoint_s_total": t.checkpoint_s_total, "checkpoint_s_max": t.checkpoint_s_max,
+                "grace_needed_s": needed_s(t.step_s_max, t.checkpoint_s_max)}
 
     def _log_event(self, record: dict[str, Any]) -> None:
         if self._metrics is None:
@@ -458,9 +625,62 @@ class Trainer:
             print(progress_line(record), flush=True)
 
 
-def _detached(value: Any) -> Any:
-    """A copy of a tensor that later in-place updates can't change; other values as they are."""
-    return value.detach().clone() if hasattr(value, "detach") else value
+class RunTiming:
+    """Step and checkpoint times of this run: steps after the warm-up count for throughput and MFU, and
+    the longest step and checkpoint write for the warning grace."""
+
+    def __init__(self, warmup_steps: int = WARMUP_STEPS) -> None:
+        self.warmup_steps = warmup_steps
+        self.steps = self.measured_steps = 0
+        self.measured_s = self.measured_tokens = 0.0
+        self.step_s_max = self.checkpoint_s_max = self.checkpoint_s_last = self.checkpoint_s_total = 0.0
+        self._first_steps_max = 0.0
+        self.warned_short = False
+
+    def step(self, seconds: float, tokens: float) -> None:
+        self.steps += 1
+        if self.steps <= self.warmup_steps:
+            self._first_steps_max = max(self._first_steps_max, seconds)
+            return
+        self.measured_steps += 1
+        self.measured_s += seconds
+        self.measured_tokens += tokens
+        self.step_s_max = max(self.step_s_max, seconds)
+
+    def checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s_last = seconds
+        self.checkpoint_s_total += seconds
+        self.checkpoint_s_max = max(self.checkpoint_s_max, seconds)
+        if not self.measured_steps:  # a checkpoint before any step past the warm-up: go by those
+            self.step_s_max = max(self.step_s_max, self._first_steps_max)
+
+    def tokens_per_s(self) -> float | None:
+        return self.measured_tokens / self.measured_s if self.measured_s > 0 else None
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: Any) -> Iterator[None]:
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _memory_peaks() -> dict[str, Any]:
+    """This process's peak host memory and, on GPUs, torch's peak allocation (compare with `hpcai plan`)."""
+    import resource
+
+    import torch
+
+    peaks: dict[str, Any] = {"host_max_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        peaks["gpu_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+        peaks["gpu_max_reserved_gib"] = torch.cuda.max_memory_reserved() / 1024**3
+    return peaks
 
 
 def _as_float(value: Any) -> float | None:

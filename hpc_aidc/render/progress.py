@@ -52,3 +52,9 @@ def last_problem(records: list[dict[str, Any]]) -> str | None:
         if record.get("event") == "checkpoint-failed" and record.get("message"):  # node.checkpoint.FAILED_EVENT
             return str(record["message"])
     return None
+
+
+def bar(fraction: float, width: int = 30) -> str:
+    """`[#########.....]` for a fraction in [0, 1]."""
+    filled = max(0, min(width, round(fraction * width)))
+    return "[" + "#" * filled + "." * (width - filled) + "]"

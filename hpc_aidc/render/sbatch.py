@@ -43,6 +43,7 @@ def submitit_parameters(
     srun_args: Sequence[str] = (),
     additional: Mapping[str, Any] | None = None,
     use_srun: bool = True,
+    signal_delay_s: int = SIGNAL_DELAY_S,
 ) -> dict[str, Any]:
     """Native SlurmExecutor parameters (submitit validates names and rejects unknown ones)."""
     params: dict[str, Any] = {
@@ -52,7 +53,7 @@ def submitit_parameters(
         "nodes": resources.nodes,
         "ntasks_per_node": resources.ntasks_per_node,
         "cpus_per_task": resources.cpus_per_task,
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": signal_delay_s,
         "stderr_to_stdout": True,
         "wckey": None,
         "setup": setup_lines(site, extra_env, extra_setup),
@@ -61,6 +62,8 @@ def submitit_parameters(
         params["gpus_per_node"] = (
             f"{resources.gpu_type}:{resources.gpus_per_node}" if resources.gpu_type else resources.gpus_per_node
         )
+    if resources.mem is not None:
+        params["mem"] = resources.mem
     if resources.account:
         params["account"] = resources.account
     if resources.qos:

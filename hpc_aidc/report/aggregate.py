@@ -62,6 +62,8 @@ class Acc:
         "node_s",
         "requeues",
         "running",
+        "sample_j",
+        "samples",
         "simulated_gpu_s",
         "states",
         "token_j",
@@ -90,6 +92,8 @@ class Acc:
         self.idle_gpu_s = 0.0
         self.token_j = 0.0
         self.tokens = 0.0
+        self.sample_j = 0.0
+        self.samples = 0.0
 
     def merge(self, other: Acc) -> None:
         for name in self.__slots__:
@@ -129,6 +133,7 @@ class Usage:
     gpu_util_mean: float | None  # percent
     idle_gpu_hours: float | None
     j_per_token: float | None
+    j_per_row: float | None = None  # GPU joules per row (inference) or sample the jobs reported
 
     def to_json(self, dimensions: Sequence[str]) -> dict[str, object]:
         out: dict[str, object] = dict(zip(dimensions, self.key, strict=True))
@@ -169,6 +174,7 @@ def finish(key: tuple[str, ...], acc: Acc, prices: Prices) -> Usage:
         gpu_util_mean=acc.util_weighted / acc.util_gpu_s if acc.util_gpu_s else None,
         idle_gpu_hours=acc.idle_gpu_s / 3600.0 if has_energy and acc.gpu_s else None,
         j_per_token=acc.token_j / acc.tokens if acc.tokens else None,
+        j_per_row=acc.sample_j / acc.samples if acc.samples else None,
     )
 
 
@@ -308,6 +314,9 @@ def accumulate(lines: Iterable[str], period: Period, dimensions: Sequence[str],
             if energy.tokens and energy.gpu_j is not None:
                 acc.token_j += energy.gpu_j * frac
                 acc.tokens += energy.tokens * frac
+            if energy.samples and energy.gpu_j is not None:
+                acc.sample_j += energy.gpu_j * frac
+                acc.samples += energy.samples * frac
     return groups
 
 

@@ -16,7 +16,7 @@ from hpc_aidc.monitor.acct import NA, TAG, decode
 
 _V1 = re.compile(
     re.escape(TAG) + r" nodes=\S* gpus=\S+ gpu_j=(\S+) gpu_kwh=\S+ cpu_j=(\S+) dur_s=\S+ p_mean_w=\S+ "
-    r"p_max_w=\S+ util=(\S+) idle_gpu_s=(\S+) tokens=(\S+) samples=\S+ j_per_token=\S+ j_per_sample=\S+ "
+    r"p_max_w=\S+ util=(\S+) idle_gpu_s=(\S+) tokens=(\S+) samples=(\S+) j_per_token=\S+ j_per_sample=\S+ "
     r"src=\S+ sim=([01]) approx=[01] missing=\S*(?: runs=[0-9]+)?"
 )
 _match = _V1.fullmatch
@@ -29,6 +29,7 @@ class JobEnergy(NamedTuple):
     idle_gpu_s: float | None
     tokens: float | None
     simulated: bool
+    samples: float | None = None  # rows (inference) or samples the job reported
 
 
 def _num(text: str) -> float | None:
@@ -39,9 +40,10 @@ def job_energy(admin_comment: str) -> JobEnergy | None:
     """The energy numbers in an AdminComment; None when it carries no (readable) summary."""
     m = _match(admin_comment)
     if m is not None:
-        gpu_j, cpu_j, util, idle, tokens, sim = m.groups()
+        gpu_j, cpu_j, util, idle, tokens, samples, sim = m.groups()
         try:
-            return JobEnergy(_num(gpu_j), _num(cpu_j), _num(util), _num(idle), _num(tokens), sim == "1")
+            return JobEnergy(_num(gpu_j), _num(cpu_j), _num(util), _num(idle), _num(tokens), sim == "1",
+                             _num(samples))
         except ValueError:
             pass  # a hand-edited number: decode says what is wrong, and we count it unknown
     if TAG not in admin_comment:
@@ -50,4 +52,4 @@ def job_energy(admin_comment: str) -> JobEnergy | None:
         t = decode(admin_comment)
     except EnergyError:
         return None
-    return JobEnergy(t.gpu_j, t.cpu_j, t.util_mean, t.idle_gpu_s, t.tokens, t.simulated)
+    return JobEnergy(t.gpu_j, t.cpu_j, t.util_mean, t.idle_gpu_s, t.tokens, t.simulated, t.samples)

@@ -29,7 +29,7 @@ _FLAT: tuple[tuple[str, Callable[[Usage], Any]], ...] = (
     ("cost_energy", lambda u: u.cost_energy), ("cost_total", lambda u: u.cost_total),
     ("co2_kg", lambda u: u.co2_kg), ("gpu_util_mean", lambda u: u.gpu_util_mean),
     ("idle_gpu_hours", lambda u: u.idle_gpu_hours), ("j_per_token", lambda u: u.j_per_token),
-    ("states", lambda u: ";".join(f"{k}={v}" for k, v in u.states.items())),
+    ("j_per_row", lambda u: u.j_per_row), ("states", lambda u: ";".join(f"{k}={v}" for k, v in u.states.items())),
 )
 
 
@@ -49,14 +49,14 @@ def to_table(report: Report) -> str:
     dims = list(report.dimensions)
     cur = report.currency
     headers = [*dims, "jobs", "GPU-h", "CPU-h", "node-h", "wait p50", "wait p90", "kWh", "energy data",
-               f"cost {cur}", "CO2 kg", "GPU util %", "idle GPU-h", "J/token", "states"]
+               f"cost {cur}", "CO2 kg", "GPU util %", "idle GPU-h", "J/token", "J/row", "states"]
     lines = [*report.lines, report.total]
     rows = [[*u.key, u.jobs, _num(u.gpu_hours), _num(u.cpu_hours), _num(u.node_hours), _wait(u.wait_median_s),
              _wait(u.wait_p90_s), _num(u.energy_kwh, 2), f"{u.energy_coverage:.0%}", _num(u.cost_total, 2),
              _num(u.co2_kg, 2), _num(u.gpu_util_mean), _num(u.idle_gpu_hours), _num(u.j_per_token, 3),
-             _states(u)] for u in lines]
+             _num(u.j_per_row, 3), _states(u)] for u in lines]
     first_number = len(dims)
-    table = format_table(headers, rows, right=range(first_number, first_number + 13))
+    table = format_table(headers, rows, right=range(first_number, first_number + 14))
     t = report.total
     notes = [f"Usage {iso(report.period.start)} .. {iso(report.period.end)} (jobs crossing the edges are "
              "pro-rated; running jobs count their time so far)."]

@@ -17,6 +17,7 @@ class ClusterFacts:
     accounts: frozenset[str]
     qos: frozenset[str]
     prolog: str = ""  # slurm.conf's Prolog, as `scontrol show config` prints it
+    prolog_scripts: tuple[str, ...] = ()  # the files a glob Prolog (prolog.d/*) names on this machine
 
 
 def parse_scontrol_records(text: str, key: str) -> dict[str, dict[str, str]]:
@@ -36,8 +37,22 @@ def live_facts() -> ClusterFacts:
         nodes=parse_scontrol_records(run_slurm(["scontrol", "show", "node", "-o"]).stdout, "NodeName"),
         accounts=lines(run_slurm(["sacctmgr", "-n", "-P", "show", "account", "format=account"]).stdout),
         qos=lines(run_slurm(["sacctmgr", "-n", "-P", "show", "qos", "format=name"]).stdout),
-        prolog=parse_config_value(run_slurm(["scontrol", "show", "config"]).stdout, "Prolog"),
+        prolog=(prolog := parse_config_value(run_slurm(["scontrol", "show", "config"]).stdout, "Prolog")),
+        prolog_scripts=expand_prolog(prolog),
     )
+
+
+def expand_prolog(prolog: str) -> tuple[str, ...]:
+    """Slurm runs every file a glob Prolog (e.g. /opt/hpcai/slurm/prolog.d/*) matches, in name order."""
+    import glob
+
+    return tuple(sorted(glob.glob(prolog))) if any(c in prolog for c in "*?[") else ()
+
+
+def runs_energy_prolog(facts: ClusterFacts) -> bool:
+    """slurm.conf's Prolog is hpc-aidc's energy prolog, or a prolog.d glob holding it (10-energy.sh)."""
+    return facts.prolog.endswith("energy/prolog.sh") or any(
+        s.endswith("energy/prolog.sh") or "energy" in s.rsplit("/", 1)[-1] for s in facts.prolog_scripts)
 
 
 def parse_config_value(text: str, key: str) -> str:
@@ -80,7 +95,7 @@ def site_problems(site: SiteProfile, facts: ClusterFacts) -> list[str]:
         if cpus and part.cpus_per_node > min(cpus):
             problems.append(f"partitions.{name}.cpus_per_node = {part.cpus_per_node} but its smallest node has "
                             f"{min(cpus)} CPUs; set cpus_per_node = {min(cpus)}")
-    if site.energy_prolog and not facts.prolog.endswith("energy/prolog.sh"):
+    if site.energy_prolog and not runs_energy_prolog(facts):
         problems.append(f"cluster.energy_prolog = true but slurm.conf's Prolog is {facts.prolog or 'unset'}, not "
                         "hpc-aidc's slurm/energy/prolog.sh: jobs would go unmeasured; install the prolog "
                         "or set energy_prolog = false")

@@ -6,9 +6,12 @@ import re
 from dataclasses import dataclass
 
 from hpc_aidc.errors import SpecError
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site import Partition, SiteProfile
 from hpc_aidc.slurmtime import parse_time_limit
 
+# Requests no node of the partition can hold: the site policy's code (hpc_aidc/spec/policy.py), which
+# job_submit.lua gives for the same request.
+IMPOSSIBLE = "HPCAI-P004"
 # Slurm stores names verbatim; newlines or control characters would break #SBATCH lines and sacct's
 # line-oriented output, so they are refused rather than escaped.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -27,6 +30,8 @@ class Resources:
     qos: str | None
     time_min: int
     job_name: str
+    # --mem per node as Slurm writes it ("4096M"; "0": all of the node's memory); None: not asked for
+    mem: str | None = None
 
     @property
     def world_size(self) -> int:
@@ -49,6 +54,16 @@ def parse_job_name(name: str) -> str:
     return name
 
 
+def default_cpus_per_task(part: Partition, gpus_per_node: int, tasks_per_node: int) -> int:
+    """CPUs per task when --cpus-per-task is not given: on GPU jobs, the partition's CPUs per GPU times
+    each task's GPUs (Python, NCCL's proxy thread, data loading and CPU Adam each want a core), never more
+    than the node has per task; 1 on CPU jobs."""
+    if gpus_per_node <= 0 or tasks_per_node <= 0:
+        return 1
+    gpus_per_task = max(1, gpus_per_node // tasks_per_node)
+    return max(1, min(part.default_cpus_per_gpu * gpus_per_task, part.cpus_per_node // tasks_per_node))
+
+
 def parse_resources(
     site: SiteProfile,
     *,
@@ -69,13 +84,18 @@ def parse_resources(
     n_nodes = _count(nodes, "--nodes", 1)
     if n_nodes > part.nodes:
         raise SpecError(
-            f"Expected at most {part.nodes} nodes in partition {part.name!r}. Got --nodes {n_nodes} instead. "
-            "Ask for fewer nodes or pick a larger partition."
+            f"{IMPOSSIBLE}: Expected at most {part.nodes} nodes in partition {part.name!r}. "
+            f"Got --nodes {n_nodes} instead. Ask for fewer nodes or pick a larger partition."
         )
     gpus = _count(gpus_per_node, "--gpus-per-node", 0, minimum=0)
+    if gpus and not part.gpus_per_node:
+        from hpc_aidc.spec.policy import gpu_partitions_text, message
+
+        raise SpecError(str(message("gpus-on-cpu-partition", partition=part.name, gpus=gpus * n_nodes,
+                                    gpu_partitions=gpu_partitions_text(site))))
     if gpus > part.gpus_per_node:
         raise SpecError(
-            f"Expected at most {part.gpus_per_node} GPUs per node in partition {part.name!r}. "
+            f"{IMPOSSIBLE}: Expected at most {part.gpus_per_node} GPUs per node in partition {part.name!r}. "
             f"Got --gpus-per-node {gpus} instead. Ask for fewer GPUs per node and more nodes."
         )
     if gpu_type is not None:
@@ -95,10 +115,10 @@ def parse_resources(
             )
     # One task per GPU by default: that is how every DeepSpeed/torch rank binds to its own GPU.
     tasks = _count(ntasks_per_node, "--ntasks-per-node", max(gpus, 1))
-    cpus = _count(cpus_per_task, "--cpus-per-task", 1)
+    cpus = _count(cpus_per_task, "--cpus-per-task", default_cpus_per_task(part, gpus, tasks))
     if tasks * cpus > part.cpus_per_node:
         raise SpecError(
-            f"Expected ntasks-per-node x cpus-per-task <= {part.cpus_per_node} (CPUs per node in "
+            f"{IMPOSSIBLE}: Expected ntasks-per-node x cpus-per-task <= {part.cpus_per_node} (CPUs per node in "
             f"{part.name!r}). Got {tasks} x {cpus} = {tasks * cpus} instead. Lower one of them."
         )
     limit = site.default_time_min if time is None else parse_time_limit(time)

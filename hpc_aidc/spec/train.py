@@ -21,6 +21,10 @@ class ModelConfig:
     d_model: int = 128
     vocab_size: int = 256
     seq_len: int = 64
+    # Recompute each segment of `checkpoint_interval` blocks in the backward pass instead of keeping its
+    # activations (per layer by default; the pipeline's activation_checkpoint_interval).
+    activation_checkpointing: bool = False
+    checkpoint_interval: int = 1
 
     @property
     def n_params(self) -> int:
@@ -28,14 +32,23 @@ class ModelConfig:
         d = self.d_model
         return 2 * self.vocab_size * d + self.seq_len * d + self.n_layer * (12 * d * d + 13 * d) + 2 * d
 
+    @property
+    def n_embedding_params(self) -> int:
+        """Token and position embeddings: lookups, no matrix multiply (the untied head is one)."""
+        return (self.vocab_size + self.seq_len) * self.d_model
+
 
 # Presets: tiny for tests, then the usual GPT sizes for real clusters.
-PRESETS: dict[str, dict[str, int]] = {
+# 1.3b and 7b recompute activations per layer by default: without it their activations alone outgrow an
+# 80 GiB GPU at useful micro-batches (`hpcai plan` shows both).
+PRESETS: dict[str, dict[str, int | bool]] = {
     "tiny": {"n_layer": 4, "n_head": 4, "d_model": 128, "vocab_size": 256, "seq_len": 64},
     "small": {"n_layer": 12, "n_head": 12, "d_model": 768, "vocab_size": 50304, "seq_len": 1024},
     "350m": {"n_layer": 24, "n_head": 16, "d_model": 1024, "vocab_size": 50304, "seq_len": 2048},
-    "1.3b": {"n_layer": 24, "n_head": 32, "d_model": 2048, "vocab_size": 50304, "seq_len": 2048},
-    "7b": {"n_layer": 32, "n_head": 32, "d_model": 4096, "vocab_size": 50304, "seq_len": 4096},
+    "1.3b": {"n_layer": 24, "n_head": 32, "d_model": 2048, "vocab_size": 50304, "seq_len": 2048,
+             "activation_checkpointing": True},
+    "7b": {"n_layer": 32, "n_head": 32, "d_model": 4096, "vocab_size": 50304, "seq_len": 4096,
+           "activation_checkpointing": True},
 }
 
 
@@ -63,7 +76,15 @@ class TrainSchedule:
     grad_accum: int = 1
     seed: int = 42
     log_every: int = 1
-    precision: str = "fp32"     # fp32 | bf16 | fp16
+    # auto: bf16 on GPUs the site profile lists as bf16-capable, else fp32 (resolve_precision)
+    precision: str = "auto"     # auto | fp32 | bf16 | fp16
+    tf32: bool = True           # fp32 matmuls and convolutions on tensor cores (GPUs only)
+    # GPUs: deterministic kernels where torch has them (cuBLAS workspace, no nondeterministic ops), for
+    # resumes that repeat the uninterrupted run exactly; slower. CPU runs are deterministic anyway.
+    deterministic: bool = False
+    # How long a rank waits in a collective before the job fails (NCCL/gloo process-group timeout).
+    # Covers the slowest checkpoint write: other ranks wait in its barrier.
+    collective_timeout_s: int = 600
     zero: int = 2
     offload: str = "none"       # none | optimizer | optimizer+params
     pipeline_stages: int = 1
@@ -75,6 +96,9 @@ class CheckpointConfig:
     every: int = 50
     keep_last: int = 2
     max_restarts: int = 5
+    # Seconds between Slurm's warning signal and the kill; 0: derived at submit from the model, the
+    # step and the checkpoint write time (measured by the last run with the same shape, see spec.grace).
+    grace_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,8 @@ _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optimiz
                               "train": TrainSchedule, "checkpoint": CheckpointConfig}
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOADS = ("none", "optimizer", "optimizer+params")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MIN_COLLECTIVE_TIMEOUT_S = 30
 
 
 def _section(cls: type, table: Mapping[str, Any], name: str, source: str) -> Any:
@@ -160,6 +185,15 @@ def _check(c: TrainConfig, source: str) -> None:
     for name in ("max_steps", "micro_batch", "grad_accum", "pipeline_stages", "log_every"):
         if getattr(t, name) < 1:
             raise SpecError(f"Expected {name} >= 1. Got {getattr(t, name)} instead in {source}.")
+    if t.collective_timeout_s < MIN_COLLECTIVE_TIMEOUT_S:
+        raise SpecError(f"Expected train.collective_timeout_s >= {MIN_COLLECTIVE_TIMEOUT_S}. Got "
+                        f"{t.collective_timeout_s} instead in {source}. Allow for the slowest checkpoint write.")
+    if m.checkpoint_interval < 1:
+        raise SpecError(f"Expected model.checkpoint_interval >= 1 (blocks per recomputed segment). Got "
+                        f"{m.checkpoint_interval} instead in {source}.")
+    if c.checkpoint.grace_s < 0:
+        raise SpecError(f"Expected checkpoint.grace_s >= 0 (0: derived). Got {c.checkpoint.grace_s} instead in "
+                        f"{source}.")
     if m.d_model % m.n_head:
         raise SpecError(f"Expected model.d_model divisible by model.n_head. Got {m.d_model} and {m.n_head}.")
     if t.pipeline_stages > 1:
@@ -179,9 +213,25 @@ def _check(c: TrainConfig, source: str) -> None:
         raise SpecError(f"Expected data.path with data.kind = 'zarr' in {source}. Add the dataset's path.")
 
 
-def check_world(config: TrainConfig, world_size: int, gpu_precisions: tuple[str, ...] | None) -> None:
-    """Checks that need the allocation's shape: batch composition and what the GPUs can compute."""
+def resolve_precision(config: TrainConfig, gpu_precisions: tuple[str, ...] | None) -> TrainConfig:
+    """`precision = "auto"` made concrete: bf16 where the job's GPUs compute it (the site profile's
+    gpu_types.X.precisions), fp32 elsewhere (CPU jobs, older GPUs). Other values stay as they are."""
+    if config.train.precision != "auto":
+        return config
+    chosen = "bf16" if gpu_precisions is not None and "bf16" in gpu_precisions else "fp32"
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, precision=chosen))
+
+
+def check_world(config: TrainConfig, world_size: int, gpu_precisions: tuple[str, ...] | None, *,
+                ranks_per_node: int | None = None, gpus_per_node: int = 0) -> None:
+    """Checks that need the allocation's shape: batch composition, one GPU per rank, and what the GPUs
+    can compute."""
     t = config.train
+    if gpus_per_node and ranks_per_node is not None and ranks_per_node > gpus_per_node:
+        raise SpecError(
+            f"Expected at most one training rank per GPU ({gpus_per_node} per node). Got --ntasks-per-node "
+            f"{ranks_per_node} instead. Drop --ntasks-per-node (one rank per GPU) or ask for more GPUs."
+        )
     if world_size % t.pipeline_stages:
         raise SpecError(
             f"Expected the number of ranks ({world_size}) to be a multiple of --pipeline-stages "

@@ -10,6 +10,10 @@ DEV_USERS=(alice bob)
 DEV_ACCOUNTS=(physics climate)
 # user:account associations; root belongs to both projects so tests can submit to either.
 DEV_ASSOCS=(root:physics root:climate alice:physics bob:climate)
+# Monitoring (hpc-aidc admin kit): Prometheus and node_exporter on loopback, one metrics writer per node.
+DEV_MONITORING="$DEV_STATE/monitoring"
+DEV_PROMETHEUS_ADDR="127.0.0.1:19090"
+DEV_NODE_EXPORTER_ADDR="127.0.0.1:19100"
 
 log() { printf '[devcluster] %s\n' "$*" >&2; }
 die() { printf '[devcluster] error: %s\n' "$*" >&2; exit 1; }

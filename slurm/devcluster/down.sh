@@ -15,6 +15,9 @@ stop() {
   log "killed $name ($pid)"
 }
 
+for i in 1 2 3 4; do stop "metrics writer n$i" "$DEV_RUN/metrics-n$i.pid"; done
+stop prometheus "$DEV_RUN/prometheus.pid"
+stop node_exporter "$DEV_RUN/node-exporter.pid"
 for i in 1 2 3 4; do stop "slurmd n$i" "$DEV_RUN/slurmd-n$i.pid"; done
 stop slurmctld "$DEV_RUN/slurmctld.pid"
 stop slurmdbd "$DEV_RUN/slurmdbd.pid"

@@ -215,12 +215,80 @@ setup_energy() {
   chmod 644 /etc/hpcai/energy.env
 }
 
+write_job_submit_policy() {
+  # The site policy for slurmctld (JobSubmitPlugins=lua), rendered from the site profile by hpc-aidc
+  # (`hpcai admin policy`). slurmctld reloads job_submit.lua by itself when it changes: only a changed
+  # slurm.conf restarts it (below).
+  local python out
+  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
+  [ -x "$python" ] || die "the project's .venv is needed to render job_submit.lua (run scripts/bootstrap.sh)"
+  out="$(cd / && "$python" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin policy \
+    --out /etc/slurm/job_submit.lua 2>&1)" || die "could not render /etc/slurm/job_submit.lua: $out"
+}
+
+install_monitoring_packages() {
+  # Debian's Prometheus and node_exporter (textfile collector). Their packages would start system
+  # services where an init system runs: ours listen on other loopback ports, so nothing collides.
+  local missing=() pkg
+  for pkg in prometheus prometheus-node-exporter; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# start_daemon PIDFILE LOG CMD...: CMD in its own session, in the background, its pid in PIDFILE.
+start_daemon() {
+  local pidfile="$1" logfile="$2"; shift 2
+  alive "$pidfile" && return 0
+  (cd / && exec setsid "$@" >>"$logfile" 2>&1 </dev/null) &
+  echo "$!" >"$pidfile"
+}
+
+start_monitoring() {
+  # node_exporter serves the textfile directory the per-node metrics writers (`hpcai admin metrics`,
+  # root, like the prolog) fill; Prometheus scrapes it. All on loopback; data under $DEV_MONITORING.
+  local python i user
+  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
+  mkdir -p "$DEV_MONITORING/textfile" "$DEV_MONITORING/tsdb"
+  chown root:root "$DEV_MONITORING/textfile"
+  chmod 0755 "$DEV_MONITORING/textfile"
+  user=prometheus
+  getent passwd "$user" >/dev/null || user=nobody
+  chown "$user:" "$DEV_MONITORING/tsdb"
+  CONFIG_CHANGED=0
+  render "$HERE/prometheus.yml.in" "$DEV_MONITORING/prometheus.yml" "@NODE_EXPORTER@=$DEV_NODE_EXPORTER_ADDR"
+  if [ "$CONFIG_CHANGED" = 1 ] && alive "$DEV_RUN/prometheus.pid"; then
+    kill -HUP "$(cat "$DEV_RUN/prometheus.pid")"  # Prometheus reloads its config on SIGHUP
+  fi
+  start_daemon "$DEV_RUN/node-exporter.pid" "$DEV_STATE/log/node-exporter.log" \
+    /usr/bin/prometheus-node-exporter --web.listen-address="$DEV_NODE_EXPORTER_ADDR" \
+    --collector.disable-defaults --collector.textfile --collector.textfile.directory="$DEV_MONITORING/textfile"
+  start_daemon "$DEV_RUN/prometheus.pid" "$DEV_STATE/log/prometheus.log" \
+    setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups -- /usr/bin/prometheus \
+    --config.file="$DEV_MONITORING/prometheus.yml" --storage.tsdb.path="$DEV_MONITORING/tsdb" \
+    --storage.tsdb.retention.time=2d --web.listen-address="$DEV_PROMETHEUS_ADDR"
+  for i in 1 2 3 4; do
+    start_daemon "$DEV_RUN/metrics-n$i.pid" "$DEV_STATE/log/metrics-n$i.log" \
+      env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SLURMD_NODENAME="n$i" \
+      "$python" -I -m hpc_aidc.cli.main admin metrics --node "n$i" --interval 2 \
+      --textfile-dir "$DEV_MONITORING/textfile" --spool "$DEV_STATE/spool/n$i"
+  done
+  wait_for "Prometheus" 60 "$python" -c "import urllib.request as u; u.urlopen('http://$DEV_PROMETHEUS_ADDR/-/ready', timeout=2)"
+}
+
 start=$SECONDS
 install_packages
+install_monitoring_packages
 ensure_users
 ensure_project_groups
 ensure_hosts
 write_configs
+write_site_profile
+write_job_submit_policy
 start_munge
 start_mariadb
 start_slurmdbd
@@ -229,7 +297,7 @@ restart_on_config_change
 start_slurmctld
 start_slurmd
 wait_nodes_idle
-write_site_profile
 setup_energy
+start_monitoring
 log "dev cluster up in $((SECONDS - start)) s"
 sinfo -o '%P %D %T %G %N'

@@ -38,7 +38,7 @@ def test_two_node_job_completes_and_sacct_has_it(hpcai: RunHpcai) -> None:
     assert result["state"] == "COMPLETED" and result["nodes"] == 2
     job_id = result["job_id"]
     assert _sacct(job_id, "account,nnodes,alloctres,state").split("|") == [
-        "physics", "2", "billing=4,cpu=4,gres/gpu=4,node=2", "COMPLETED"]
+        "physics", "2", "billing=8,cpu=8,gres/gpu=4,node=2", "COMPLETED"]  # 2 CPUs per GPU (site profile)
     # One task per GPU, each bound to its node's GPUs; arguments arrive intact.
     lines = [hpcai("logs", job_id, "--task", str(t)).stdout for t in range(4)]
     ranks = sorted(line.split("node=")[1].split(" argv")[0] for out in lines for line in out.splitlines()

@@ -52,8 +52,14 @@ memory_gib = 32
     assert_clean_error(proc, "precision these GPUs support (fp32, fp16)")
 
 
-def test_plan_prints_every_stage(hpcai: RunHpcai) -> None:
-    proc = hpcai("plan", "--config", EXAMPLE, "--nodes", "2", "--json")
+def test_plan_prints_every_stage(hpcai: RunHpcai, tmp_path: Path) -> None:
+    # the dev cluster's profile as up.sh writes it (4 GiB nodes whose "GPU" ranks are CPU processes)
+    text = (REPO / "slurm/devcluster/site.toml.in").read_text()
+    for key, value in {"@CLUSTER@": "dev", "@JOBS@": str(tmp_path), "@STATE@": str(tmp_path)}.items():
+        text = text.replace(key, value)
+    site = tmp_path / "site.toml"
+    site.write_text(text)
+    proc = hpcai("--site", str(site), "plan", "--config", EXAMPLE, "--nodes", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     import json
 

@@ -14,6 +14,7 @@ import pytest
 from energy_testkit import has_real_gpu
 from fake_scenario import FakeDevice, Scenario
 
+from hpc_aidc.errors import EnergyError
 from hpc_aidc.monitor.gpus import GpuToken, parse_gpu_list
 from hpc_aidc.monitor.nvml import NvmlUnavailable, open_nvml
 
@@ -45,9 +46,12 @@ def test_devices_by_index_uuid_pci_and_mig(with_env: dict[str, str]) -> None:
     nvml = open_nvml()
     try:
         assert nvml.simulated and nvml.driver.endswith("-fake") and nvml.count() == 2
-        by = nvml.devices(parse_gpu_list("1,GPU-aaaa-0,00000000:3A:00.0"))
+        # Slurm numbers a MIG node's slots: GPU 0's two MIG devices are 0 and 1, GPU 1 (no MIG) is 2.
+        by = nvml.devices(parse_gpu_list("2,GPU-aaaa-0,00000000:3A:00.0"))
         assert [d.uuid for d, _ in by] == ["GPU-aaaa-1", "GPU-aaaa-0"]  # same GPU twice: counted once
-        assert by[0][0].requested == ("1", "00000000:3A:00.0") and not by[0][0].has_counter
+        assert by[0][0].requested == ("2", "00000000:3A:00.0") and not by[0][0].has_counter
+        slot, = nvml.devices(parse_gpu_list("1"))
+        assert slot[0].uuid == "GPU-aaaa-0" and slot[0].approximate  # a MIG slice: its parent, approximate
         mig = nvml.devices([GpuToken("mig", "MIG-aaaa-0-1"), GpuToken("mig", "MIG-aaaa-0-0")])
         assert len(mig) == 1 and mig[0][0].uuid == "GPU-aaaa-0" and mig[0][0].approximate
         assert nvml.devices(None)[0][0].index == 0
@@ -72,7 +76,33 @@ def test_counter_is_the_exact_integral(with_env: dict[str, str]) -> None:
         assert (b - a) / 1000 == pytest.approx(expected, abs=400 * 2e-3 + 0.002)
         sample = nvml.sample(h)
         assert sample.power_w == pytest.approx(SCENARIO.power_w(0, time.time()), abs=1.0)
-        assert nvml.counter_mj(nvml.devices([GpuToken("index", "1")])[0][1]) is None
+        assert nvml.counter_mj(nvml.devices([GpuToken("index", "2")])[0][1]) is None
+    finally:
+        nvml.close()
+
+
+ORDERED = Scenario(
+    # NVML numbers GPUs by PCI bus id; the driver gave them minor numbers (/dev/nvidiaN) in another order.
+    [FakeDevice(power=((0.0, 100.0 + 100 * i),), uuid=f"GPU-bbbb-{i}", pci=f"00000000:{0x18 + i:02X}:00.0",
+                extra={"minor": str(minor)}) for i, minor in enumerate((2, 0, 1))],
+    start=1000.0)
+
+
+def test_slurm_indices_follow_device_minor_numbers(with_env: dict[str, str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slurm's GPU index i is /dev/nvidia<i>'s GPU, not NVML's i-th: a sampler told SLURM_JOB_GPUS=0 must
+    measure the GPU with minor number 0 (NVML index 1 here), and unknown indices are reported, not fatal."""
+    monkeypatch.setenv("HPCAI_FAKE_NVML_SCENARIO", str(ORDERED.write(tmp_path / "ordered")))
+    nvml = open_nvml()
+    try:
+        by = nvml.devices(parse_gpu_list("0,1,2"))
+        assert [d.uuid for d, _ in by] == ["GPU-bbbb-1", "GPU-bbbb-2", "GPU-bbbb-0"]
+        assert [d.index for d, _ in by] == [1, 2, 0] and not any(d.approximate for d, _ in by)
+        found, unresolved = nvml.resolve(parse_gpu_list("0,7,GPU-nope"))
+        assert [d.uuid for d, _ in found] == ["GPU-bbbb-1"]
+        assert [token for token, _ in unresolved] == ["7", "GPU-nope"]
+        with pytest.raises(EnergyError, match="Expected GPU index 7 among this node's 3 GPUs"):
+            nvml.devices(parse_gpu_list("7"))
     finally:
         nvml.close()
 

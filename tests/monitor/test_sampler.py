@@ -98,6 +98,44 @@ def test_kill_9_loses_one_interval_and_the_epilog_reads_the_counters(
     assert acct.decode(done.stdout).gpu_j == pytest.approx(exact, rel=1e-4)
 
 
+def test_warning_signals_do_not_stop_the_sampler(fake_env: MakeEnv, store: Path, run_cli: RunCli) -> None:
+    """Slurm's --signal=USR2@<s> without B: reaches every job step, a job-started sampler's included: it
+    keeps sampling through USR1/USR2 and still writes its own end record at SIGTERM (the job's end)."""
+    scenario = ramp_scenario(start=time.time() - 0.2)
+    env = {**fake_env(scenario), "SLURM_JOB_GPUS": "0,1"}
+    proc = start_sampler(env, "--job-id", "106", "--node", "ne", "--interval", "0.1")
+    wait_for(store / "106" / "r0" / "ne.meta.json")
+    series = store / "106" / "r0" / "ne.series.bin"
+    wait_for(series)
+    for sig in (signal.SIGUSR2, signal.SIGUSR1, signal.SIGUSR2):
+        proc.send_signal(sig)
+        time.sleep(0.1)
+    rows_at_warning = series.stat().st_size
+    time.sleep(0.6)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    assert series.stat().st_size > rows_at_warning  # still sampling after the warning
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    end = json.loads((store / "106" / "r0" / "ne.end.json").read_text())
+    assert end["source"] == "sampler"
+
+
+def test_gpus_nvml_does_not_know_are_recorded_not_fatal(fake_env: MakeEnv, store: Path, run_cli: RunCli) -> None:
+    """A job GPU no device of the node matches (Slurm's numbering against NVML's): the sampler measures the
+    others, records the unmatched one, and the node's figures say approximate."""
+    scenario = ramp_scenario(start=time.time())
+    env = {**fake_env(scenario), "SLURM_JOB_GPUS": "1,5"}
+    proc = start_sampler(env, "--job-id", "107", "--node", "nf", "--interval", "0.1", "--max-duration", "0.5")
+    assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+    assert "GPU 5 not measured" in (proc.stderr.read() if proc.stderr else "")
+    meta = json.loads((store / "107" / "r0" / "nf.meta.json").read_text())
+    assert meta["unresolved"] == ["5"] and [g["uuid"] for g in meta["gpus"]] == [scenario.devices[1].uuid]
+    done = run_cli("energy", "finish", "--job-id", "107", "--node", "nf", env=env)
+    assert done.returncode == 0, done.stderr
+    s = _summary(store, "107", "nf")
+    assert s["totals"]["approximate"] and s["totals"]["gpus"] == 1  # type: ignore[index]
+
+
 def test_no_nvml_the_job_runs_and_energy_is_unavailable(
         fake_env: MakeEnv, store: Path, run_cli: RunCli, tmp_path: Path) -> None:
     env = fake_env(ramp_scenario(start=0.0))

@@ -1,6 +1,15 @@
 import pytest
 
-from hpc_aidc.node.slurm_env import expand_hostlist, rank_info, rendezvous_port, requeue_target, restart_count
+from hpc_aidc.errors import SiteProfileError
+from hpc_aidc.node.slurm_env import (
+    expand_hostlist,
+    port_range,
+    rank_info,
+    rendezvous_port,
+    requeue_target,
+    restart_count,
+)
+from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, LINUX_EPHEMERAL_PORTS
 
 
 @pytest.mark.parametrize(("hostlist", "hosts"), [
@@ -24,6 +33,20 @@ def test_rank_from_slurm() -> None:
 
 def test_two_jobs_get_different_ports() -> None:
     assert rendezvous_port("100") != rendezvous_port("101")
+
+
+def test_ports_stay_outside_the_ephemeral_range() -> None:
+    """The old 20000 + id % 20000 landed in Linux's ephemeral range (32768-60999) for ~36% of job ids."""
+    lo, hi = DEFAULT_RENDEZVOUS_PORTS
+    assert hi < LINUX_EPHEMERAL_PORTS[0]
+    ports = {rendezvous_port(str(job)) for job in range(0, 200_000)}
+    assert min(ports) == lo and max(ports) == hi
+    # the site's range, exported into the job
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "123457",
+           "HPCAI_RENDEZVOUS_PORTS": "61000-61099"}
+    assert port_range(env) == (61000, 61099) and rank_info(env).master_port == 61000 + 123457 % 100
+    with pytest.raises(SiteProfileError, match=r"Expected \$HPCAI_RENDEZVOUS_PORTS as \"LO-HI\""):
+        port_range({"HPCAI_RENDEZVOUS_PORTS": "61000"})
 
 
 def test_outside_slurm_is_one_local_rank() -> None:

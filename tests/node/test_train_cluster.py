@@ -20,6 +20,7 @@ CONFIG = """
 [model]
 preset = "tiny"
 n_layer = 2
+{model}
 [optimizer]
 lr = 0.003
 warmup_steps = 5
@@ -58,6 +59,11 @@ RUNS: dict[str, tuple[list[str], int, int]] = {
 }
 
 
+# Runs whose model recomputes its activations per layer (torch's non-reentrant checkpoint; for the pipeline,
+# DeepSpeed's activation_checkpoint_interval; with ZeRO-3 under zero.Init's partitioned parameters).
+RECOMPUTE = {"pipeline", "zero3_offload"}
+
+
 def _metrics(folder: Path) -> list[dict[str, Any]]:
     if not (folder / "metrics.jsonl").exists():
         return []
@@ -84,7 +90,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     for name, (flags, steps, every) in RUNS.items():
         path = configs / f"{name}.toml"
         data = ZARR_DATA.format(path=store) if name.startswith("zarr") else ""
-        path.write_text(CONFIG.format(steps=steps, every=every, data=data))
+        model = "activation_checkpointing = true" if name in RECOMPUTE else ""
+        path.write_text(CONFIG.format(steps=steps, every=every, data=data, model=model))
         nodes = [] if "--nodes" in flags else ["--nodes", "2"]
         proc = subprocess.run([*HPCAI, "submit", "train", *nodes, "--ntasks-per-node", "1", "-A", "physics",
                                "-J", f"t-{name}", "--config", str(path), "--json", *flags],

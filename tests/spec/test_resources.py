@@ -25,7 +25,7 @@ def test_cpu_only_defaults() -> None:
     ({"gpus_per_node": -1}, "--gpus-per-node >= 0"),
     ({"gpus_per_node": 2, "gpu_type": "a100"}, "--gpu-type h100"),
     ({"gpu_type": "h100"}, "--gpus-per-node with --gpu-type"),
-    ({"partition": "cpu", "gpus_per_node": 1}, "at most 0 GPUs"),
+    ({"partition": "cpu", "gpus_per_node": 1}, "Expected no GPUs on CPU-only partition cpu"),
     ({"ntasks_per_node": 4, "cpus_per_task": 4}, "<= 8 (CPUs per node"),
     ({"cpus_per_task": 0}, "--cpus-per-task >= 1"),
     ({"time": "2-00:00:00"}, "limit of 1440 min"),

@@ -68,13 +68,16 @@ def test_memory_follows_the_zero_paper() -> None:
     gib = 1024**3
     assert e0.params_gib + e0.grads_gib + e0.optimizer_gib == pytest.approx(16 * psi / gib)   # (2+2+12) psi
     assert e1.optimizer_gib == pytest.approx(12 * psi / 64 / gib)
-    assert e2.grads_gib == pytest.approx(2 * psi / 64 / gib)
-    assert e3.params_gib == pytest.approx(2 * psi / 64 / gib)
+    # DeepSpeed's fp32 gradients for bf16: ZeRO-1's BF16 optimizer accumulates all of them in fp32 beside the
+    # bf16 ones; ZeRO-2 keeps the fp32 partition plus the fp32 copy it hands the master weights.
+    assert e1.grads_gib == pytest.approx((2 + 4) * psi / gib)
+    assert e2.grads_gib == pytest.approx(8 * psi / 64 / gib)
+    assert e3.params_gib == pytest.approx(2 * psi / 64 / gib) and e3.grads_gib == pytest.approx(4 * psi / 64 / gib)
     assert e0.total_gib > e1.total_gib > e2.total_gib > e3.total_gib
     off = estimate(c, 64, 3, "optimizer+params")
     assert off.params_gib == 0 and off.optimizer_gib == 0 and off.cpu_gib > 0
     nodes, stage, _ = suggest(c, 8, 80.0, 16) or (0, 0, "")
-    assert estimate(c, nodes * 8, stage).total_gib <= 72
+    assert nodes and estimate(c, nodes * 8, stage).fits(80.0)
 
 
 def test_yaml_config_equals_the_toml_one(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ struct fake_dev {
     int is_mig, mig_index;
     fake_dev_t *parent;
     char name[96], uuid[96], pci[32];
-    int has_counter, nmig;
+    int has_counter, nmig, minor;
     curve_t power, util, memutil, memused, temp, smclock;
     double mem_total_mib, counter_offset_mj;
     unsigned long long throttle, ecc_unc, ecc_corr;
@@ -127,6 +127,7 @@ static int load(const char *path) {
             d = &devs[ndev++];
             memset(d, 0, sizeof *d);
             d->has_counter = 1;
+            d->minor = ndev - 1;  /* /dev/nvidiaN: the driver's minor number, by default NVML's index */
             d->mem_total_mib = 81559;
             snprintf(d->name, sizeof d->name, "FAKE GPU (simulated)");
             snprintf(d->uuid, sizeof d->uuid, "GPU-00000000-0000-0000-0000-%012d", ndev - 1);
@@ -136,6 +137,7 @@ static int load(const char *path) {
         else if (!strcmp(key, "uuid")) snprintf(d->uuid, sizeof d->uuid, "%s", val);
         else if (!strcmp(key, "pci")) snprintf(d->pci, sizeof d->pci, "%s", val);
         else if (!strcmp(key, "energy_counter")) d->has_counter = atoi(val);
+        else if (!strcmp(key, "minor")) d->minor = atoi(val);
         else if (!strcmp(key, "counter_offset_mj")) d->counter_offset_mj = atof(val);
         else if (!strcmp(key, "power")) parse_curve(&d->power, val);
         else if (!strcmp(key, "util")) parse_curve(&d->util, val);
@@ -186,11 +188,20 @@ nvmlReturn_t nvmlInitWithFlags(unsigned flags) {
     const char *path = getenv("HPCAI_FAKE_NVML_SCENARIO");
     if (!path || !*path) return E_DRIVER;
     /* A per-job override "<scenario>.job<SLURM_JOB_ID>" lets a dev-cluster test give one job other
-     * hardware (e.g. no driver) while every other job keeps the shared scenario. */
-    char alt[4096];
-    const char *job = getenv("SLURM_JOB_ID");
-    if (job && *job && snprintf(alt, sizeof alt, "%s.job%s", path, job) < (int)sizeof alt &&
+     * hardware (e.g. no driver) while every other job keeps the shared scenario; a per-node one
+     * "<scenario>.node.<SLURMD_NODENAME>" gives one node other GPUs (e.g. one with ECC errors), and
+     * "<scenario>.job<ID>.node.<NAME>" one job on one node. The most specific file that exists wins. */
+    static char alt[4096];
+    const char *job = getenv("SLURM_JOB_ID"), *node = getenv("SLURMD_NODENAME");
+    int has_job = job && *job, has_node = node && *node && !strchr(node, '/');
+    if (has_job && has_node && snprintf(alt, sizeof alt, "%s.job%s.node.%s", path, job, node) < (int)sizeof alt &&
         access(alt, R_OK) == 0)
+        path = alt;
+    else if (has_job && snprintf(alt, sizeof alt, "%s.job%s", path, job) < (int)sizeof alt &&
+             access(alt, R_OK) == 0)
+        path = alt;
+    else if (has_node && snprintf(alt, sizeof alt, "%s.node.%s", path, node) < (int)sizeof alt &&
+             access(alt, R_OK) == 0)
         path = alt;
     int rc = load(path);
     if (rc != OK) return rc;
@@ -247,6 +258,12 @@ nvmlReturn_t nvmlDeviceGetIndex(void *h, unsigned *i) {
     CHECK(d, h);
     if (d->is_mig) return E_NOT_SUPPORTED;
     *i = (unsigned)(d - devs);
+    return OK;
+}
+nvmlReturn_t nvmlDeviceGetMinorNumber(void *h, unsigned *minor) {
+    CHECK(d, h);
+    if (d->is_mig) return E_NOT_SUPPORTED;
+    *minor = (unsigned)d->minor;
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetName(void *h, char *s, unsigned len) { CHECK(d, h); return copy(s, len, d->name); }

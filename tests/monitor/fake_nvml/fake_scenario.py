@@ -7,6 +7,7 @@ A scenario is a text file, one `key value` per line, `#` comments:
   init_error 9               optional: nvmlInit fails with this NVML error code (9: driver not loaded)
   device                     starts a device block; keys below apply to the last device
   name / uuid / pci          identity (defaults: FAKE GPU, GPU-...-<i>, 00000000:<18+i>:00.0)
+  minor N                    the /dev/nvidiaN minor number (default: the NVML index; Slurm numbers by it)
   energy_counter 0|1         whether nvmlDeviceGetTotalEnergyConsumption works (default 1)
   power 0:100 10:400 20:100  piecewise-linear curve t:value (a single number is a constant);
                              also util, memutil, mem_used_mib, temp, sm_clock

@@ -1,0 +1,325 @@
+"""`hpcai admin ...`: the admin kit, all of it rendered from or checked against the site profile.
+
+    templates   sbatch templates for users (templates/sbatch/*.sbatch.j2 -> DIR/*.sbatch)
+    policy      job_submit.lua for slurmctld (and the rejection catalogue)
+    check       slurm.conf against the profile: one line per problem with its fix
+    gpu-health  the prolog's GPU check (drains the node on a bad GPU)
+    metrics     the node metrics writer for node_exporter's textfile collector
+    ood         an Open OnDemand form for the training template"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from pathlib import Path
+
+import click
+
+from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.errors import ConfigError
+from hpc_aidc.site import SiteProfile
+
+
+@click.group()
+def admin() -> None:
+    """Admin kit: sbatch templates, job_submit.lua policy, slurm.conf check, GPU health, metrics."""
+
+
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write `path` atomically (temp file + rename in its directory) when its content differs."""
+    from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at
+
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
+        pass
+    except OSError as exc:
+        raise ConfigError(f"Expected to read {path}. Got {exc.strerror}. Check the path.") from None
+    try:
+        dir_fd = os.open(path.parent if str(path.parent) else ".", DIR_FLAGS)
+    except OSError as exc:
+        raise ConfigError(f"Expected a directory {path.parent} to write {path.name} in. Got {exc.strerror}. "
+                          "Create it first.") from None
+    try:
+        atomic_write_at(dir_fd, path.name, text.encode(), mode=mode)
+    except OSError as exc:
+        raise ConfigError(f"Expected to write {path}. Got {exc.strerror}. Check the permissions.") from None
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def exempt_uids(site: SiteProfile) -> dict[str, int]:
+    """uids of the policy's exempt users on this machine (slurmctld's Lua sees only the submitter's uid)."""
+    uids: dict[str, int] = {}
+    for user in site.policy.exempt_users:
+        try:
+            uids[user] = pwd.getpwnam(user).pw_uid
+        except KeyError:
+            continue
+    return uids
+
+
+# -- templates ------------------------------------------------------------------------------------------
+
+def default_templates_dir() -> Path:
+    """templates/sbatch of the checkout hpc-aidc runs from (admins copy it next to their install)."""
+    import hpc_aidc
+
+    return Path(hpc_aidc.__file__).resolve().parents[1] / "templates" / "sbatch"
+
+
+@admin.command()
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the rendered *.sbatch files (created if missing).")
+@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Template directory [templates/sbatch of this checkout].")
+@click.option("--account", "-A", default=None, help="Account the scripts charge [profile's default_account].")
+@click.option("--qos", default=None, help="QoS [profile's default_qos].")
+@click.option("--python", "python", default=None,
+              help="Interpreter on the nodes with hpc-aidc and the user stack [the one running hpcai].")
+@click.option("--nodes", "-N", type=int, default=None, help="Nodes of the multi-node templates [2].")
+@click.option("--gpus-per-node", "-G", type=int, default=None,
+              help="GPUs (ranks) per node of the training templates [the partition's].")
+@click.pass_context
+def templates(ctx: click.Context, out: Path, templates_dir: Path | None, account: str | None, qos: str | None,
+              python: str | None, nodes: int | None, gpus_per_node: int | None) -> None:
+    """Render the sbatch templates for users from the site profile.
+
+    Partitions, GPU types, default account/QoS/time, setup lines and [env] (NCCL) come from the profile;
+    each script stands alone (`sbatch train.sbatch`, nothing else needed on the login node)."""
+    from hpc_aidc.monitor.launch import batch_script_line
+    from hpc_aidc.render.admin_templates import TemplateOptions, render_templates, template_context
+
+    site = site_from(ctx)
+    source_dir = templates_dir or default_templates_dir()
+    try:
+        sources = {p.name: p.read_text() for p in sorted(source_dir.iterdir()) if p.is_file()}
+    except OSError as exc:
+        raise ConfigError(f"Expected a template directory at {source_dir}. Got {exc.strerror}. "
+                          "Pass --templates DIR (templates/sbatch of an hpc-aidc checkout).") from None
+    interpreter = python or sys.executable
+    options = TemplateOptions(python=interpreter, account=account, qos=qos, nodes=nodes, gpus_per_node=gpus_per_node,
+                              energy_line=batch_script_line(python=interpreter))
+    rendered = render_templates(sources, template_context(site, options))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Expected to create {out}. Got {exc.strerror}. Pick a writable --out.") from None
+    for name, text in rendered.items():
+        write_if_changed(out / name, text)
+        click.echo(str(out / name))
+
+
+# -- metrics (node_exporter textfile collector) ------------------------------------------------------------
+
+@admin.command()
+@click.option("--textfile-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="node_exporter's --collector.textfile.directory (root's, mode 0755).")
+@click.option("--node", default=None, help="This node's Slurm name [$SLURMD_NODENAME, else the short hostname].")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="This node's SlurmdSpoolDir [/var/spool/slurmd].")
+@click.option("--interval", type=float, default=15.0, show_default=True, help="Seconds between updates.")
+@click.option("--once", is_flag=True, help="Write the file once and exit (cron, tests).")
+@click.pass_context
+def metrics(ctx: click.Context, textfile_dir: Path, node: str | None, spool_dir: Path | None, interval: float,
+            once: bool) -> None:
+    """Write this node's GPU and per-job metrics for Prometheus (node_exporter textfile collector).
+
+    Per GPU: power, energy counter, utilisation, memory, temperature, SM clock, throttle reasons
+    (dcgm-exporter names); per running job: energy so far, power, GPUs, with labels hpc_job, user,
+    account. A job's series disappear when it ends. Runs as root (monitoring/systemd/)."""
+    import signal
+    import socket
+    import threading
+
+    from hpc_aidc.monitor.exporter import WriterConfig, run_writer
+    from hpc_aidc.monitor.store import check_node
+
+    if not interval >= 0.5:
+        raise ConfigError(f"Expected --interval >= 0.5 seconds. Got {interval} instead. Use 15 (or 1-2 for tests).")
+    site = _root_safe_site(ctx)
+    name = check_node(node or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0])
+    cfg = WriterConfig(node=name, textfile_dir=textfile_dir, spool_dir=spool_dir or Path("/var/spool/slurmd"),
+                       energy_store=site.energy_store, interval_s=interval)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_writer(cfg, stop, once=once, log=lambda message: click.echo(f"hpcai metrics {name}: {message}", err=True))
+
+
+# -- Open OnDemand ---------------------------------------------------------------------------------------
+
+@admin.command()
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The app directory (e.g. /var/www/ood/apps/sys/hpcai-train).")
+@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Template directory [templates/sbatch of this checkout].")
+@click.option("--account", "-A", default=None, help="Default account in the form [profile's default_account].")
+@click.option("--python", "python", default=None, help="Interpreter on the nodes [the one running hpcai].")
+@click.pass_context
+def ood(ctx: click.Context, out: Path, templates_dir: Path | None, account: str | None, python: str | None) -> None:
+    """Render an Open OnDemand app (form.yml, submit.yml.erb) for the DeepSpeed training template."""
+    from hpc_aidc.monitor.launch import batch_script_line
+    from hpc_aidc.render.admin_templates import TemplateOptions, render_templates, template_context
+    from hpc_aidc.render.ood import render_ood_app
+
+    site = site_from(ctx)
+    source_dir = templates_dir or default_templates_dir()
+    try:
+        sources = {p.name: p.read_text() for p in source_dir.iterdir() if p.name.startswith("_")
+                   or p.name == "train.sbatch.j2"}
+    except OSError as exc:
+        raise ConfigError(f"Expected a template directory at {source_dir}. Got {exc.strerror}. "
+                          "Pass --templates DIR.") from None
+    interpreter = python or sys.executable
+    options = TemplateOptions(python=interpreter, account=account, energy_line=batch_script_line(python=interpreter))
+    train = render_templates(sources, template_context(site, options))["train.sbatch"]
+    for name, text in render_ood_app(site, train, account).items():
+        path = out / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"Expected to create {path.parent}. Got {exc.strerror}. Pick a writable --out.") from None
+        write_if_changed(path, text)
+        click.echo(str(path))
+
+
+# -- policy ---------------------------------------------------------------------------------------------
+
+@admin.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write job_submit.lua here (next to slurm.conf); default: print it.")
+@click.option("--catalogue", is_flag=True, help="Print the rejection catalogue (Markdown) instead.")
+@click.pass_context
+def policy(ctx: click.Context, out: Path | None, catalogue: bool) -> None:
+    """Render job_submit.lua from the profile's [policy] table (slurm.conf: JobSubmitPlugins=lua).
+
+    hpcai checks the same rules before sbatch, with the same codes (see --catalogue)."""
+    from hpc_aidc.render.job_submit_lua import render_job_submit_lua
+    from hpc_aidc.spec.policy import catalogue_markdown
+
+    if catalogue:
+        click.echo(catalogue_markdown(), nl=False)
+        return
+    site = site_from(ctx)
+    text = render_job_submit_lua(site, exempt_uids(site))
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    changed = write_if_changed(out, text)
+    click.echo(f"{out}: {'written' if changed else 'unchanged'}", err=True)
+
+
+# -- check ----------------------------------------------------------------------------------------------
+
+@admin.command()
+@click.option("--slurm-conf", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Check this slurm.conf file instead of the live controller (`scontrol show config`).")
+@json_option
+@click.pass_context
+def check(ctx: click.Context, slurm_conf: Path | None, as_json: bool) -> None:
+    """Check slurm.conf against the site profile: prolog/epilog, JobSubmitPlugins and job_submit.lua,
+    gres/gpu in AccountingStorageTRES, PrivateData, energy store permissions. One line per problem
+    with its fix; exit 1 when there is any."""
+    from hpc_aidc.render.job_submit_lua import render_job_submit_lua
+    from hpc_aidc.scheduler.admin_check import admin_problems, gather_facts
+
+    site = site_from(ctx)
+    facts = gather_facts(site, slurm_conf)
+    expected = render_job_submit_lua(site, exempt_uids(site)) if site.policy.enabled else None
+    problems = admin_problems(site, facts, expected)
+    if as_json:
+        echo_json({"source": facts.source, "site": site.source, "ok": not problems, "problems": problems})
+    elif problems:
+        click.echo(f"{facts.source} vs {site.source}: {len(problems)} problem(s)")
+        for line in problems:
+            click.echo(f"  - {line}")
+    else:
+        click.echo(f"{facts.source} vs {site.source}: OK")
+    if problems:
+        sys.exit(1)
+
+
+# -- GPU health (the prolog) -------------------------------------------------------------------------------
+
+UNHEALTHY_EXIT = 3  # slurm/health/gpu_prolog.sh fails the prolog on this status (and the UNHEALTHY line) only
+
+
+def _root_safe_site(ctx: click.Context) -> SiteProfile:
+    """As root (prolog, metrics service) only the root-owned profile counts, with no HPCAI_* overrides;
+    its NVML variables (the dev cluster's simulated NVML) go into our environment for the C library."""
+    from hpc_aidc.monitor.nvml import nvml_env
+    from hpc_aidc.site import find_site_path, load_trusted_site
+
+    if os.geteuid() == 0:
+        site = load_trusted_site(find_site_path((ctx.find_root().obj or {}).get("site_path")))
+    else:
+        site = site_from(ctx)
+    os.environ.update(nvml_env(site.env, os.environ))
+    return site
+
+
+@admin.command("gpu-health")
+@click.option("--gpus", default=None, metavar="LIST",
+              help="The job's GPUs on this node (default: $SLURM_JOB_GPUS; all GPUs when unset).")
+@click.option("--node", default=None, help="This node's Slurm name (default: $SLURMD_NODENAME).")
+@click.option("--job-id", default=None, help="The job being started (for the log line).")
+@click.option("--drain", is_flag=True, help="Drain this node in Slurm when a GPU is bad, naming GPU and fault.")
+@click.option("--prolog", is_flag=True, help="Prolog mode: print only the verdict line.")
+@json_option
+@click.pass_context
+def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: str | None, drain: bool,
+               prolog: bool, as_json: bool) -> None:
+    """Check the job's GPUs as the node prolog does (slurm/health/gpu_prolog.sh).
+
+    Exit 0: the GPUs are fine (or the job has none). Exit 3 and a line `UNHEALTHY: <reason>`: a GPU is
+    missing, has uncorrectable ECC errors, retired pages, pending/failed row remapping or a hardware
+    slowdown; with --drain the node is drained with that reason first. Any other status means the check
+    itself failed (no NVML, Slurm unreachable): the prolog logs it and lets the job run."""
+    from hpc_aidc.errors import SlurmError
+    from hpc_aidc.monitor.gpu_health import check_gpus, drain_reason
+    from hpc_aidc.monitor.gpus import GpuToken, parse_gpu_list
+
+    text = os.environ.get("SLURM_JOB_GPUS") if gpus is None else gpus
+    tokens: tuple[GpuToken, ...] | None = None if text is None else parse_gpu_list(text)
+    if tokens == ():
+        if not prolog:
+            click.echo("no GPUs to check")
+        return
+    _root_safe_site(ctx)
+    if tokens is None:
+        from hpc_aidc.monitor.nvml import open_nvml
+
+        nvml = open_nvml()
+        try:
+            tokens = tuple(GpuToken("index", str(i)) for i in range(nvml.count()))
+        finally:
+            nvml.close()
+    faults = check_gpus(tokens)
+    node_name = node or os.environ.get("SLURMD_NODENAME") or ""
+    reason = drain_reason(faults) if faults else ""
+    drained = None
+    if faults and drain:
+        if not node_name:
+            raise ConfigError("Expected --node (or $SLURMD_NODENAME) with --drain. Got neither. Pass --node.")
+        try:
+            from hpc_aidc.scheduler.nodes import drain_node
+
+            drain_node(node_name, reason)
+            drained = True
+        except SlurmError as exc:
+            drained = False
+            reason += f" (drain failed: {exc})"
+    if as_json:
+        echo_json({"node": node_name, "job_id": job_id, "gpus": [t.value for t in tokens], "healthy": not faults,
+                   "faults": [{"gpu": f.gpu, "fault": f.fault} for f in faults], "reason": reason,
+                   "drained": drained})
+    elif faults:
+        click.echo(f"UNHEALTHY: {reason}")
+    elif not prolog:
+        click.echo(f"GPUs {','.join(t.value for t in tokens)}: healthy")
+    if faults:
+        sys.exit(UNHEALTHY_EXIT)

@@ -1,0 +1,172 @@
+"""The node metrics writer and the Grafana dashboard: the exposition passes `promtool check metrics`,
+cardinality is bounded (a finished job's series go), the writer refuses a directory others could write,
+and on the dev cluster every dashboard panel's query returns data from the real Prometheus for a running
+GPU job, whose series disappear once it ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, RunHpcai, assert_clean_error
+
+from hpc_aidc.monitor.exporter import job_energy_j, running_jobs
+from hpc_aidc.render.metrics import MAPPING, GpuMetrics, JobMetrics, NodeMetrics, mapping_markdown, render_node_metrics
+
+DASHBOARD = REPO / "monitoring/grafana/hpcai-gpu-energy.json"
+PROMETHEUS = "http://127.0.0.1:19090"
+TEXTFILES = Path("/var/lib/hpcai-devcluster/monitoring/textfile")
+
+
+def gpu(i: int, **kw: Any) -> GpuMetrics:
+    base: dict[str, Any] = {"index": i, "uuid": f"GPU-{i}", "name": 'H100 "80GB"\\x', "pci": f"0000:{i:02x}:00.0",
+                            "power_w": 300.5, "energy_mj": 10**12 + i, "util_gpu": 90.0, "util_mem": 40.0,
+                            "mem_used_mib": 1000.0, "temp_c": 60.0, "sm_mhz": 1980.0, "throttle": 0x20}
+    return GpuMetrics(**{**base, **kw})
+
+
+def node(jobs: list[JobMetrics]) -> NodeMetrics:
+    return NodeMetrics(node="n1", time_s=1.7e9, nvml_up=True, simulated=True, gpus=[gpu(0), gpu(1), gpu(2)],
+                       jobs=jobs)
+
+
+JOB = JobMetrics(job_id="42", user="alice", account="physics", gpu_uuids=("GPU-0", "GPU-1"), energy_j=1234.5,
+                 power_w=601.0)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian's prometheus)")
+def test_exposition_passes_promtool(tmp_path: Path) -> None:
+    text = render_node_metrics(node([JOB]))
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_series_and_labels() -> None:
+    lines = render_node_metrics(node([JOB])).splitlines()
+    series = [x for x in lines if not x.startswith("#")]
+    # per GPU: 8 DCGM series + info; per job: 2 GPU links + energy + power + gpus; per node: 3
+    assert len(series) == 3 * 9 + 5 + 3
+    assert 'hpcai_job_energy_joules_total{hpc_job="42",user="alice",account="physics",Hostname="n1"} 1234.5' in lines
+    assert any(x.startswith('hpcai_gpu_job_info{gpu="1",UUID="GPU-1",hpc_job="42"') for x in lines)
+    assert not any('job="' in x.replace("hpc_job=", "") for x in series)  # never Prometheus's own `job` label
+    assert 'model_name="H100 \\"80GB\\"\\\\x"' in "\n".join(lines)  # label values escaped
+    assert all(not x.startswith("DCGM") or "hpc_job" not in x for x in series)  # GPU series carry no job
+
+
+def test_a_finished_job_leaves_nothing_behind() -> None:
+    with_job = render_node_metrics(node([JOB]))
+    without = render_node_metrics(node([]))
+    assert 'hpc_job="42"' in with_job and "hpc_job" not in without
+    assert len(without.splitlines()) < len(with_job.splitlines())
+
+
+def test_job_energy_from_counters() -> None:
+    now = {"a": 5_000, "b": 9_000, "c": None}
+    assert job_energy_j(("a", "b"), (1_000, 4_000), now) == 9.0
+    assert job_energy_j(("a",), (9_000,), now) == 0.0  # a reset counter never gives negative energy
+    assert job_energy_j(("a", "c"), (1_000, 1), now) is None  # no counter: unavailable, not 0
+
+
+def test_running_jobs_from_the_spool(tmp_path: Path) -> None:
+    for name in ("n1_12.0", "n1_12.4294967291", "n1_7.4294967292", "n2_99.0", "n1_x.0", "cred_state", "job00012"):
+        (tmp_path / name).touch()
+    assert running_jobs(tmp_path, "n1") == ["7", "12"]
+    assert running_jobs(tmp_path / "missing", "n1") == []
+
+
+def test_mapping_is_documented() -> None:
+    readme = (REPO / "monitoring/README.md").read_text()
+    assert mapping_markdown() in readme
+    assert {m.name for m in MAPPING if m.dcgm} <= {
+        "DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_GPU_UTIL",
+        "DCGM_FI_DEV_MEM_COPY_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_SM_CLOCK",
+        "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS"}
+
+
+def test_writer_refuses_a_directory_others_can_write(hpcai: RunHpcai, tmp_path: Path) -> None:
+    shared = tmp_path / "textfile"
+    shared.mkdir()
+    shared.chmod(0o777)
+    proc = hpcai("admin", "metrics", "--once", "--node", "n1", "--textfile-dir", str(shared))
+    assert_clean_error(proc, "writable by root alone")
+    assert list(shared.iterdir()) == []
+    assert_clean_error(hpcai("admin", "metrics", "--textfile-dir", str(shared), "--interval", "0"), "--interval")
+
+
+def test_dashboard_is_complete() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    titles = [p["title"] for p in dash["panels"]]
+    for needed in ("Cluster GPU power", "GPU power by account", "GPU energy by account", "Running jobs: GPU energy",
+                   "Idle GPUs"):
+        assert any(t.startswith(needed) for t in titles), needed
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"][0]["expr"]
+
+
+def _query(expr: str) -> list[dict[str, Any]]:
+    url = f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def _grafana_vars(expr: str) -> str:
+    return expr.replace("$account", ".*").replace("$__range", "5m").replace("$__rate_interval", "1m")
+
+
+def _wait(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.usefixtures("cluster")
+def test_dashboard_queries_return_data_for_a_running_job_and_its_series_go() -> None:
+    job = subprocess.run(["runuser", "-u", "alice", "--", "sbatch", "--parsable", "-A", "physics", "-t", "5",
+                          "--gres=gpu:h100:2", "-o", "/dev/null", "--wrap", "sleep 300"],
+                         capture_output=True, text=True, cwd="/tmp", check=True).stdout.strip()
+    selector = f'hpcai_job_power_watts{{hpc_job="{job}"}}'
+    try:
+        _wait("the job's series in Prometheus", lambda: _query(selector))
+        (series,) = _query(selector)
+        assert series["metric"]["user"] == "alice" and series["metric"]["account"] == "physics"
+        assert float(series["value"][1]) > 0
+        # two scrapes of its energy, so increase() over the dashboard range has something to say
+        grown = f'increase(hpcai_job_energy_joules_total{{hpc_job="{job}"}}[20s]) > 0'
+        _wait("its energy grows between scrapes", lambda: _query(grown))
+        dash = json.loads(DASHBOARD.read_text())
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                assert _query(_grafana_vars(target["expr"])), panel["title"]
+        for path in TEXTFILES.glob("hpcai-n*.prom"):
+            proc = subprocess.run(["promtool", "check", "metrics"], input=path.read_text(), capture_output=True,
+                                  text=True, check=False)
+            assert proc.returncode == 0, (path, proc.stdout)
+    finally:
+        subprocess.run(["scancel", job], check=False)
+    _wait("the finished job's series disappear", lambda: not _query(selector), timeout=30)
+    assert not _query(f'hpcai_gpu_job_info{{hpc_job="{job}"}}')
+    assert not _query(f'hpcai_job_energy_joules_total{{hpc_job="{job}"}}')
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("cluster")
+def test_monitoring_daemons_listen_on_loopback_only() -> None:
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=False).stdout
+    for port in ("19090", "19100"):
+        listening = [line for line in out.splitlines() if f":{port} " in line]
+        assert listening and all("127.0.0.1:" in line for line in listening), listening
+    assert os.stat(TEXTFILES).st_uid == 0 and not os.stat(TEXTFILES).st_mode & 0o022

@@ -1,0 +1,192 @@
+"""Batch inference on the dev cluster (real Slurm job arrays): a 4-task array over a packed store with one
+task cancelled mid-shard and another requeued by an admin, finished by `infer retry`, equal bit for bit
+to a one-shot run; a run split into several arrays by a small MaxArraySize; bad input refused before
+anything is submitted or written; `hpcai status` of an inference job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RunHpcai, assert_clean_error
+from infer_testkit import run_local
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def work() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="hpcai-infer-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_job(cluster: None, work: Path) -> Path:
+    """The tiny GPT, trained by `hpcai submit train` (its checkpoint is what inference runs)."""
+    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "submit", "train", "-N", "1",
+                           "--ntasks-per-node", "1", "-p", "debug", "-A", "physics", "--config",
+                           str(Path(__file__).resolve().parents[2] / "examples" / "tiny.toml"), "--wait", "--json"],
+                          capture_output=True, text=True, check=False, cwd=work, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return Path(json.loads(proc.stdout)["folder"])
+
+
+@pytest.fixture(scope="module")
+def packed(cluster: None, work: Path) -> Path:
+    """A packed token store the tiny GPT can read: ids below its vocabulary (256), 24 tokens a row."""
+    import numpy as np
+
+    tokens = work / "tokens.bin"
+    np.random.default_rng(0).integers(0, 256, size=24 * 300, dtype=np.uint16).tofile(tokens)
+    store = work / "corpus.zarr"
+    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "data", "pack", str(tokens), "--out", str(store),
+                           "--seq-len", "24", "--token-dtype", "uint16", "--vocab-size", "256", "--shard-mib", "0.001",
+                           "--chunk-samples", "4"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return store
+
+
+def _state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False)
+    return next((w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("JobState=")), "")
+
+
+def _status(hpcai: RunHpcai, out: Path) -> dict[str, object]:
+    proc = hpcai("infer", "status", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout)
+    return result
+
+
+def _idle(hpcai: RunHpcai, out: Path) -> bool:
+    s = _status(hpcai, out)
+    return s["running"] == 0 and s["pending"] == 0
+
+
+def _array_id(out: Path) -> str:
+    return str(json.loads((out / "submissions.jsonl").read_text().splitlines()[-1])["job_id"])
+
+
+def _shards_of_task(task: int, tasks: int, shards: int) -> list[int]:
+    return list(range(task * shards // tasks, (task + 1) * shards // tasks))
+
+
+def test_array_with_a_cancelled_and_a_requeued_task_ends_bitwise_equal_to_a_one_shot_run(
+        tiny_job: Path, packed: Path, work: Path, hpcai: RunHpcai) -> None:
+    out = work / "out-array"
+    sub = hpcai("submit", "infer", "--model", str(tiny_job), "--input", str(packed), "--output", str(out),
+                "--tasks", "4", "-A", "physics", "--max-new-tokens", "40", "--batch-size", "1",
+                "--temperature", "0.9", "--top-p", "0.9", "--seed", "3", "--json")
+    assert sub.returncode == 0, sub.stderr
+    job = json.loads(sub.stdout)["arrays"][0]["job_id"]
+    shards = json.loads((out / "plan.json").read_text())["input"]["shards"]
+    n = len(shards)
+    assert n >= 12
+
+    def mid_shard(task: int) -> bool:
+        return any(list((out / "partial" / f"{k:06d}").glob("b*.json")) for k in _shards_of_task(task, 4, n))
+
+    _wait(lambda: mid_shard(1), 180, "task 1 flushed no batch")
+    subprocess.run(["scancel", f"{job}_1"], check=True)
+    _wait(lambda: mid_shard(2), 180, "task 2 flushed no batch")
+    subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)
+    _wait(lambda: _state(f"{job}_2") == "PENDING", 60, "the requeued task is not pending")
+    # Slurm holds a requeued job back for two minutes; an admin may let it start at once.
+    subprocess.run(["scontrol", "update", f"jobid={job}_2", "StartTime=now"], check=True)
+    _wait(lambda: _idle(hpcai, out), 300, "the array did not end")
+    status = _status(hpcai, out)
+    # the cancelled task's shards are missing (one of them part-done), everything else is complete
+    assert status["missing"] >= 1 and status["done"] + status["missing"] + status["failed"] == n, status
+    retried = hpcai("infer", "retry", str(out), "--json")
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["task_list"] == "1"
+    _wait(lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == n, 300, "retry did not finish the run")
+    assert_clean_error(hpcai("infer", "retry", str(out)), "Got none to retry")
+
+    reference = work / "out-one-shot"
+    reference.mkdir()
+    shutil.copy(out / "plan.json", reference / "plan.json")
+    run_local(reference, range(4))
+    for k in range(n):
+        name = f"{k:06d}.jsonl"
+        assert (out / "shards" / name).read_bytes() == (reference / "shards" / name).read_bytes(), k
+    rows = [json.loads(line) for k in range(n)
+            for line in (out / "shards" / f"{k:06d}.jsonl").read_text().splitlines()]
+    # none twice, none missing
+    assert [r["id"] for r in rows] == [str(i) for i in range(sum(s["rows"] for s in shards))]
+    assert all(r["error"] is None and len(r["tokens"]) == 40 for r in rows)
+    # the requeued task ran twice and resumed: its shard kept the batches of the first run
+    assert (out / "done").is_dir() and not any((out / "partial").iterdir())
+    shown = hpcai("status", f"{job}_0")
+    assert shown.returncode == 0 and "inference:" in shown.stdout and f"{n} done" in shown.stdout, shown.stdout
+
+
+def test_a_small_max_array_size_splits_the_run_into_several_arrays(work: Path, hpcai: RunHpcai, cluster: None) -> None:
+    mod = work / "upper_entry.py"
+    mod.write_text("def run(texts, task, params):\n    return [t.upper() for t in texts]\n")
+    data = work / "lines.txt"
+    data.write_text("".join(f"line {i}\n" for i in range(60)))
+    out = work / "out-windows"
+    proc = hpcai("submit", "infer", "--entry", "upper_entry:run", "--input", str(data), "--output", str(out),
+                 "--rows-per-shard", "2", "--tasks", "10", "-A", "physics", "--gpus-per-task", "0", "--json",
+                 env={"HPCAI_MAX_ARRAY_SIZE": "4", "PYTHONPATH": str(work)})
+    assert proc.returncode == 0, proc.stderr
+    arrays = json.loads(proc.stdout)["arrays"]
+    assert [(a["offset"], a["array"]) for a in arrays] == [(0, "0-3"), (4, "0-3"), (8, "0-1")]
+    _wait(lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == 30, 300, "the windows did not finish")
+    rows = [json.loads(line) for f in sorted((out / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [r["output"] for r in rows] == [f"LINE {i}" for i in range(60)]
+
+
+def test_bad_input_is_refused_before_anything_is_submitted(tiny_job: Path, packed: Path, work: Path,
+                                                           hpcai: RunHpcai) -> None:
+    wrong_field = work / "body.jsonl"
+    wrong_field.write_text(json.dumps({"body": "x"}) + "\n")
+    encoder = work / "encoder"
+    encoder.mkdir(exist_ok=True)
+    (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 8}))
+    (encoder / "model.safetensors").write_bytes(b"\0" * 16)
+    base = ["submit", "infer", "--input", str(packed), "-A", "physics"]
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    cases = [
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o1"), "--input", str(work / "nope.jsonl")],
+         "Expected an existing --input"),
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o2"), "--input", str(wrong_field)],
+         "Expected a field 'text'"),
+        ([*base, "--model", str(work / "no-model"), "--output", str(work / "o3")], "Expected --model to be"),
+        ([*base, "--model", str(encoder), "--output", str(work / "o4")], "Expected a causal language model"),
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o5"), "--tasks", "99"],
+         "Expected --tasks between 1 and the number of input shards"),
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o6"), "--gpus-per-task", "1",
+          "--batch-size", "100000000"], "Expected a batch that fits one h100"),
+        ([*base, "--output", str(work / "o7")], "Expected exactly one of --model or --entry"),
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o8"), "--top-p", "0"], "Expected --top-p in (0, 1]"),
+    ]
+    for argv, needle in cases:
+        assert_clean_error(hpcai(*argv), needle)
+        assert not (work / argv[argv.index("--output") + 1].split("/")[-1]).exists()
+    # an output that holds another run's results is refused, and left as it was
+    out = work / "out-array"
+    if (out / "plan.json").exists():
+        plan_before = (out / "plan.json").read_bytes()
+        assert_clean_error(hpcai(*base, "--model", str(tiny_job), "--output", str(out), "--max-new-tokens", "5"),
+                           "Got the results of other parameters (")
+        assert (out / "plan.json").read_bytes() == plan_before
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    assert set(after.split()) <= set(before.split())
