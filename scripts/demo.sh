@@ -46,7 +46,7 @@ done
 
 echo
 echo "== 4. hpcai submit infer: the trained checkpoint over held-out prompts, a 2-task job array"
-grep -h -v '^[[:space:]]*$' /usr/share/doc/*/copyright | cut -c1-40 | head -n 64 >"$WORK/prompts.txt"
+grep -h -v '^[[:space:]]*$' /usr/share/doc/*/copyright | cut -c1-40 | sed -n '1,64p' >"$WORK/prompts.txt"
 infer_json="$("$HPCAI" submit infer --model "$folder" --input "$WORK/prompts.txt" --output "$WORK/infer" \
   --tasks 2 --rows-per-shard 32 --max-new-tokens 16 --account physics --job-name demo-infer --json)"
 array_id="$(printf '%s' "$infer_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["arrays"][0]["job_id"])')"
