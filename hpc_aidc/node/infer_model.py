@@ -372,7 +372,12 @@ class HfEngine(Engine):
     """A local Hugging Face model (AutoModelForCausalLM, or AutoModel for encoders); never downloads."""
 
     def __init__(self, path: str, causal: bool, dtype: Any, device: Any) -> None:
+        import warnings
+
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        # transformers 5.x warns on every step that `past_key_values=` is renamed (pinned below 5.40)
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
 
         self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         cls = AutoModelForCausalLM if causal else AutoModel
