@@ -56,15 +56,19 @@ def _hpcai(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def _accounting(job_id: str, timeout: float) -> dict[str, str]:
-    """The job's sacct line once it has ended: State, Elapsed (s), ReqMem, ReqCPUS."""
+    """The job's sacct line once it has ended: State, Elapsed (s), requested memory, ReqCPUS. The memory
+    comes from ReqTRES, read until it is settled: right after a job ends slurmdbd 22.05 was seen to report
+    ReqMem as 2^64 M (its NO_VAL) for a moment."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "--noconvert", "-o",
-                              "State,ElapsedRaw,ReqMem,ReqCPUS"],
+                              "State,ElapsedRaw,ReqTRES,ReqCPUS"],
                              capture_output=True, text=True, check=False).stdout.strip()
         if out:
-            state, elapsed, mem, cpus = out.splitlines()[0].split("|")
-            if state.split()[0] in ENDED:
+            state, elapsed, tres, cpus = out.splitlines()[0].split("|")
+            mem = next((kv.split("=", 1)[1] for kv in tres.split(",") if kv.startswith("mem=")), "")
+            settled = mem[:-1].isdigit() and int(mem[:-1]) < 1 << 40  # not (yet) slurmdbd's NO_VAL
+            if state.split()[0] in ENDED and settled:
                 return {"state": state.split()[0], "elapsed": elapsed, "mem": mem, "cpus": cpus}
         time.sleep(1)
     raise AssertionError(f"job {job_id} did not end within {timeout} s")
