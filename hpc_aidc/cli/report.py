@@ -41,8 +41,9 @@ def report() -> None:
 @click.option("--user", "-u", "users", multiple=True, metavar="USER", help="Only these users (repeatable).")
 @click.option("--partition", "-p", "partitions", multiple=True, metavar="PARTITION",
               help="Only these partitions (repeatable).")
-@click.option("--since", metavar="WHEN", help="Start: YYYY-MM-DD[THH:MM[:SS]] (default: the 1st of this month).")
-@click.option("--until", metavar="WHEN", help="End: YYYY-MM-DD[THH:MM[:SS]] or now (default: now).")
+@click.option("--since", metavar="WHEN", help="Start: YYYY-MM-DD[THH:MM[:SS]] or now-COUNTUNIT, e.g. now-30days "
+                                             "(default: the 1st of this month).")
+@click.option("--until", metavar="WHEN", help="End: YYYY-MM-DD[THH:MM[:SS]], now or now-COUNTUNIT (default: now).")
 @click.option("--by", "by", multiple=True, metavar="DIM",
               help="Group by account, user, partition, day, week or month (repeatable; default: account).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
@@ -106,8 +107,8 @@ def fields() -> None:
 @report.command(name="site")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the site into (created).")
-@click.option("--since", metavar="WHEN", help="Start (default: 12 weeks before --until).")
-@click.option("--until", metavar="WHEN", help="End (default: now).")
+@click.option("--since", metavar="WHEN", help="Start: a date or now-COUNTUNIT (default: 12 weeks before --until).")
+@click.option("--until", metavar="WHEN", help="End: a date, now or now-COUNTUNIT (default: now).")
 @click.option("--account", "-A", "accounts", multiple=True, metavar="ACCOUNT", help="Only these accounts.")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Read sacct-format lines from FILE instead of Slurm.")

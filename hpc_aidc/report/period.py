@@ -4,6 +4,7 @@ apart from the local time zone, which the caller's process sets)."""
 from __future__ import annotations
 
 import bisect
+import re
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -37,14 +38,34 @@ def iso(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
 
 
-_FORMS = "YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS] or now"
+_FORMS = "YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], now or now-COUNT[seconds|minutes|hours|days|weeks]"
+
+# sacct's relative times: now[{+|-}count[seconds(default)|minutes|hours|days|weeks]] (singular too).
+_RELATIVE = re.compile(r"now\s*(?:([+-])\s*(\d+)\s*([a-z]*))?", re.IGNORECASE)
+_UNITS = {"": 1, "second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+def _relative(value: str, text: str, now: int) -> int:
+    match = _RELATIVE.fullmatch(value)
+    if match is None:
+        raise ConfigError(f"Expected a time as {_FORMS}. Got {text!r} instead. Example: --since now-30days.")
+    sign, count, unit = match.groups()
+    if sign is None:
+        return now
+    word = unit.lower()
+    seconds = _UNITS.get(word[:-1] if word.endswith("s") else word)
+    if seconds is None:
+        raise ConfigError(f"Expected a unit from seconds, minutes, hours, days, weeks after {sign}{count}. "
+                          f"Got {unit!r} instead. Example: --since now-30days.")
+    delta = int(count) * seconds
+    return now - delta if sign == "-" else now + delta
 
 
 def parse_when(text: str, now: int) -> int:
-    """'2026-11-01', '2026-11-01T08:00[:00]', 'now' -> epoch seconds (local time)."""
+    """'2026-11-01', '2026-11-01T08:00[:00]', 'now', 'now-30days', 'now+2hours' -> epoch seconds (local time)."""
     value = text.strip()
-    if value == "now":
-        return now
+    if value[:3].lower() == "now":
+        return _relative(value, text, now)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

@@ -13,10 +13,10 @@ from typing import Any
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.render.table import format_duration, format_table
 from hpc_aidc.report.aggregate import Report, Usage
+from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import iso
 
 FORMATS = ("table", "csv", "json", "parquet")
-UNKNOWN = "unknown"
 
 # (column, getter) for CSV/Parquet: raw numbers; None (unknown) stays empty/null.
 _FLAT: tuple[tuple[str, Callable[[Usage], Any]], ...] = (
@@ -34,7 +34,7 @@ _FLAT: tuple[tuple[str, Callable[[Usage], Any]], ...] = (
 
 
 def _num(value: float | None, digits: int = 1) -> str:
-    return UNKNOWN if value is None else f"{value:,.{digits}f}"
+    return num(value, digits)
 
 
 def _wait(value: float | None) -> str:
@@ -52,7 +52,7 @@ def to_table(report: Report) -> str:
                f"cost {cur}", "CO2 kg", "GPU util %", "idle GPU-h", "J/token", "J/row", "states"]
     lines = [*report.lines, report.total]
     rows = [[*u.key, u.jobs, _num(u.gpu_hours), _num(u.cpu_hours), _num(u.node_hours), _wait(u.wait_median_s),
-             _wait(u.wait_p90_s), _num(u.energy_kwh, 2), f"{u.energy_coverage:.0%}", _num(u.cost_total, 2),
+             _wait(u.wait_p90_s), _num(u.energy_kwh, 2), pct(u.energy_coverage), _num(u.cost_total, 2),
              _num(u.co2_kg, 2), _num(u.gpu_util_mean), _num(u.idle_gpu_hours), _num(u.j_per_token, 3),
              _num(u.j_per_row, 3), _states(u)] for u in lines]
     first_number = len(dims)
@@ -60,10 +60,10 @@ def to_table(report: Report) -> str:
     t = report.total
     notes = [f"Usage {iso(report.period.start)} .. {iso(report.period.end)} (jobs crossing the edges are "
              "pro-rated; running jobs count their time so far)."]
-    notes.append(f"Energy data covers {t.energy_coverage:.0%} of the usage; jobs without an energy summary are "
+    notes.append(f"Energy data covers {pct(t.energy_coverage)} of the usage; jobs without an energy summary are "
                  "unknown, not 0, so kWh, energy cost and CO2 cover only that part.")
     if t.simulated_share > 0:
-        notes.append(f"{t.simulated_share:.0%} of the measured energy comes from simulated GPUs (dev cluster).")
+        notes.append(f"{pct(t.simulated_share)} of the measured energy comes from simulated GPUs (dev cluster).")
     return table + "\n\n" + "\n".join(notes)
 
 

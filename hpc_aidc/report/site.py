@@ -19,6 +19,7 @@ from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import J_PER_KWH, Filters, Report, Usage, build_report
 from hpc_aidc.report.charts import bar_chart, hbar_chart, sparkline
 from hpc_aidc.report.energy import job_energy
+from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import Period, iso
 from hpc_aidc.report.rows import JobRow, parse_rows
 from hpc_aidc.site import Prices
@@ -90,8 +91,8 @@ def _env(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root / "templates")),
                              undefined=jinja2.StrictUndefined, autoescape=True, trim_blocks=True,
                              lstrip_blocks=True)
-    env.filters["num"] = lambda v, d=1: "unknown" if v is None else f"{v:,.{d}f}"
-    env.filters["pct"] = lambda v: f"{v:.0%}"
+    env.filters["num"] = num
+    env.filters["pct"] = pct
     env.filters["svg"] = markupsafe.Markup
     return env
 
