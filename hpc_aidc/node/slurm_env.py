@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpc_aidc.errors import ConfigError
+from hpc_aidc.monitor.store import run_of
 from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, parse_port_range
 
 # The site profile's cluster.rendezvous_ports, exported into every training job's environment.
@@ -100,5 +101,5 @@ def requeue_target(env: Mapping[str, str]) -> str:
     return env.get("SLURM_JOB_ID", "")
 
 
-def restart_count(env: Mapping[str, str]) -> int:
-    return int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+# The job's run (Slurm's restart count): one reader for the prolog, the epilogs and the job's steps.
+restart_count = run_of

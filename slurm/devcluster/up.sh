@@ -17,11 +17,15 @@ install_packages() {
     pkg="${pair%%:*}"; bin="${pair##*:}"
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
   done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]} (Debian packages)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install "${missing[@]}"
+}
+
+# apt_install PKG...: install the named Debian packages (none: nothing to do).
+apt_install() {
+  [ "$#" -gt 0 ] || return 0
+  log "installing $* (Debian packages)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 ensure_users() {
@@ -233,11 +237,7 @@ install_monitoring_packages() {
   for pkg in prometheus prometheus-node-exporter; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]} (Debian packages)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install "${missing[@]}"
 }
 
 # start_daemon PIDFILE LOG CMD...: CMD in its own session, in the background, its pid in PIDFILE.
