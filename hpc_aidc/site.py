@@ -110,6 +110,10 @@ class SiteProfile:
     prices: Prices = Prices()
     # submission rules ([policy]): job_submit.lua and hpcai's own check before sbatch (hpc_aidc.sitepolicy)
     policy: SitePolicy = field(default_factory=SitePolicy)
+    # the accounting store reports read (`hpcai report ingest` fills it); None: reports ask sacct
+    report_store: Path | None = None
+    # the submission audit log slurmctld's epilog appends to (slurm/audit); None: no audit
+    audit_log: Path | None = None
     source: str = "<memory>"
 
     def partition(self, name: str | None) -> Partition:
@@ -130,11 +134,12 @@ class SiteProfile:
 
 _CLUSTER_KEYS = {
     "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
-    "energy_store", "scratch", "admins", "setup", "energy_prolog", "rendezvous_ports",
+    "energy_store", "scratch", "admins", "setup", "energy_prolog", "rendezvous_ports", "report_store",
+    "audit_log",
 }
 # Keys a user's HPCAI_* environment must never change: who is an admin, where root writes energy records,
 # whether the job measures itself, what runs in every batch script.
-_ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog"}
+_ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog", "report_store", "audit_log"}
 _PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time",
                    "cpus_per_gpu", "cpu_bind", "gpu_bind", "host_mb_per_rank"}
 _PEAK_KEYS = ("peak_bf16_tflops", "peak_fp16_tflops", "peak_tf32_tflops", "peak_fp32_tflops")
@@ -331,6 +336,9 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
         gpu_types=gpu_types,
         job_root=Path(cluster["job_root"]),
         energy_store=Path(cluster["energy_store"]),
+        report_store=Path(_typed(cluster, "report_store", str, "cluster", source))
+        if "report_store" in cluster else None,
+        audit_log=Path(_typed(cluster, "audit_log", str, "cluster", source)) if "audit_log" in cluster else None,
         scratch=Path(cluster["scratch"]),
         default_partition=default_partition,
         default_account=cluster.get("default_account"),

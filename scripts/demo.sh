@@ -2,7 +2,9 @@
 # The main job on the embedded dev cluster, end to end: pack a small text corpus into a Zarr v3 sharded
 # store, train the tiny GPT on it with DeepSpeed ZeRO-2 across 2 nodes (following its progress), show
 # the job's GPU energy (simulated NVML: the dev machine has no GPU), run the trained checkpoint over
-# held-out prompts as a 2-task batch-inference array, and show the project's usage report.
+# held-out prompts as a 2-task batch-inference array, chain two stages as a pipeline, sweep the learning
+# rate over 2 trials as one job array, and show the project's usage report (from the accounting store)
+# and the submission audit.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,7 +13,7 @@ bash scripts/bootstrap.sh
 HPCAI="$ROOT/.venv/bin/hpcai"
 WORK="/srv/hpcai/demo"
 # Each run starts from a clean demo folder, so the demo can be repeated.
-rm -rf "$WORK/corpus.zarr" "$WORK/report-site" "$WORK/infer"
+rm -rf "$WORK/corpus.zarr" "$WORK/report-site" "$WORK/infer" "$WORK/pipeline"
 mkdir -p "$WORK"
 
 echo
@@ -35,6 +37,8 @@ folder="$("$HPCAI" status "$job_id" --json | .venv/bin/python -c 'import json, s
 cat "$folder/summary.json"
 echo
 sacct -X -j "$job_id" -o JobID,JobName,Account,NNodes,AllocTRES%40,State,Elapsed
+echo "what the job ran with (hpcai status $job_id --env; secrets redacted):"
+"$HPCAI" status "$job_id" --env | sed -n '1,14p'
 
 echo
 echo "== 3. hpcai energy show $job_id (simulated NVML on this GPU-less machine)"
@@ -73,8 +77,53 @@ for task in 0 1; do
 done
 
 echo
-echo "== 5. hpcai report usage: today's usage and energy per project (the training and inference jobs)"
+echo "== 5. hpcai submit pipeline: two stages chained by Slurm (afterok), submitted at once"
+mkdir -p "$WORK/pipeline"
+cat >"$WORK/pipeline/demo.toml" <<'TOML'
+[pipeline]
+name = "demo"
+
+[stage.count]
+kind = "run"
+command = ["wc", "-c", "/srv/hpcai/demo/corpus.txt"]
+account = "physics"
+partition = "cpu"
+
+[stage.usage]
+kind = "report"
+after = ["count"]
+args = ["usage", "--since", "now-1days", "--format", "csv"]
+account = "physics"
+partition = "cpu"
+TOML
+"$HPCAI" submit pipeline "$WORK/pipeline/demo.toml"
+for _ in $(seq 1 120); do
+  "$HPCAI" status demo --json | .venv/bin/python -c \
+    'import json, sys; s = json.load(sys.stdin); sys.exit(0 if all(x["state"] not in ("PENDING", "RUNNING", "WAITING") for x in s["stages"]) else 1)' \
+    && break
+  sleep 1
+done
+"$HPCAI" status demo
+
+echo
+echo "== 6. hpcai submit sweep: the learning rate over 2 trials, one job array, one job directory per trial"
+sweep_json="$("$HPCAI" submit sweep --config examples/tiny.toml --data "$WORK/corpus.zarr" --gpus-per-node 1 \
+  --account physics --max-steps 20 --grid 'optimizer.lr=[1e-3,3e-3]' --json)"
+sweep_id="$(printf '%s' "$sweep_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["sweep_id"])')"
+for _ in $(seq 1 300); do
+  squeue -h -j "$sweep_id" 2>/dev/null | grep -q . || break
+  sleep 2
+done
+"$HPCAI" sweep show "$sweep_id"
+
+echo
+echo "== 7. hpcai report: the accounting store brought up to date, then today's usage and energy per project"
 sacct -X -j "$job_id,$array_id" -o JobID,JobName,Account,State,Elapsed
+"$HPCAI" report ingest --since "$(date +%F)" --settle 1second
 "$HPCAI" report usage --since "$(date +%F)" --by account
 "$HPCAI" report site --out "$WORK/report-site" >/dev/null
 echo "report site: $WORK/report-site/index.html"
+
+echo
+echo "== 8. hpcai admin audit: every submission of this demo (written by slurmctld, not by the users)"
+"$HPCAI" admin audit --since "$(date +%F)" --account physics | tail -n 8

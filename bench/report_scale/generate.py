@@ -74,6 +74,13 @@ def generate(n: int, month: str = "2026-10", seed: int = 7) -> Iterator[JobRow]:
                              first_end - start, submit, eligible, start, first_end,
                              _energy(rng, gpus, cpus, first_end - start, nodes))
                 made += 1
+                # Slurm resubmits a requeued job (new submit time) and starts it after its requeue delay
+                run_start = first_end + 120
+                comment = _energy(rng, gpus, cpus, end - first_end, nodes)
+                yield JobRow(jid, str(raw), "train", user, account, partition, state, cpus, gpus, nodes,
+                             end + 120 - run_start, first_end, first_end, run_start, end + 120, comment)
+                made += 1
+                continue
             comment = _energy(rng, gpus, cpus, elapsed, nodes) if end is not None else ""
             yield JobRow(jid, str(raw), "train", user, account, partition, state, cpus, gpus, nodes, elapsed,
                          submit, eligible, start, end, comment)

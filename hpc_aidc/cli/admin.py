@@ -5,7 +5,8 @@
     check       slurm.conf against the profile: one line per problem with its fix
     gpu-health  the prolog's GPU check (drains the node on a bad GPU)
     metrics     the node metrics writer for node_exporter's textfile collector
-    ood         an Open OnDemand form for the training template"""
+    ood         an Open OnDemand form for the training template
+    audit       the submission audit log (admins only)"""
 
 from __future__ import annotations
 
@@ -251,13 +252,10 @@ UNHEALTHY_EXIT = 3  # slurm/health/gpu_prolog.sh fails the prolog on this status
 def _root_safe_site(ctx: click.Context) -> SiteProfile:
     """As root (prolog, metrics service) only the root-owned profile counts, with no HPCAI_* overrides;
     its NVML variables (the dev cluster's simulated NVML) go into our environment for the C library."""
+    from hpc_aidc.cli.common import root_safe_site
     from hpc_aidc.monitor.nvml import nvml_env
-    from hpc_aidc.site import find_site_path, load_trusted_site
 
-    if os.geteuid() == 0:
-        site = load_trusted_site(find_site_path((ctx.find_root().obj or {}).get("site_path")))
-    else:
-        site = site_from(ctx)
+    site = root_safe_site(ctx)
     os.environ.update(nvml_env(site.env, os.environ))
     return site
 
@@ -323,3 +321,82 @@ def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: s
         click.echo(f"GPUs {','.join(t.value for t in tokens)}: healthy")
     if faults:
         sys.exit(UNHEALTHY_EXIT)
+
+
+# -- audit (slurm/audit) ------------------------------------------------------------------------------------
+
+def _audit_log(ctx: click.Context) -> Path:
+    """The audit log named by the admin's own site profile: root-owned, never a user's --site or HPCAI_*."""
+    from hpc_aidc.site import find_site_path, load_trusted_site
+
+    site = load_trusted_site(find_site_path((ctx.find_root().obj or {}).get("site_path")))
+    if site.audit_log is None:
+        raise ConfigError(f"Expected [cluster].audit_log in the site profile {site.source}. Got none. Add it "
+                          "and install slurm/audit (slurm/audit/README.md).")
+    return site.audit_log
+
+
+@admin.command("audit")
+@click.option("--since", metavar="WHEN", help="Submitted at or after: YYYY-MM-DD[THH:MM[:SS]] or now-COUNTUNIT "
+              "(e.g. now-7days).")
+@click.option("--until", metavar="WHEN", help="Submitted before: YYYY-MM-DD[THH:MM[:SS]], now or now-COUNTUNIT.")
+@click.option("--user", "-u", "users", multiple=True, help="Only these users (repeatable).")
+@click.option("--account", "-A", "accounts", multiple=True, help="Only these accounts (repeatable).")
+@json_option
+@click.pass_context
+def audit(ctx: click.Context, since: str | None, until: str | None, users: tuple[str, ...],
+          accounts: tuple[str, ...], as_json: bool) -> None:
+    """List submissions from the audit log (admins only): who, when, account, partition, job id, the batch
+    script's sha256, and whether hpcai wrote it. A job is listed once it has ended.
+
+    \b
+    Example:
+      hpcai admin audit --since now-7days --account physics"""
+    import time
+
+    from hpc_aidc.errors import AccessError
+    from hpc_aidc.ids import current_user
+    from hpc_aidc.render.table import format_table
+    from hpc_aidc.report.access import trusted_admins, viewer
+    from hpc_aidc.report.period import parse_when
+    from hpc_aidc.scheduler.audit import read_log, select
+
+    user = current_user()
+    if os.getuid() != 0 and not viewer(user, trusted_admins()).admin:
+        raise AccessError(f"Expected an admin (Slurm AdminLevel, or the site profile's admins). Got user {user} "
+                          "instead. The submission audit is for admins; `hpcai jobs` lists your own jobs.")
+    now = int(time.time())
+    log = read_log(_audit_log(ctx))
+    rows = select(log.records, since=parse_when(since, now) if since else None,
+                  until=parse_when(until, now) if until else None, users=users, accounts=accounts)
+    if log.unreadable_lines:
+        click.echo(f"hpcai: warning: {log.unreadable_lines} line(s) of the audit log are not audit records",
+                   err=True)
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("No submissions in the audit log for these filters.")
+        return
+    click.echo(format_table(
+        ["JOBID", "SUBMITTED", "USER", "ACCOUNT", "PARTITION", "NAME", "VIA", "RUNS", "SCRIPT SHA256"],
+        [(r["job_id"], r.get("submitted") or "-", r.get("user") or "-", r.get("account") or "-",
+          r.get("partition") or "-", r.get("job_name") or "-", r.get("hpcai_command") or "sbatch",
+          "never ran" if r.get("never_ran") else r["runs"], (r.get("script_sha256") or "-")[:16]) for r in rows],
+        right=(7,)))
+
+
+@admin.command("audit-record", hidden=True)
+@click.pass_context
+def audit_record(ctx: click.Context) -> None:
+    """Append the ending job's record to the audit log, then those of jobs that ended without running since
+    the last time (slurm/audit/epilog_slurmctld.sh, as SlurmUser)."""
+    from datetime import UTC, datetime
+
+    from hpc_aidc.scheduler.audit import record_job, sweep_never_ran
+
+    log = _audit_log(ctx)
+    record = record_job(log, os.environ)
+    never_ran = sweep_never_ran(log, datetime.now(UTC))
+    click.echo(f"audited job {record['job_id']} of {record['user']}: sha256 {record['script_sha256']}"
+               + (f"; never ran: {', '.join(r['job_id'] for r in never_ran)}" if never_ran else ""))

@@ -69,19 +69,15 @@ def _extras(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--wait/--no-wait", default=False, help="With --array: wait for the jobs to finish.")
 @json_option
 @click.pass_context
-def pack(ctx: click.Context, inputs: tuple[str, ...], out: str, kind: str, seq_len: int, dtype: str,
-         token_dtype: str, tokenizer: str | None, eos_id: int | None, text_key: str, vocab_size: int | None,
-         shard_mib: float, chunk_samples: int, compression: str, labels: str | None, extra: tuple[str, ...],
-         engine: str, array_tasks: int, account: str | None, partition: str | None, time_limit: str,
-         wait: bool, as_json: bool) -> None:
+def pack(ctx: click.Context, /, **options: Any) -> None:
     """Pack INPUTS (.bin/.npy tokens, .txt/.jsonl text, .npy sample stacks, image folders) into a Zarr v3
     sharded store. Re-running an interrupted pack finishes only the missing shards."""
-    from hpc_aidc.data.pack import PackOptions, finalize_pack, pack_task, prepare_pack
+    from hpc_aidc.data.pack import finalize_pack, pack_task, prepare_pack
 
-    opts = PackOptions(inputs=inputs, out=out, kind=kind, seq_len=seq_len, dtype=dtype,
-                       token_dtype_in=token_dtype, tokenizer=tokenizer, eos_id=eos_id, text_key=text_key,
-                       vocab_size=vocab_size, shard_mib=shard_mib, chunk_samples=chunk_samples,
-                       compression=compression, labels=labels, extras=_extras(extra))
+    opts = pack_options(options)
+    out, array_tasks, as_json = options["out"], options["array_tasks"], options["as_json"]
+    engine, account, partition = options["engine"], options["account"], options["partition"]
+    time_limit, wait = options["time_limit"], options["wait"]
     if array_tasks < 0:
         raise ConfigError(f"Expected --array N with N >= 1. Got {array_tasks}. Use --array 4, or leave it out.")
     plan = prepare_pack(opts)
@@ -106,6 +102,17 @@ def pack(ctx: click.Context, inputs: tuple[str, ...], out: str, kind: str, seq_l
     else:
         click.echo(f"packed {manifest.num_samples} samples in {manifest.num_shards} shards "
                    f"({summary['bytes'] / 2**20:.1f} MiB) to {out}")
+
+
+def pack_options(o: dict[str, Any]) -> Any:
+    """The PackOptions of `hpcai data pack`'s options (also a pipeline's data-pack stage)."""
+    from hpc_aidc.data.pack import PackOptions
+
+    return PackOptions(inputs=tuple(o["inputs"]), out=o["out"], kind=o["kind"], seq_len=o["seq_len"],
+                       dtype=o["dtype"], token_dtype_in=o["token_dtype"], tokenizer=o["tokenizer"],
+                       eos_id=o["eos_id"], text_key=o["text_key"], vocab_size=o["vocab_size"],
+                       shard_mib=o["shard_mib"], chunk_samples=o["chunk_samples"], compression=o["compression"],
+                       labels=o["labels"], extras=_extras(tuple(o["extra"])))
 
 
 @data.command()

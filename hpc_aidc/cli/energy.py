@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.cli.common import echo_json, json_option, root_safe_site, site_from
 from hpc_aidc.errors import ConfigError, EnergyError, expected
 from hpc_aidc.site import SiteProfile
 
@@ -37,22 +37,12 @@ def _run(value: int | None) -> int:
     return run_of(os.environ) if value is None else value
 
 
-def _site(ctx: click.Context) -> SiteProfile:
-    """The site profile. Root (prolog, epilog) reads only a root-owned one and takes no HPCAI_*
-    overrides: nothing a user can write decides where root writes."""
-    if os.geteuid() == 0:
-        from hpc_aidc.site import find_site_path, load_trusted_site
-
-        return load_trusted_site(find_site_path((ctx.find_root().obj or {}).get("site_path")))
-    return site_from(ctx)
-
-
 def _site_with_nvml_env(ctx: click.Context) -> SiteProfile:
     """The site profile, with its NVML variables put into our environment so the C library sees them
     (prolog and epilog run with a minimal environment)."""
     from hpc_aidc.monitor.nvml import nvml_env
 
-    site = _site(ctx)
+    site = root_safe_site(ctx)
     os.environ.update(nvml_env(site.env, os.environ))
     return site
 
@@ -161,7 +151,7 @@ def store_run(ctx: click.Context, job_id: str | None, nodes: str, run: int | Non
     AdminComment; spooled for `energy backfill` when slurmdbd does not answer. Exit 0 either way."""
     from hpc_aidc.scheduler.energy_accounting import end_of_run
 
-    site = _site(ctx)
+    site = root_safe_site(ctx)
     names = [_node(n) for n in nodes.replace(" ", ",").split(",") if n]
     stored = end_of_run(site.energy_store, _job_id(job_id), _run(run), names, wait_s=wait)
     if stored.line is None:
@@ -181,7 +171,7 @@ def backfill(ctx: click.Context, budget: float, as_json: bool) -> None:
     from hpc_aidc.monitor import spool
     from hpc_aidc.scheduler.energy_accounting import backfill as store_spooled
 
-    site = _site(ctx)
+    site = root_safe_site(ctx)
     done = store_spooled(site.energy_store, budget)
     left = spool.pending(site.energy_store)
     if as_json:

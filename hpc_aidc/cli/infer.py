@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,7 +87,11 @@ def submit_infer(ctx: click.Context, /, **opts: Any) -> None:
         for script in prepared.scripts():
             click.echo(script, nl=False)
         return
-    outcome = submit(site, prepared)
+    # The submit directory's git state, read here on the login node, for each task's environment record.
+    from hpc_aidc.node.environment import SUBMIT_CONTEXT_ENV, submit_context
+
+    context = {SUBMIT_CONTEXT_ENV: json.dumps(submit_context(Path.cwd(), ["hpcai", *sys.argv[1:]]))}
+    outcome = submit(site, prepared, context)
     if opts["as_json"]:
         echo_json(outcome)
         return

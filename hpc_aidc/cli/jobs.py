@@ -53,11 +53,25 @@ def _job_folder(ctx: click.Context, job_id: str, user: str) -> Path:
 
 @click.command()
 @click.argument("job_id")
+@click.option("--env", "show_env", is_flag=True,
+              help="Show the job's environment record instead (environment.json: driver, CUDA, NCCL, packages, "
+                   "git commit, GPUs, variables with secrets redacted).")
 @json_option
 @click.pass_context
-def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Show one job: state, resources, where it ran, and its job directory."""
-    from hpc_aidc.render.progress import last_problem, read_metrics, training_progress
+def status(ctx: click.Context, job_id: str, show_env: bool, as_json: bool) -> None:
+    """Show one job: state, resources, where it ran, and its job directory. JOB_ID may also be a
+    pipeline's name or directory (`hpcai submit pipeline`): its stages, their states and job ids."""
+    from hpc_aidc.ids import is_job_id
+
+    if not is_job_id(job_id) and not show_env:
+        from hpc_aidc.cli.pipeline import show_status
+
+        show_status(ctx, job_id, as_json)
+        return
+    if show_env:
+        _show_environment(ctx, job_id, as_json)
+        return
+    from hpc_aidc.render.progress import last_problem, read_metrics, training_progress, validation_line
     from hpc_aidc.render.table import format_duration
     from hpc_aidc.scheduler.accounting import SLURMDBD_DOWN_NOTE, find_job
 
@@ -88,6 +102,11 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         fields.append(("progress", f"step {progress['step']}/{progress['max_steps']}, loss {progress['loss']:.4f}, "
                                    f"tokens/s {tps}, ETA {format_duration(progress['eta_s'])}, "
                                    f"restarts {progress['restarts']}"))
+        validation = validation_line(progress)
+        if validation:
+            fields.append(("validation", validation))
+        if progress["stopped"]:
+            fields.append(("stopped", progress["stopped"]))
     if problem:
         fields.append(("problem", problem))
     for key, value in fields:
@@ -99,6 +118,18 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
         click.echo(f"{'inference:':15s}{out}")
         for line in render_progress(plan, prog, str(out)):
             click.echo(f"{'':15s}{line}")
+
+
+def _show_environment(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    from hpc_aidc.cli.env import job_environment
+    from hpc_aidc.render.environment import summary_lines
+
+    _, record = job_environment(ctx, job_id)
+    if as_json:
+        echo_json(record)
+        return
+    for line in summary_lines(record):
+        click.echo(line)
 
 
 def _inference(ctx: click.Context, job_id: str, user: str) -> tuple[Path, Any, Any] | None:

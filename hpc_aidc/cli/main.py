@@ -23,11 +23,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "site": ("hpc_aidc.cli.site", "site", "Show or check the site profile."),
     "devcluster": ("hpc_aidc.cli.devcluster", "devcluster", "Run the embedded dev cluster (real Slurm)."),
     "infer": ("hpc_aidc.cli.infer", "infer", "Follow and finish batch-inference runs: status, retry."),
+    "sweep": ("hpc_aidc.cli.sweep", "sweep", "Show hyperparameter sweeps: one row per trial, the best marked."),
     "energy": ("hpc_aidc.cli.energy", "energy", "Measure and show GPU/CPU energy of jobs."),
     "doctor": ("hpc_aidc.cli.doctor", "doctor", "Check this node's GPUs (NVML) and give a verdict."),
     "data": ("hpc_aidc.cli.data", "data", "Pack, verify, inspect and stage Zarr v3 datasets."),
     "report": ("hpc_aidc.cli.report", "report", "Usage and energy reports per project; the static site."),
     "plan": ("hpc_aidc.cli.plan", "plan", "Estimate per-GPU memory for a training config; suggest ZeRO stage/nodes."),
+    "env": ("hpc_aidc.cli.env", "env", "Compare two jobs' environments (packages, driver, CUDA, NCCL, git, GPUs)."),
     "admin": ("hpc_aidc.cli.admin", "admin", "Admin kit: sbatch templates, policy, checks, GPU health, metrics."),
 }
 

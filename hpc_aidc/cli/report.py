@@ -12,13 +12,21 @@ import click
 from hpc_aidc.cli.common import json_option, site_from
 
 if TYPE_CHECKING:
-    from hpc_aidc.report.aggregate import Filters
+    from hpc_aidc.report.aggregate import Filters, Report
+    from hpc_aidc.report.period import Period
+    from hpc_aidc.report.store_source import StoreInputs
+    from hpc_aidc.site import SiteProfile
+
+live_option = click.option("--live", is_flag=True,
+                           help="Read the whole period from sacct, not from the site's accounting store.")
 
 
-def _allowed(requested: Filters) -> Filters:
-    """The filters the current user may report with. Who they are comes from their uid, who is an admin
-    from Slurm and the admin's own /etc/hpcai/site.toml: never from --site or HPCAI_* (a user's own
-    profile may list anyone in `admins`)."""
+def _allowed(requested: Filters, site: SiteProfile, period: Period, live: bool) -> tuple[Filters, StoreInputs | None]:
+    """The filters the current user may report with, and the accounting store's inputs when the store
+    may serve this report. Who they are comes from their uid, who is an admin from Slurm and the admin's
+    own /etc/hpcai/site.toml: never from --site or HPCAI_* (a user's own profile may list anyone in
+    `admins`). Under PrivateData=jobs a member who does not coordinate the account reads sacct, which
+    gives them their own jobs only, as it would without a store."""
     from hpc_aidc.ids import current_user
     from hpc_aidc.report import access
 
@@ -27,7 +35,21 @@ def _allowed(requested: Filters) -> Filters:
     note = access.private_jobs_note(viewer, filters, access.private_data()) if not viewer.admin else None
     if note:
         click.echo(note, err=True)
-    return filters
+    if live or site.report_store is None or note:
+        return filters, None
+    from hpc_aidc.report.store_source import store_inputs
+
+    inputs = store_inputs(site.report_store, period, filters, all_accounts=viewer.admin)
+    if inputs is not None and inputs.note:
+        click.echo(inputs.note, err=True)
+    return filters, inputs
+
+
+def _from_store(inputs: StoreInputs, period: Period, dims: tuple[str, ...], site: SiteProfile,
+                filters: Filters) -> Report:
+    from hpc_aidc.report.store_query import store_report
+
+    return store_report(inputs.files, inputs.tail, inputs.watermark, period, dims, site.prices, filters)
 
 
 @click.group()
@@ -52,14 +74,17 @@ def report() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Read sacct-format lines from FILE instead of Slurm (see `hpcai report fields`).")
+@live_option
 @click.pass_context
 def usage(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str, ...], partitions: tuple[str, ...],
           since: str | None, until: str | None, by: tuple[str, ...], fmt: str, as_json: bool,
-          output: Path | None, from_file: Path | None) -> None:
+          output: Path | None, from_file: Path | None, live: bool) -> None:
     """GPU-, CPU- and node-hours, jobs, queue wait, energy, cost and CO2 per project.
 
-    One sacct call for the whole period. Jobs crossing the period's edges are pro-rated; running jobs
-    count their time so far; jobs without an energy summary count as unknown energy, not 0."""
+    Reads the site's accounting store (`report_store`, filled by `hpcai report ingest`) plus a small sacct
+    call for what is not stored yet; without a store, or with --live, one sacct call for the whole
+    period. Jobs crossing the period's edges are pro-rated; running jobs count their time so far; jobs
+    without an energy summary count as unknown energy, not 0."""
     from hpc_aidc.errors import ConfigError
     from hpc_aidc.report import source
     from hpc_aidc.report.aggregate import Filters, accumulate, check_dimensions, report_from_groups
@@ -74,11 +99,15 @@ def usage(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str, ...],
     period = make_period(since, until, int(time.time()))
     requested = Filters(frozenset(accounts), frozenset(users), frozenset(partitions))
     if from_file is not None:
-        groups = source.accumulate_file(from_file, period, dims, requested)
+        result = report_from_groups(source.accumulate_file(from_file, period, dims, requested), period, dims,
+                                    site.prices)
     else:
-        filters = _allowed(requested)
-        groups = accumulate(source.sacct_lines(period, filters), period, dims, filters)
-    result = report_from_groups(groups, period, dims, site.prices)
+        filters, inputs = _allowed(requested, site, period, live)
+        if inputs is not None:
+            result = _from_store(inputs, period, dims, site, filters)
+        else:
+            result = report_from_groups(accumulate(source.sacct_lines(period, filters), period, dims, filters),
+                                        period, dims, site.prices)
     if fmt == "parquet":
         assert output is not None
         write_parquet(result, output)
@@ -112,14 +141,15 @@ def fields() -> None:
 @click.option("--account", "-A", "accounts", multiple=True, metavar="ACCOUNT", help="Only these accounts.")
 @click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Read sacct-format lines from FILE instead of Slurm.")
+@live_option
 @click.pass_context
 def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None, accounts: tuple[str, ...],
-             from_file: Path | None) -> None:
+             from_file: Path | None, live: bool) -> None:
     """Build the static report site: an overview of every project and one page per project."""
     from hpc_aidc.report import source
     from hpc_aidc.report.aggregate import Filters
     from hpc_aidc.report.period import Period, parse_when
-    from hpc_aidc.report.site import build_site
+    from hpc_aidc.report.site import build_site, site_data
 
     site = site_from(ctx)
     now = int(time.time())
@@ -128,10 +158,83 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
     period = Period(start, end, now)
     requested = Filters(frozenset(accounts))
     if from_file is not None:
-        lines = source.read_lines(from_file)
-        filters = requested
+        data = site_data(source.read_lines(from_file), period, requested, site.prices)
     else:
-        filters = _allowed(requested)
-        lines = source.sacct_lines(period, filters)
-    index = build_site(lines, period, filters, site.prices, out, cluster=site.name)
+        filters, inputs = _allowed(requested, site, period, live)
+        if inputs is not None:
+            from hpc_aidc.report.store_query import site_data_from_store
+
+            data = site_data_from_store(inputs.files, inputs.tail, inputs.watermark, period, filters, site.prices)
+        else:
+            data = site_data(source.sacct_lines(period, filters), period, filters, site.prices)
+    index = build_site(data, period, site.prices, out, cluster=site.name)
     click.echo(f"wrote {index}")
+
+
+@report.command()
+@click.option("--since", metavar="WHEN", help="Where an empty store starts: a date or now-COUNTUNIT "
+                                             "(default: the 1st of this month). Later runs start at the watermark.")
+@click.option("--window", default="1day", show_default=True, metavar="DURATION",
+              help="Read Slurm in windows this long (each moves the watermark: an interrupted ingest resumes).")
+@click.option("--overlap", default="1hour", show_default=True, metavar="DURATION",
+              help="Read again this far before the watermark (records slurmdbd got late).")
+@click.option("--settle", default="2minutes", show_default=True, metavar="DURATION",
+              help="Stop this long before now (the energy summary lands seconds after a job ends).")
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Load sacct-format lines from FILE (`hpcai report fields`), e.g. history before the store.")
+@json_option
+@click.pass_context
+def ingest(ctx: click.Context, since: str | None, window: str, overlap: str, settle: str, from_file: Path | None,
+           as_json: bool) -> None:
+    """Bring the accounting store up to date (admins; from cron or the admin kit's systemd timer).
+
+    Reads only what ended since the last run, idempotently: a re-run, an overlap or an interrupted run
+    never counts a job twice. Energy summaries that arrive late (the energy spool) update their jobs."""
+    from hpc_aidc.cli.common import echo_json, root_safe_site
+    from hpc_aidc.errors import ConfigError
+    from hpc_aidc.monitor import spool
+    from hpc_aidc.report import source
+    from hpc_aidc.report.ingest import ingest as run_ingest
+    from hpc_aidc.report.ingest import ingest_file
+    from hpc_aidc.report.period import month_start, parse_duration, parse_when
+    from hpc_aidc.report.store import StoreState, StoreWriter, read_state
+
+    site = root_safe_site(ctx)
+    if site.report_store is None:
+        raise ConfigError(f"Expected [cluster].report_store in the site profile {site.source}. Got none. "
+                          "Add e.g. report_store = \"/shared/hpcai/report-store\" (docs/report-store.md).")
+    now = int(time.time())
+    window_s, overlap_s, settle_s = (parse_duration(v, name) for v, name in
+                                     ((window, "--window"), (overlap, "--overlap"), (settle, "--settle")))
+    start = parse_when(since, now) if since else month_start(now)
+
+    def spooled() -> set[str]:
+        try:
+            return set(spool.pending(site.energy_store))
+        except OSError:
+            return set()  # not readable by this user: late summaries are caught by --overlap only
+
+    def progress(a: int, b: int, read: int, written: int) -> None:
+        if not as_json:
+            click.echo(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(a))} .. "
+                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(b))}: {read} rows read, {written} stored",
+                       err=True)
+
+    writer = StoreWriter(site.report_store)
+    with writer.locked():
+        state = read_state(site.report_store) or StoreState()
+        if from_file is not None:
+            result = ingest_file(writer, state, source.read_lines(from_file))
+        else:
+            result = run_ingest(writer, state, now=now, start=start, fetch=source.window_lines,
+                                fetch_jobs=source.job_lines, spooled=spooled, window_s=window_s,
+                                settle_s=settle_s, overlap_s=overlap_s, progress=progress)
+    out = {"store": str(site.report_store), "windows": result.windows, "rows_read": result.rows_read,
+           "rows_written": result.rows_written, "watermark": result.watermark,
+           "awaiting_energy": result.awaiting}
+    if as_json:
+        echo_json(out)
+    else:
+        mark = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result.watermark)) if result.watermark else "none"
+        click.echo(f"report store {site.report_store}: {result.rows_written} rows new or changed of "
+                   f"{result.rows_read} read; up to date until {mark}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,10 @@ def _explained(call: Callable[[], T], user: str, resources: Resources) -> T:
 def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any], args: tuple[Any, ...] | None,
                 opts: dict[str, Any], *, task_factory: Callable[[Path], tuple[Any, ...]] | None = None,
                 after_submit: Callable[[Path], None] | None = None, launcher_prefix: str = "",
-                **render_kwargs: Any) -> None:
-    """Shared tail of every submit command: dry-run or submit, then report (and optionally wait)."""
+                **render_kwargs: Any) -> Any:
+    """Shared tail of every submit command: dry-run or submit, then report (and optionally wait).
+    With opts["quiet"] (a pipeline stage) nothing is printed: the script (dry-run) or the SubmittedJob
+    is returned instead."""
     from hpc_aidc.ids import current_user
     from hpc_aidc.monitor.launch import batch_script_line
     from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
@@ -68,20 +71,33 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     if "extra_env" in render_kwargs:
         render_kwargs["extra_env"] = {k: v.replace("{user}", user) for k, v in render_kwargs["extra_env"].items()}
     params = submitit_parameters(resources, site, **render_kwargs)
+    # The audit's marker (slurm/audit): which hpcai command wrote the script. Never trusted for identity.
+    command = click.get_current_context(silent=True)
+    params["comment"] = command.command_path.replace(" ", "-") if command else "hpcai"
     if opts["dry_run"]:
         script = dry_run_script(params, folder, launcher_prefix)
         verdict = None
         if opts["test_only"] and slurm_available():  # a refused dry-run prints no script
             verdict = _explained(lambda: test_only(script), user, resources)
+        if opts.get("quiet"):
+            return script
         # stdout carries the script and nothing else, so it can be piped to a file or to sbatch.
         click.echo(script, nl=False)
         if verdict:
             click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)
         return
     task_args = task_factory(folder) if task_factory else (args or ())
-    job = _explained(lambda: submit_function(fn, task_args, params, folder, launcher_prefix), user, resources)
+    # The submit directory's git state and the command, for the job's environment.json: read here, on the
+    # login node, where the user's checkout is; passed through sbatch's environment, not the script.
+    from hpc_aidc.node.environment import SUBMIT_CONTEXT_ENV, submit_context
+
+    context = {SUBMIT_CONTEXT_ENV: json.dumps(submit_context(Path.cwd(), ["hpcai", *sys.argv[1:]]))}
+    job = _explained(lambda: submit_function(fn, task_args, params, folder, launcher_prefix, context),
+                     user, resources)
     if after_submit:
         after_submit(job.folder)
+    if opts.get("quiet"):
+        return job
     if opts["as_json"] and not opts["wait"]:
         echo_json({"job_id": job.job_id, "folder": str(job.folder), "script": str(job.script),
                    "resources": describe(resources)})
@@ -91,6 +107,7 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
         click.echo(f"  follow it:     hpcai logs {job.job_id} --follow")
     if opts["wait"]:
         _wait_and_report(job.job_id, job.folder, opts["as_json"])
+    return None
 
 
 def _wait_and_report(job_id: str, folder: Any, as_json: bool) -> None:
@@ -108,8 +125,12 @@ def _wait_and_report(job_id: str, folder: Any, as_json: bool) -> None:
 
 def _add_infer() -> None:
     from hpc_aidc.cli.infer import submit_infer
+    from hpc_aidc.cli.pipeline import submit_pipeline
+    from hpc_aidc.cli.sweep import submit_sweep
 
     submit.add_command(submit_infer)
+    submit.add_command(submit_pipeline)
+    submit.add_command(submit_sweep)
 
 
 _add_infer()
@@ -127,12 +148,16 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **opts: Any) -> None:
       hpcai submit run --nodes 2 --gpus-per-node 2 -A physics -- python train.py --lr 3e-4
 
     Arguments after `--` reach the command exactly as written: nothing is interpreted by a shell."""
+    submit_run(site_from(ctx), opts, command)
+
+
+def submit_run(site: SiteProfile, opts: dict[str, Any], command: tuple[str, ...], **render_kwargs: Any) -> Any:
+    """`hpcai submit run` from its options (also a pipeline's run stage, with its dependency)."""
     from hpc_aidc.node.run_command import run_command
     from hpc_aidc.spec.run import parse_run_job
 
-    site = site_from(ctx)
     job = parse_run_job(resources_from(site, opts), command)
-    submit_flow(site, job.resources, run_command, (list(job.command),), opts)
+    return submit_flow(site, job.resources, run_command, (list(job.command),), opts, **render_kwargs)
 
 
 @submit.command("train")
@@ -150,18 +175,25 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
 
     Every rank is an srun task; the job checkpoints every K steps and on Slurm's warning signal,
     requeues itself, and resumes from its latest complete checkpoint."""
+    submit_train(site_from(ctx), opts)
+
+
+def submit_train(site: SiteProfile, opts: dict[str, Any], **render_kwargs: Any) -> Any:
+    """`hpcai submit train` from its options (also a pipeline's train stage, with its dependency)."""
     from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.ids import current_user
     from hpc_aidc.node.checkpoint import space_warning
     from hpc_aidc.node.train import TrainTask, train_task
 
-    site = site_from(ctx)
     user_dir = site.job_root / current_user()
     job = prepare_train(site, resources_from(site, opts), load_config(opts), opts["config_path"], user_dir)
     config, resources = job.config, job.resources
-    for note in job.notes:
+    # a pipeline checks its stages quietly first (a later stage's refusal stays one line), then says them
+    # as it submits
+    notes = () if opts.get("quiet") and opts["dry_run"] else job.notes
+    for note in notes:
         click.echo(note, err=True)
-    short = space_warning(user_dir, config)  # a warning: space may be freed meanwhile
+    short = space_warning(user_dir, config) if notes else None  # a warning: space may be freed meanwhile
     if short:
         click.echo(f"hpcai: warning: {short}", err=True)
     env = dict(job.env)
@@ -172,11 +204,12 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
         prefix = mpirun_prefix(resources.ntasks_per_node)
         extra = {"use_srun": False}  # mpirun starts the ranks (through Slurm's own launch of its daemons)
         env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
-    submit_flow(site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
-                signal_delay_s=job.signal_delay_s,
-                task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
-                after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size),
-                launcher_prefix=prefix, **extra)
+    return submit_flow(
+        site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
+        signal_delay_s=job.signal_delay_s,
+        task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
+        after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size),
+        launcher_prefix=prefix, **extra, **render_kwargs)
 
 
 def mpirun_prefix(ranks_per_node: int) -> str:

@@ -9,7 +9,8 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OVERRIDES = ("zero", "offload", "pipeline_stages", "precision", "micro_batch", "grad_accum", "max_steps", "entry")
+OVERRIDES = ("zero", "offload", "pipeline_stages", "precision", "micro_batch", "grad_accum", "max_steps", "entry",
+             "target_loss")
 
 
 def train_options(f: F) -> F:
@@ -24,6 +25,8 @@ def train_options(f: F) -> F:
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--max-steps", type=int, default=None, help="Optimizer steps in total."),
         click.option("--entry", default=None, help="User model: package.module:function (returns a model)."),
+        click.option("--target-loss", type=float, default=None,
+                     help="Stop once the validation loss ([eval]; else the training loss) is at or below this."),
         click.option("--data", "data_path", default=None, type=click.Path(),
                      help="Train on this packed Zarr store (hpcai data pack) instead of the config's [data]."),
     ]

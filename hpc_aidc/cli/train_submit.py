@@ -46,6 +46,12 @@ def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, 
         load_entry(config.train.entry)
     t = config.train
     dp = resources.world_size // t.pipeline_stages
+    if config.eval.every and config.data.kind == "zarr":  # a held-out split too small is refused here
+        from hpc_aidc.data.sampler import validation_batches_per_rank
+        from hpc_aidc.data.spec import read_manifest
+
+        validation_batches_per_rank(read_manifest(config.data.path).num_samples, config.eval.holdout, dp,
+                                    t.micro_batch, config.eval.batches)
     plan = estimate(config, dp)
     if gpu and gpu.memory_gib and not plan.fits(gpu.memory_gib):
         raise SpecError(

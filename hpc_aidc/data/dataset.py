@@ -113,7 +113,7 @@ class ShardedSampler(Sampler[int]):
 
     def __init__(self, dataset: ShardedDataset | None = None, *, num_samples: int | None = None,
                  shard_samples: int | None = None, rank: int | None = None, world_size: int | None = None,
-                 seed: int = 0, shuffle: bool = True, drop_last: bool = False) -> None:
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False, holdout: float = 0.0) -> None:
         if dataset is not None:
             num_samples, shard_samples = len(dataset), dataset.shard_samples
         if num_samples is None or shard_samples is None:
@@ -123,7 +123,7 @@ class ShardedSampler(Sampler[int]):
         self.world_size = env_world if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} out of range for world size {self.world_size}")
-        self.spec = OrderSpec(num_samples, shard_samples, seed, shuffle, drop_last)
+        self.spec = OrderSpec(num_samples, shard_samples, seed, shuffle, drop_last, holdout)
         self.epoch = 0
         self._segments: list[Segment] = []
         self._pending = False  # a loaded state applies to the next pass only
@@ -224,9 +224,10 @@ class ResumableLoader:
 
 def build_loader(path: str | Path, batch_size: int, *, seed: int = 0, num_workers: int = 2,
                  rank: int | None = None, world_size: int | None = None, shuffle: bool = True,
-                 drop_last: bool = False, **kwargs: Any) -> ResumableLoader:
-    """What a train config's `data.path` maps to: dataset + sampler + loader in one call."""
+                 drop_last: bool = False, holdout: float = 0.0, **kwargs: Any) -> ResumableLoader:
+    """What a train config's `data.path` maps to: dataset + sampler + loader in one call (`holdout`: the
+    fraction of samples left out for validation, sampler.heldout_ids)."""
     dataset = ShardedDataset(path)
     sampler = ShardedSampler(dataset, rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
-                             drop_last=drop_last)
+                             drop_last=drop_last, holdout=holdout)
     return ResumableLoader(dataset, sampler, batch_size, num_workers=num_workers, **kwargs)

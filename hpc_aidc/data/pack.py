@@ -76,6 +76,13 @@ def _check_options(opts: PackOptions) -> None:
         raise ConfigError(f"Expected --dtype auto, uint16 or uint32. Got {opts.dtype!r} instead. Pick one.")
 
 
+def check_pack_options(opts: PackOptions) -> None:
+    """The checks of prepare_pack that write nothing (options, inputs present): a pipeline runs them for
+    every stage before it submits any."""
+    _check_options(opts)
+    src_mod.find_files(opts.inputs, {*src_mod.TOKEN_SUFFIXES, *src_mod.IMAGE_SUFFIXES})
+
+
 def _kind(opts: PackOptions, files: Sequence[Path]) -> str:
     if opts.kind != "auto":
         return opts.kind

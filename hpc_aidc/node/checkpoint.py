@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,6 +28,11 @@ __all__ = ["checkpoint_bytes"]  # re-exported: callers size checkpoints from her
 
 LATEST = "latest"
 COMPLETE = "COMPLETE"
+# The best checkpoint (lowest validation loss) lives apart from the rotating ones, under
+# checkpoints/best/<tag>/, with best.json saying its step and loss (and `latest` naming its tag, so
+# DeepSpeed's own tools such as zero_to_fp32 read checkpoints/best as a checkpoint directory).
+BEST = "best"
+BEST_RECORD = "best.json"
 # The metrics.jsonl event of a failed save; `hpcai status` shows its message.
 FAILED_EVENT = "checkpoint-failed"
 
@@ -45,13 +51,37 @@ def publish(ckpt_dir: Path, tag: str, keep_last: int) -> None:
     """Rank 0, after the barrier: mark complete, move `latest`, prune old tags."""
     atomic_write_text(ckpt_dir / tag / COMPLETE, "ok\n")
     atomic_write_text(ckpt_dir / LATEST, tag + "\n")
-    complete = sorted(p for p in ckpt_dir.iterdir() if p.is_dir() and (p / COMPLETE).exists())
+    tags = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step")]  # never best/
+    complete = sorted(p for p in tags if (p / COMPLETE).exists())
     for old in complete[:-keep_last]:
         if old.name != tag:
             shutil.rmtree(old, ignore_errors=True)
-    for partial in (p for p in ckpt_dir.iterdir() if p.is_dir() and not (p / COMPLETE).exists()):
+    for partial in (p for p in tags if not (p / COMPLETE).exists()):
         if partial.name < tag:  # an interrupted save older than the newest complete one
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def publish_best(best_dir: Path, tag: str, record: dict[str, Any]) -> None:
+    """Rank 0, after the barrier: mark the new best tag complete, point best.json and `latest` at it
+    (atomic renames: a reader sees the old best or the new one), then remove the older best tags."""
+    atomic_write_text(best_dir / tag / COMPLETE, "ok\n")
+    atomic_write_text(best_dir / BEST_RECORD, json.dumps({**record, "tag": tag}) + "\n")
+    atomic_write_text(best_dir / LATEST, tag + "\n")
+    for old in best_dir.iterdir():
+        if old.is_dir() and old.name != tag:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def read_best(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The best checkpoint's record ({"step", "val_loss", "tag", ...}) when its tag is complete."""
+    best_dir = ckpt_dir / BEST
+    try:
+        record = json.loads((best_dir / BEST_RECORD).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or not (best_dir / str(record.get("tag")) / COMPLETE).exists():
+        return None
+    return record
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
@@ -97,16 +127,18 @@ def free_bytes(path: Path) -> int | None:
 
 def space_warning(directory: Path, config: TrainConfig) -> str | None:
     """One line when the filesystem of `directory` cannot hold the keep_last + 1 checkpoints a job has on
-    disk while it writes a new one (the last N complete ones, plus the one being written)."""
+    disk while it writes a new one (the last N complete ones, plus the one being written), plus the best
+    one when the job validates."""
     free = free_bytes(directory)
     each = checkpoint_bytes(config)
-    copies = config.checkpoint.keep_last + 1
+    best = ", plus the best one" if config.eval.every else ""
+    copies = config.checkpoint.keep_last + 1 + (1 if best else 0)
     if free is None or free >= copies * each:
         return None
     return (f"{directory} has {format_bytes(free)} free, less than the {copies} checkpoints of ~{format_bytes(each)} "
             f"({format_bytes(copies * each)}) this job keeps while saving ([checkpoint] keep_last = "
-            f"{config.checkpoint.keep_last}, plus the one being written). Free space there or lower keep_last, or "
-            "the job will stop at a checkpoint.")
+            f"{config.checkpoint.keep_last}, plus the one being written{best}). Free space there or lower "
+            "keep_last, or the job will stop at a checkpoint.")
 
 
 def format_bytes(n: float) -> str:

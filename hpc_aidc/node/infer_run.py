@@ -381,6 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = run_of(env)
     node = env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
     signal.signal(signal.SIGUSR2, _Warning.handler)
+    from hpc_aidc.node.environment import INFER_ENV_DIR, capture_in_task, job_id_of
+
+    capture_in_task({"output": str(out), "model": plan.model.to_json(), "params": plan.params.to_json(),
+                     "tasks": plan.tasks, "output_format": plan.output_format}, out / INFER_ENV_DIR,
+                    first=proc == 0, name=f"{job_id_of(env)}.json")
     runner = ShardRunner(out, plan, job, run, node)
     shards = my_shards(plan, task, proc, nprocs)
     print(f"hpcai infer: task {task} process {proc}/{nprocs}: shards {shards} of {plan.num_shards}", flush=True)

@@ -3,7 +3,12 @@
 Rendezvous comes from the Slurm environment alone; NCCL on GPUs, gloo on CPU, the same code path.
 Checkpoints every K steps and when Slurm's warning signal (USR2) arrives; then the job requeues itself
 (`scontrol requeue`) and resumes from the latest complete checkpoint, with the data position, RNG
-states, optimizer and scheduler restored, so the loss curve continues exactly."""
+states, optimizer and scheduler restored, so the loss curve continues exactly.
+
+With [eval] every = K it validates on held-out data (node.validation) and keeps the best checkpoint
+apart (checkpoints/best/); with a target loss it stops once the validation loss (the training loss
+without [eval]) reaches it, checkpoints, and records why in its summary. Both survive a requeue: the
+stop and the last validation are in the checkpoint, the best in best.json."""
 
 from __future__ import annotations
 
@@ -69,6 +74,9 @@ def train_task(task: TrainTask) -> dict[str, Any]:
     _import_muon_without_compiling()
     phases.done("import_dynamo")
     folder = Path(task.folder_pattern.replace("%j", info.job_id))
+    from hpc_aidc.node.environment import capture_in_task
+
+    capture_in_task(task.config.to_dict(), folder, first=info.rank == 0)  # after torch/DeepSpeed loaded
     return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank,
                    local_world=info.local_world_size).run(phases)
 
@@ -217,6 +225,11 @@ class Trainer:
         self.metrics_path = folder / "metrics.jsonl"
         self._metrics: TextIO | None = None  # rank 0's handle, opened once: no open/close per step on shared storage
         self.timing = RunTiming()
+        self.stopped: str | None = None                  # why the run stopped before max_steps (a stop rule)
+        self.last_eval: dict[str, Any] | None = None     # {"step", "val_loss", "val_ppl"}
+        self.best: dict[str, Any] | None = None          # the best checkpoint's record (checkpoint.read_best)
+        self.last_loss: tuple[int, float] | None = None  # (step, mean training loss) last read
+        self.eval_batches: list[Any] = []
 
     def run(self, phases: StartupPhases) -> dict[str, Any]:
         import datetime
@@ -255,6 +268,11 @@ class Trainer:
 
         start_step = self._resume(engine)
         self.batches = self._batch_source(start_step)
+        if c.eval.every:
+            from hpc_aidc.node.validation import heldout_batches
+
+            self.eval_batches = heldout_batches(c, self.dp_rank, self.dp)
+            self.best = self._shared_best()
         phases.done("resume")
         restarts = restart_count(os.environ)
         if self.rank == 0:
@@ -268,7 +286,7 @@ class Trainer:
         tokens_per_step = self.dp * c.train.micro_batch * c.train.grad_accum * c.model.seq_len
         wall_start = last = time.monotonic()
         step, loss, pending = start_step, float("nan"), None
-        while step < c.train.max_steps:
+        while step < c.train.max_steps and self.stopped is None:
             local_loss, scale = self._train_step(engine, step)
             step += 1
             now = time.monotonic()
@@ -287,8 +305,15 @@ class Trainer:
             if pending is not None:
                 loss, warned = self._finish(pending)
             pending = current
+            if c.eval.every and (step % c.eval.every == 0 or step == c.train.max_steps):
+                self._validate(engine, step)
+                last = time.monotonic()  # the next step's time leaves the validation out
+            # The same on every rank: it reads all-reduced losses only.
+            self.stopped = self._stop_reason(step)
+            if self.stopped and self.rank == 0:
+                self._log_event({"event": "stop", "step": step, "reason": self.stopped})
             # `warned`: some rank got Slurm's warning by the previous step; all ranks know it here.
-            if step % c.checkpoint.every == 0 or step == c.train.max_steps or warned:
+            if step % c.checkpoint.every == 0 or step == c.train.max_steps or warned or self.stopped:
                 # This step's loss is logged before its checkpoint exists: a run stopped right after the
                 # checkpoint resumes at the next step and would never log this one.
                 loss, warned_now = self._finish(pending)
@@ -297,19 +322,19 @@ class Trainer:
                 self._save(engine, step)
                 self.timing.checkpoint(time.monotonic() - saved_at)
                 self._after_checkpoint(step)
-                if (warned or warned_now) and step < c.train.max_steps:
+                if (warned or warned_now) and step < c.train.max_steps and self.stopped is None:
                     self._requeue(requeue_target(os.environ), restarts)
                 last = time.monotonic()  # the next step's time leaves the checkpoint out
         if pending is not None:
             loss, _ = self._finish(pending)
         self.batches.close()
         wall = time.monotonic() - wall_start
-        steps_run = c.train.max_steps - start_step
-        summary = {"steps": c.train.max_steps, "steps_this_run": steps_run, "restarts": restarts,
-                   "final_loss": loss if steps_run else None, "tokens": tokens_per_step * c.train.max_steps,
+        steps_run = step - start_step
+        summary = {"steps": step, "steps_this_run": steps_run, "restarts": restarts,
+                   "final_loss": loss if steps_run else None, "tokens": tokens_per_step * step,
                    "wall_time_s": wall, "tokens_per_s": tokens_per_step * steps_run / wall if wall else None,
-                   "world_size": self.world, "precision": c.train.precision, **self._performance(),
-                   **_memory_peaks()}
+                   "world_size": self.world, "precision": c.train.precision, **self._stop_and_eval_summary(),
+                   **self._performance(), **_memory_peaks()}
         if self.rank == 0:
             self._log_event({"event": "end", **summary})
             (self.folder / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -323,6 +348,87 @@ class Trainer:
         dist.barrier()
         dist.destroy_process_group()
         return summary
+
+    def _validate(self, engine: Any, step: int) -> None:
+        """Collective: the validation loss on the held-out batches; logged (rank 0), and a new best
+        checkpoint when it is the lowest yet."""
+        from hpc_aidc.node.validation import perplexity, validation_loss
+
+        started = time.monotonic()
+        val = validation_loss(engine, self.eval_batches, self.device, self.pipeline)
+        self.last_eval = {"step": step, "val_loss": val, "val_ppl": perplexity(val)}
+        improved = self.best is None or val < float(self.best["val_loss"])
+        if self.rank == 0:
+            self._log_event({"event": "eval", **self.last_eval, "best": improved,
+                             "seconds": round(time.monotonic() - started, 3)})
+        if improved:
+            self._save_best(engine, step)
+
+    def _save_best(self, engine: Any, step: int) -> None:
+        """Write the model at `step` to checkpoints/best/ (every rank its part), then publish it (rank 0);
+        the previous best is removed only once the new one is complete."""
+        from hpc_aidc.node.checkpoint import BEST, WriteGuard, publish_best, read_best, tag_for
+
+        best_dir, tag = self.ckpt_dir / BEST, tag_for(step)
+        assert self.last_eval is not None
+        record = dict(self.last_eval)
+        started = time.monotonic()
+        guard = WriteGuard()
+        with guard.around_deepspeed(engine):
+            engine.save_checkpoint(str(best_dir), tag=tag, client_state=self._client_state(step), save_latest=False)
+        self._stop_if_any_failed(guard, tag, best_dir)  # also the barrier before publishing
+        if self.rank == 0:
+            guard.run(lambda: publish_best(best_dir, tag, record), best_dir / tag)
+            published = read_best(self.ckpt_dir) if guard.error is not None else None
+            if published is not None and published.get("tag") == tag:
+                guard.error = guard.path = None  # published whole; only removing the older best failed
+        self._stop_if_any_failed(guard, tag, best_dir)
+        self.best = {**record, "tag": tag}
+        if self.rank == 0:
+            self._log_event({"event": "best-checkpoint", "step": step, "tag": tag, "val_loss": record["val_loss"],
+                             "seconds": round(time.monotonic() - started, 3)})
+
+    def _shared_best(self) -> dict[str, Any] | None:
+        """The best so far (a resumed run's), as rank 0 reads it: every rank must agree on it, since a new
+        best is saved collectively."""
+        import torch.distributed as dist
+
+        from hpc_aidc.node.checkpoint import read_best
+
+        shared: list[Any] = [read_best(self.ckpt_dir) if self.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        best: dict[str, Any] | None = shared[0]
+        return best
+
+    def _stop_reason(self, step: int) -> str | None:
+        """Why to stop at `step` before max_steps, or None: the validation loss of this step's
+        validation (with [eval]) or the last training loss read (without) at or below the target."""
+        target = self.config.train.target_loss
+        if target <= 0:
+            return None
+        if self.config.eval.every:
+            if self.last_eval is None or self.last_eval["step"] != step or self.last_eval["val_loss"] > target:
+                return None
+            return f"target_loss {target:g} reached at step {step} (validation loss {self.last_eval['val_loss']:.4f})"
+        if self.last_loss is None or self.last_loss[1] > target:
+            return None
+        return f"target_loss {target:g} reached at step {self.last_loss[0]} (training loss {self.last_loss[1]:.4f})"
+
+    def _stop_and_eval_summary(self) -> dict[str, Any]:
+        from hpc_aidc.node.checkpoint import BEST
+
+        c = self.config
+        out: dict[str, Any] = {"stopped": self.stopped}
+        if c.train.target_loss > 0:
+            out["target_loss"] = c.train.target_loss
+            out["target_metric"] = "val_loss" if c.eval.every else "loss"
+        if c.eval.every:
+            last = self.last_eval or {}
+            best = self.best or {}
+            out.update(val_loss=last.get("val_loss"), val_ppl=last.get("val_ppl"), val_step=last.get("step"),
+                       best_val_loss=best.get("val_loss"), best_step=best.get("step"),
+                       best_checkpoint=str(self.ckpt_dir / BEST / best["tag"]) if best.get("tag") else None)
+        return out
 
     def _report_tokens(self, tokens: int) -> None:
         """This run's tokens (the whole job's, from rank 0) into its energy records, for J/token."""
@@ -449,6 +555,7 @@ class Trainer:
         """Wait for a step's reduction, log it (rank 0), and return (mean loss, warning on any rank)."""
         loss, warned = stats.wait()
         step = stats.record["step"]
+        self.last_loss = (step, loss)
         if self.rank == 0 and (step % self.config.train.log_every == 0 or step == self.config.train.max_steps):
             self._log_event({**stats.record, "loss": loss})
         return loss, warned
@@ -457,7 +564,9 @@ class Trainer:
         # Synthetic data is addressed by step; the Zarr loader's position is its sampler state, the
         # same on every rank (so rank 0's copy in the checkpoint is enough).
         data = self.batches.position() if self.stream is not None else {"next_step": step}
-        return {"step": step, "data": {"kind": self.config.data.kind, **data}}
+        # A stop rule and the last validation carry over a requeue: a stopped run stays stopped.
+        return {"step": step, "data": {"kind": self.config.data.kind, **data}, "stopped": self.stopped,
+                "last_eval": self.last_eval}
 
     def _save(self, engine: Any, step: int) -> None:
         """Write checkpoint `tag` on every rank, then publish it (rank 0). A failed write on any rank
@@ -481,7 +590,7 @@ class Trainer:
                 guard.error = guard.path = None  # published whole; only pruning older tags failed
         self._stop_if_any_failed(guard, tag)  # also the barrier after publishing
 
-    def _stop_if_any_failed(self, guard: WriteGuard, tag: str) -> None:
+    def _stop_if_any_failed(self, guard: WriteGuard, tag: str, ckpt_dir: Path | None = None) -> None:
         """Collective: every rank learns whether any rank's write failed; if one did, stop the job."""
         import torch.distributed as dist
 
@@ -489,9 +598,10 @@ class Trainer:
         dist.all_gather_object(outcomes, (guard.error, guard.path))
         failed = [(rank, error, path) for rank, (error, path) in enumerate(outcomes) if error is not None]
         if failed:
-            self._stop_after_failed_save(tag, *failed[0])
+            self._stop_after_failed_save(tag, *failed[0], ckpt_dir=ckpt_dir or self.ckpt_dir)
 
-    def _stop_after_failed_save(self, tag: str, rank: int, error: str, path: str | None) -> None:
+    def _stop_after_failed_save(self, tag: str, rank: int, error: str, path: str | None, *,
+                                ckpt_dir: Path) -> None:
         """Every rank is done writing: rank 0 removes the partial tag and records one line (metrics event
         for `hpcai status`, and its log); then all ranks leave the process group and exit non-zero without
         a traceback (SystemExit passes submitit's error handler, so it writes no result file either)."""
@@ -502,8 +612,9 @@ class Trainer:
 
         line = ""
         if self.rank == 0:
-            remove_partial(self.ckpt_dir, tag)
-            line = failure_line(tag=tag, ckpt_dir=self.ckpt_dir, error=error, path=path, rank=rank,
+            remove_partial(ckpt_dir, tag)
+            # `latest`: where a requeue resumes from (never the best checkpoint)
+            line = failure_line(tag=tag, ckpt_dir=ckpt_dir, error=error, path=path, rank=rank,
                                 latest=latest_tag(self.ckpt_dir), requeue=requeue_target(os.environ))
             self._append_event({"event": FAILED_EVENT, "tag": tag, "rank": rank, "message": line})
         dist.barrier()
@@ -542,6 +653,7 @@ class Trainer:
         replay_bias_correction(getattr(engine.optimizer, "optimizer", None))  # offload: DeepSpeed's CPU Adam
         if self.stream is not None:
             self.stream.load_state_dict(client["data"])
+        self.stopped, self.last_eval = client.get("stopped"), client.get("last_eval")
         rng = self.ckpt_dir / tag / f"rng_rank{self.rank}.pt"
         if rng.exists():
             torch.set_rng_state(torch.load(rng)["torch"])

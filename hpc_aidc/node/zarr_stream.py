@@ -16,8 +16,10 @@ class ZarrTokenStream:
     def __init__(self, config: TrainConfig, rank: int, world_size: int) -> None:
         from hpc_aidc.data.dataset import build_loader
 
+        # With [eval] on, the held-out samples (node.validation) are left out of every epoch.
+        holdout = config.eval.holdout if config.eval.every else 0.0
         self.loader = build_loader(config.data.path, config.train.micro_batch, seed=config.data.seed,
-                                   num_workers=0, rank=rank, world_size=world_size)
+                                   num_workers=0, rank=rank, world_size=world_size, holdout=holdout)
         seq = self.loader.loader.dataset[0].shape[-1]
         if seq != config.model.seq_len + 1:
             raise ConfigError(

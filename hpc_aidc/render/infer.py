@@ -19,8 +19,10 @@ def array_spec(indices: str, max_concurrent: int | None) -> str:
     return f"{indices}%{max_concurrent}" if max_concurrent else indices
 
 
-def infer_array_script(parameters: Mapping[str, Any], folder: Path, command: str, array: str) -> str:
-    """The script `sbatch` receives: every value quoted by submitit; logs per array task and process."""
+def infer_array_script(parameters: Mapping[str, Any], folder: Path, command: str, array: str,
+                       task_logs: Path | None = None) -> str:
+    """The script `sbatch` receives: every value quoted by submitit; logs per array task and process (the
+    processes' in `task_logs` when given: a pattern such as <dir>/%A_%a that the script creates)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = dict(parameters)
@@ -29,5 +31,5 @@ def infer_array_script(parameters: Mapping[str, Any], folder: Path, command: str
     additional["output"] = str(folder / "%A_%a_batch.out")
     # srun's own --output (submitit's %j_%t pattern) would collide across array tasks: %j of the last task
     # is the array's id. A later --output wins, so each task's processes log to %A_%a_%t.
-    params["srun_args"] = [*params.get("srun_args", []), "--output", str(folder / "%A_%a_%t_log.out")]
+    params["srun_args"] = [*params.get("srun_args", []), "--output", str((task_logs or folder) / "%A_%a_%t_log.out")]
     return str(_make_sbatch_string(command=command, folder=folder, additional_parameters=additional, **params))

@@ -37,10 +37,31 @@ def training_progress(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     mean_step = sum(recent) / len(recent) if recent else 0.0
     tps = [r["tokens_per_s"] for r in steps[-20:] if r.get("tokens_per_s")]
     restarts = max((r.get("restarts", 0) for r in records if r.get("event") == "start"), default=0)
+    stops = [r for r in records if r.get("event") == "stop"]
     return {"step": last["step"], "max_steps": last["max_steps"], "loss": last["loss"],
             "tokens_per_s": sum(tps) / len(tps) if tps else None,
-            "eta_s": (last["max_steps"] - last["step"]) * mean_step, "restarts": restarts,
-            "finished": any(r.get("event") == "end" for r in records)}
+            "eta_s": 0.0 if stops else (last["max_steps"] - last["step"]) * mean_step, "restarts": restarts,
+            "finished": any(r.get("event") == "end" for r in records),
+            "stopped": stops[-1].get("reason") if stops else None, **validation_progress(records)}
+
+
+def validation_progress(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last validation ([eval]) and the best one so far; {} when the run does not validate."""
+    evals = [r for r in records if r.get("event") == "eval" and "val_loss" in r]
+    if not evals:
+        return {}
+    last = evals[-1]
+    best = min(evals, key=lambda r: (r["val_loss"], r["step"]))
+    return {"val_loss": last["val_loss"], "val_ppl": last.get("val_ppl"), "val_step": last["step"],
+            "best_val_loss": best["val_loss"], "best_step": best["step"]}
+
+
+def validation_line(progress: dict[str, Any]) -> str | None:
+    """`hpcai status`'s validation line, or None when the run does not validate."""
+    if progress.get("val_loss") is None:
+        return None
+    return (f"loss {progress['val_loss']:.4f} (perplexity {progress['val_ppl']:.2f}) at step {progress['val_step']}; "
+            f"best {progress['best_val_loss']:.4f} at step {progress['best_step']}")
 
 
 def last_problem(records: list[dict[str, Any]]) -> str | None:

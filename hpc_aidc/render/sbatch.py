@@ -44,6 +44,7 @@ def submitit_parameters(
     additional: Mapping[str, Any] | None = None,
     use_srun: bool = True,
     signal_delay_s: int = SIGNAL_DELAY_S,
+    dependency: str | None = None,
 ) -> dict[str, Any]:
     """Native SlurmExecutor parameters (submitit validates names and rejects unknown ones)."""
     params: dict[str, Any] = {
@@ -72,11 +73,20 @@ def submitit_parameters(
         params["teardown"] = list(teardown)
     if srun_args:
         params["srun_args"] = list(srun_args)
-    if additional:
-        params["additional_parameters"] = dict(additional)
+    if additional or dependency:
+        params["additional_parameters"] = {**(additional or {}), **dependency_parameters(dependency)}
     if not use_srun:
         params["use_srun"] = False
     return params
+
+
+def dependency_parameters(dependency: str | None) -> dict[str, str]:
+    """sbatch's `--dependency`, and `--kill-on-invalid-dep=yes` with it: when a job it waits for fails,
+    Slurm cancels this one (and, in turn, those waiting for it) instead of leaving it pending forever as
+    DependencyNeverSatisfied (checked on Slurm 22.05)."""
+    if not dependency:
+        return {}
+    return {"dependency": dependency, "kill_on_invalid_dep": "yes"}
 
 
 def submitit_command(python: str, folder: Path) -> str:

@@ -153,9 +153,13 @@ def quantile(sorted_values: Sequence[int], q: float) -> float | None:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def finish(key: tuple[str, ...], acc: Acc, prices: Prices) -> Usage:
-    """Derived values (hours, quantiles, cost, CO2) from a group's sums."""
-    waits = sorted(acc.waits)
+def finish(key: tuple[str, ...], acc: Acc, prices: Prices,
+           wait_quantiles: tuple[float | None, float | None] | None = None) -> Usage:
+    """Derived values (hours, quantiles, cost, CO2) from a group's sums; the queue-wait median and p90
+    come from `acc.waits` unless given (the store's query computes them itself)."""
+    if wait_quantiles is None:
+        waits = sorted(acc.waits)
+        wait_quantiles = quantile(waits, 0.5), quantile(waits, 0.9)
     known_j = acc.gpu_j + acc.cpu_j
     has_energy = acc.energy_gpu_s > 0 or acc.energy_cpu_s > 0
     kwh = known_j / J_PER_KWH if has_energy else None
@@ -165,7 +169,7 @@ def finish(key: tuple[str, ...], acc: Acc, prices: Prices) -> Usage:
     return Usage(
         key=key, jobs=acc.jobs, running=acc.running, requeues=acc.requeues, states=dict(sorted(acc.states.items())),
         gpu_hours=acc.gpu_s / 3600.0, cpu_hours=acc.cpu_s / 3600.0, node_hours=acc.node_s / 3600.0,
-        wait_median_s=quantile(waits, 0.5), wait_p90_s=quantile(waits, 0.9),
+        wait_median_s=wait_quantiles[0], wait_p90_s=wait_quantiles[1],
         energy_kwh=kwh, gpu_kwh=acc.gpu_j / J_PER_KWH if has_energy else None,
         energy_coverage=min(1.0, coverage),
         simulated_share=acc.simulated_gpu_s / acc.energy_gpu_s if acc.energy_gpu_s else 0.0,

@@ -61,6 +61,17 @@ def _relative(value: str, text: str, now: int) -> int:
     return now - delta if sign == "-" else now + delta
 
 
+def parse_duration(text: str, option: str) -> int:
+    """'1day', '6hours', '90minutes', '30' (seconds) -> seconds, as sacct's relative times count them."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text, re.IGNORECASE)
+    word = match.group(2).lower() if match else ""
+    seconds = _UNITS.get(word[:-1] if word.endswith("s") else word) if match else None
+    if match is None or seconds is None or int(match.group(1)) <= 0:
+        raise ConfigError(f"Expected {option} as a positive COUNT[seconds|minutes|hours|days|weeks]. Got {text!r} "
+                          f"instead. Example: {option} 1day.")
+    return int(match.group(1)) * seconds
+
+
 def parse_when(text: str, now: int) -> int:
     """'2026-11-01', '2026-11-01T08:00[:00]', 'now', 'now-30days', 'now+2hours' -> epoch seconds (local time)."""
     value = text.strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,16 +16,15 @@ import jinja2
 import markupsafe
 
 from hpc_aidc.errors import ConfigError
-from hpc_aidc.report.aggregate import J_PER_KWH, Filters, Report, Usage, build_report
+from hpc_aidc.report.aggregate import Filters, Report, Usage, build_report
 from hpc_aidc.report.charts import bar_chart, hbar_chart, sparkline
-from hpc_aidc.report.energy import job_energy
+from hpc_aidc.report.jobs import AccountJobs, account_jobs
 from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import Period, iso
-from hpc_aidc.report.rows import JobRow, parse_rows
+from hpc_aidc.report.rows import parse_rows
 from hpc_aidc.site import Prices
 
 TEMPLATES_ENV = "HPCAI_REPORT_TEMPLATES"
-TOP_JOBS = 10
 
 
 def templates_dir() -> Path:
@@ -43,26 +42,13 @@ def slug(account: str) -> str:
 
 
 @dataclass(frozen=True)
-class JobEnergyRow:
-    job_id: str
-    user: str
-    name: str
-    state: str
-    gpus: int
-    hours: float
-    kwh: float
+class SiteData:
+    """What the pages show: three reports over the period and each project's jobs."""
 
-
-def energy_jobs(rows: Iterable[JobRow]) -> list[JobEnergyRow]:
-    """Jobs with a known energy (whole job), most energy first."""
-    out = []
-    for r in rows:
-        e = job_energy(r.admin_comment) if r.admin_comment else None
-        if e is None or (e.gpu_j is None and e.cpu_j is None):
-            continue
-        kwh = ((e.gpu_j or 0.0) + (e.cpu_j or 0.0)) / J_PER_KWH
-        out.append(JobEnergyRow(r.job_id, r.user, r.name, r.state, r.gpus, r.elapsed_s / 3600.0, kwh))
-    return sorted(out, key=lambda j: (-j.kwh, j.job_id))
+    by_account: Report
+    over_time: Report  # by account and day (or week, for periods over 45 days)
+    by_user: Report
+    jobs: Mapping[str, AccountJobs]
 
 
 @dataclass(frozen=True)
@@ -73,7 +59,7 @@ class ProjectLine:
     trend: str  # inline SVG
 
 
-def _bucket_dim(period: Period) -> str:
+def bucket_dim(period: Period) -> str:
     return "day" if period.end - period.start <= 45 * 86400 else "week"
 
 
@@ -101,16 +87,19 @@ def _all_buckets(report: Report) -> list[str]:
     return sorted({u.key[1] for u in report.lines})
 
 
-def site_pages(lines: Sequence[str], period: Period, filters: Filters, prices: Prices, *, cluster: str,
-               root: Path) -> dict[str, str]:
+def site_data(lines: Sequence[str], period: Period, filters: Filters, prices: Prices) -> SiteData:
+    """The pages' data from sacct lines (the store's: store_query.site_data_from_store)."""
+    dim = bucket_dim(period)
+    return SiteData(build_report(lines, period, ("account",), prices, filters),
+                    build_report(lines, period, ("account", dim), prices, filters),
+                    build_report(lines, period, ("account", "user"), prices, filters),
+                    account_jobs(parse_rows(lines), period, filters))
+
+
+def site_pages(data: SiteData, period: Period, prices: Prices, *, cluster: str, root: Path) -> dict[str, str]:
     """{relative path: html} for the overview and every project page."""
-    dim = _bucket_dim(period)
-    by_account = build_report(lines, period, ("account",), prices, filters)
-    over_time = build_report(lines, period, ("account", dim), prices, filters)
-    by_user = build_report(lines, period, ("account", "user"), prices, filters)
-    rows = [r for r in parse_rows(lines) if (not filters.accounts or r.account in filters.accounts)
-            and (not filters.users or r.user in filters.users)
-            and (r.start is not None and r.start < period.end and (r.end is None or r.end >= period.start))]
+    dim = bucket_dim(period)
+    by_account, over_time, by_user = data.by_account, data.over_time, data.by_user
     env = _env(root)
     common = {"cluster": cluster, "since": iso(period.start), "until": iso(period.end),
               "currency": prices.currency, "prices": prices, "bucket": dim}
@@ -125,7 +114,7 @@ def site_pages(lines: Sequence[str], period: Period, filters: Filters, prices: P
         spark = sparkline(trend, title=f"{account} GPU-hours per {dim}")
         projects.append(ProjectLine(account, slug(account), u, spark))
         pages[f"projects/{slug(account)}.html"] = _project_page(
-            env, common, account, u, over_time, by_user, [r for r in rows if r.account == account], dim)
+            env, common, account, u, over_time, by_user, data.jobs.get(account, AccountJobs(0, 0, ())), dim)
     overview_chart = bar_chart([p.account for p in projects], [p.usage.gpu_hours for p in projects],
                                title="GPU-hours per project", unit="GPU-h")
     template = env.get_template("index.html.j2")
@@ -135,13 +124,12 @@ def site_pages(lines: Sequence[str], period: Period, filters: Filters, prices: P
 
 
 def _project_page(env: jinja2.Environment, common: dict[str, object], account: str, usage: Usage, over_time: Report,
-                  by_user: Report, rows: list[JobRow], dim: str) -> str:
+                  by_user: Report, jobs: AccountJobs, dim: str) -> str:
     labels, gpu = _series(over_time, account, "gpu_hours")
     _, kwh = _series(over_time, account, "energy_kwh")
     _, idle = _series(over_time, account, "idle_gpu_hours")
     users = sorted((u for u in by_user.lines if u.key[0] == account), key=lambda u: -u.gpu_hours)
-    jobs = energy_jobs(rows)
-    top = jobs[:TOP_JOBS]
+    top = jobs.top
     charts = {
         "gpu": bar_chart(labels, gpu, title=f"GPU-hours per {dim}", unit="GPU-h"),
         "kwh": bar_chart(labels, kwh, title=f"Measured energy per {dim}", unit="kWh"),
@@ -153,14 +141,13 @@ def _project_page(env: jinja2.Environment, common: dict[str, object], account: s
     }
     template = env.get_template("project.html.j2")
     return str(template.render(**common, account=account, usage=usage, users=users, jobs=top,
-                               job_count=len(rows), jobs_with_energy=len(jobs), charts=charts, root="../"))
+                               job_count=jobs.count, jobs_with_energy=jobs.with_energy, charts=charts, root="../"))
 
 
-def build_site(lines: Sequence[str], period: Period, filters: Filters, prices: Prices, out: Path, *,
-               cluster: str) -> Path:
+def build_site(data: SiteData, period: Period, prices: Prices, out: Path, *, cluster: str) -> Path:
     """Write the site into `out` (pages and assets); returns the index page's path."""
     root = templates_dir()
-    pages = site_pages(lines, period, filters, prices, cluster=cluster, root=root)
+    pages = site_pages(data, period, prices, cluster=cluster, root=root)
     try:
         (out / "projects").mkdir(parents=True, exist_ok=True)
         for rel, text in pages.items():

@@ -36,13 +36,17 @@ def report_sacct_argv(period: Period, filters: Filters) -> list[str]:
     return argv
 
 
-def sacct_lines(period: Period, filters: Filters) -> list[str]:
-    proc = run_slurm(report_sacct_argv(period, filters), timeout=600.0, check=False)
+def _sacct(argv: list[str], needs: str) -> list[str]:
+    proc = run_slurm(argv, timeout=600.0, check=False)
     if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
-        raise SlurmError(slurmdbd_down_message(proc.stderr, "A usage report"))
+        raise SlurmError(slurmdbd_down_message(proc.stderr, needs))
     if proc.returncode != 0:
         raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
     return proc.stdout.splitlines()
+
+
+def sacct_lines(period: Period, filters: Filters) -> list[str]:
+    return _sacct(report_sacct_argv(period, filters), "A usage report")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -99,3 +103,17 @@ def accumulate_file(path: Path, period: Period, dimensions: Sequence[str], filte
             else:
                 merged[key] = acc
     return merged
+
+
+def window_lines(start: int, end: int, filters: Filters | None = None) -> list[str]:
+    """Every allocation that was eligible or running at some time in [start, end] (running ones too)."""
+    return _sacct(report_sacct_argv(Period(start, end, end), filters or Filters()), "The report store")
+
+
+def job_lines(job_ids: Sequence[str]) -> list[str]:
+    """Every run of the given jobs, whenever they ran."""
+    if not job_ids:
+        return []
+    return _sacct(["sacct", "--noheader", "--parsable2", f"--delimiter={SACCT_DELIMITER}", "--allocations",
+                   "--duplicates", "--allusers", f"--format={','.join(REPORT_FIELDS)}", f"--jobs={','.join(job_ids)}"],
+                  "The report store")

@@ -19,6 +19,8 @@ from hpc_aidc.scheduler.slurm_cli import run_slurm
 from hpc_aidc.site import SiteProfile
 
 PRIVATE_DATA = ("accounts", "jobs", "usage", "users")
+# The kit's EpilogSlurmctld: the submission audit (slurm/audit), then energy (slurm/energy).
+CTLD_EPILOG = "slurm/epilog_slurmctld.sh"
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def _mode(p: PathFacts) -> str:
 def admin_problems(site: SiteProfile, facts: AdminFacts, expected_lua: str | None) -> list[str]:
     """One line per problem: what is wrong, then `fix:` and what to do."""
     conf = facts.config
+    ctld_epilog = os.path.normpath(conf["epilogslurmctld"]) if conf.get("epilogslurmctld") else ""
     problems: list[str] = []
     prolog = conf.get("prolog", "")
     scripts = (prolog, *facts.prolog_scripts)
@@ -107,10 +110,19 @@ def admin_problems(site: SiteProfile, facts: AdminFacts, expected_lua: str | Non
         if not conf.get("epilog", "").endswith("energy/epilog.sh"):
             problems.append(f"Epilog is {conf.get('epilog') or 'unset'}: samplers are never stopped or summarised; "
                             "fix: Epilog=/opt/hpcai/slurm/energy/epilog.sh")
-        if not conf.get("epilogslurmctld", "").endswith("energy/epilog_slurmctld.sh"):
+        if not ctld_epilog.endswith(("energy/epilog_slurmctld.sh", CTLD_EPILOG)):
             problems.append(f"EpilogSlurmctld is {conf.get('epilogslurmctld') or 'unset'}: energy never reaches "
                             "AdminComment; fix: EpilogSlurmctld=/opt/hpcai/slurm/energy/epilog_slurmctld.sh "
                             "(then restart slurmctld)")
+    if site.audit_log is not None:
+        if not ctld_epilog.endswith(CTLD_EPILOG):
+            problems.append(f"EpilogSlurmctld is {ctld_epilog or 'unset'}: submissions are not audited "
+                            f"(audit_log = {site.audit_log}); fix: EpilogSlurmctld=/opt/hpcai/{CTLD_EPILOG} "
+                            "(the audit, then energy; then restart slurmctld)")
+        if "job_script" not in _items(conf.get("accountingstoreflags", "")):
+            problems.append(f"AccountingStoreFlags is {conf.get('accountingstoreflags') or 'unset'}: accounting "
+                            "keeps no batch scripts (`sacct --batch-script`); fix: add job_script (then restart "
+                            "slurmctld)")
     if site.policy.enabled:
         if "lua" not in _items(conf.get("jobsubmitplugins", "")):
             problems.append(f"JobSubmitPlugins is {conf.get('jobsubmitplugins') or 'unset'}: the profile's [policy] "

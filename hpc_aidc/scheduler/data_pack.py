@@ -15,32 +15,61 @@ from hpc_aidc.site import SiteProfile
 from hpc_aidc.slurmtime import parse_time_limit
 
 
+def _params(site: SiteProfile, account: str | None, partition: str | None, time_limit: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "partition": site.partition(partition).name, "time": parse_time_limit(time_limit),
+        "ntasks_per_node": 1, "cpus_per_task": 1, "setup": list(site.setup),
+        "comment": "hpcai-data-pack",  # the audit's marker (slurm/audit), never trusted for identity
+    }
+    if account or site.default_account:
+        params["account"] = account or site.default_account
+    return params
+
+
+def pack_scripts(site: SiteProfile, tasks: int, *, account: str | None = None, partition: str | None = None,
+                 time_limit: str = "01:00:00", dependency: str | None = None) -> list[str]:
+    """The two sbatch scripts submit_pack_array submits (the array, then its finalize job), for dry runs;
+    the finalize job's dependency names the array as `<array>`, whose id sbatch has not given yet."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from hpc_aidc.render.sbatch import dependency_parameters, submitit_command
+
+    folder = site.job_root / current_user() / "data-pack" / "%j"
+    params = _params(site, account, partition, time_limit)
+    command = submitit_command(sys.executable, folder)
+    array = _make_sbatch_string(command=command, folder=folder, job_name="hpcai-pack", map_count=tasks,
+                                array_parallelism=tasks, additional_parameters=dependency_parameters(dependency),
+                                **params)
+    final = _make_sbatch_string(command=command, folder=folder, job_name="hpcai-pack-finalize",
+                                additional_parameters=dependency_parameters("afterok:<array>"), **params)
+    return [str(array), str(final)]
+
+
 def submit_pack_array(site: SiteProfile, out: str, tasks: int, *, engine: str = "direct",
                       account: str | None = None, partition: str | None = None, time_limit: str = "01:00:00",
-                      wait: bool = False) -> dict[str, Any]:
+                      wait: bool = False, dependency: str | None = None) -> dict[str, Any]:
+    """`dependency`: sbatch's --dependency for the array (a pipeline stage); the finalize job waits for
+    the array, and either is cancelled by Slurm when what it waits for fails."""
     import submitit
     from submitit.core.utils import FailedJobError
 
     from hpc_aidc.data.pack import finalize_pack, pack_task
+    from hpc_aidc.render.sbatch import dependency_parameters
 
     out = str(Path(out).resolve())
     user_dir = site.job_root / current_user()
     prepare_user_folder(user_dir)  # ours, and nobody else's to write, before anything is written in it
     folder = user_dir / "data-pack" / "%j"
-    params: dict[str, Any] = {
-        "partition": site.partition(partition).name, "time": parse_time_limit(time_limit),
-        "ntasks_per_node": 1, "cpus_per_task": 1, "setup": list(site.setup),
-    }
-    if account or site.default_account:
-        params["account"] = account or site.default_account
+    params = _params(site, account, partition, time_limit)
     try:
         executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
-        executor.update_parameters(job_name="hpcai-pack", array_parallelism=tasks, **params)
+        executor.update_parameters(job_name="hpcai-pack", array_parallelism=tasks,
+                                   additional_parameters=dependency_parameters(dependency), **params)
         jobs = executor.map_array(pack_task, [out] * tasks, list(range(tasks)), [tasks] * tasks,
                                   [engine] * tasks)
         array_id = jobs[0].job_id.split("_")[0]
         executor.update_parameters(job_name="hpcai-pack-finalize",
-                                   additional_parameters={"dependency": f"afterok:{array_id}"})
+                                   additional_parameters=dependency_parameters(f"afterok:{array_id}"))
         final = executor.submit(finalize_pack, out)
     except FailedJobError as exc:
         raise SlurmError(f"Expected sbatch to accept the pack jobs. Got: {str(exc).strip().splitlines()[-1]}. "

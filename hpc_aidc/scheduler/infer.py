@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,10 @@ def max_array_size() -> int:
     return min(cap, int(override)) if override.isdigit() and int(override) > 0 else cap
 
 
-def submit_script(script: Path) -> str:
-    """sbatch the script file; the job id (for an array, the array job id)."""
-    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False)
+def submit_script(script: Path, env: Mapping[str, str] | None = None) -> str:
+    """sbatch the script file (`env`: variables for the job, through sbatch's environment); the job id
+    (for an array, the array job id)."""
+    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False, env=env)
     if proc.returncode != 0:
         raise SlurmError(f"sbatch refused the inference array: {first_error_line(proc.stderr or proc.stdout)}")
     return proc.stdout.strip().split(";")[0]
@@ -64,12 +65,18 @@ def parse_array_states(sacct_out: str) -> list[ArrayRow]:
     rows = []
     for line in sacct_out.splitlines():
         jobid, _, state = line.strip().partition("|")
-        m = _ARRAY_ROW.match(jobid)
-        if not m:
-            continue
-        indices = [int(m.group("one"))] if m.group("one") else expand_indices(m.group("many"))
-        rows.append(ArrayRow(m.group("job"), tuple(indices), state.split()[0] if state else ""))
+        task = array_task(jobid)
+        if task is not None:
+            rows.append(ArrayRow(task[0], task[1], state.split()[0] if state else ""))
     return rows
+
+
+def array_task(jobid: str) -> tuple[str, tuple[int, ...]] | None:
+    """(array job id, task indices) of an array row's job id (`123_4`, `123_[1-3%2]`), else None."""
+    m = _ARRAY_ROW.match(jobid)
+    if not m:
+        return None
+    return m.group("job"), tuple([int(m.group("one"))] if m.group("one") else expand_indices(m.group("many")))
 
 
 def active_tasks(arrays: Sequence[tuple[str, int]]) -> dict[int, str]:

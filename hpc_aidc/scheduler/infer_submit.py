@@ -9,7 +9,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,16 +128,26 @@ def estimate_gib(model: ModelSource, params: InferParams, context_tokens: int, b
     return float((weights * bytes_per_value / 4 + kv) / 2**30 + _OVERHEAD_GIB)
 
 
-def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None]) -> Prepared:
-    """Every check before anything is written or submitted; raises with a one-line message."""
+def check_request(site: SiteProfile, r: InferRequest) -> tuple[InferParams, Resources]:
+    """The checks that need neither the model nor the input (a pipeline runs them at submission for an
+    inference stage whose model an earlier stage is still making)."""
     params = parse_infer_params(**r.params)
     if bool(r.model) == bool(r.entry):
         raise SpecError(expected("exactly one of --model or --entry", {"model": r.model, "entry": r.entry},
                                  "Name the model to run."))
-    model = resolve_model(r.model or r.entry or "", params.task)
+    if r.max_concurrent is not None and r.max_concurrent < 1:
+        raise SpecError(expected("--max-concurrent >= 1", r.max_concurrent, "Pass a positive count."))
     resources = _resources(site, r)
     # the site's submission policy: the same rules and codes as its job_submit.lua, refused here first
     enforce(site, request_from_resources(resources, current_user(), time_given=r.time_limit is not None))
+    return params, resources
+
+
+def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None], dependency: str | None = None) -> Prepared:
+    """Every check before anything is written or submitted; raises with a one-line message. `dependency`:
+    sbatch's --dependency for every array window (a pipeline stage)."""
+    params, resources = check_request(site, r)
+    model = resolve_model(r.model or r.entry or "", params.task)
     if Path(r.input).is_file() and Path(r.input).stat().st_size > 256 << 20:
         say(f"reading {r.input} once to plan its shards and checksums")
     inputs = plan_inputs(r.input, r.field, r.rows_per_shard)
@@ -146,8 +156,6 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None]) -> P
     if tasks < 1 or tasks > shards:
         raise SpecError(expected(f"--tasks between 1 and the number of input shards ({shards})", tasks,
                                  "Ask for fewer tasks, or smaller shards with --rows-per-shard."))
-    if r.max_concurrent is not None and r.max_concurrent < 1:
-        raise SpecError(expected("--max-concurrent >= 1", r.max_concurrent, "Pass a positive count."))
     part = site.partition(resources.partition)
     gpu = site.gpu_types.get(part.gpu_type or "") if resources.gpus_per_node else None
     if gpu and gpu.memory_gib:
@@ -181,16 +189,18 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None]) -> P
         indices = list(range(tasks))
     user_dir = site.job_root / current_user()
     folder = user_dir / f"infer-{plan.run_key}"
-    parameters = _parameters(site, resources)
+    parameters = _parameters(site, resources, dependency)
     prep = Prepared(plan, out, resources, parameters, folder, indices, r.max_concurrent, resumed=resumed)
     prep.windows = windows(indices, max_array_size()) if indices else []
     return prep
 
 
-def _parameters(site: SiteProfile, resources: Resources) -> dict[str, Any]:
+def _parameters(site: SiteProfile, resources: Resources, dependency: str | None = None) -> dict[str, Any]:
     """submitit's parameters for one array task: requeued by Slurm after a node failure or preemption."""
-    return submitit_parameters(resources, site, additional={"requeue": True}, extra_env={"PYTHONUNBUFFERED": "1"},
-                               extra_setup=_energy_setup(site))
+    params = submitit_parameters(resources, site, additional={"requeue": True}, extra_env={"PYTHONUNBUFFERED": "1"},
+                                 extra_setup=_energy_setup(site), dependency=dependency)
+    params["comment"] = "hpcai-submit-infer"  # the audit's marker (slurm/audit), never trusted for identity
+    return params
 
 
 def _energy_setup(site: SiteProfile) -> list[str]:
@@ -205,8 +215,9 @@ def _arrays(out: Path) -> list[tuple[str, int]]:
     return [(str(s["job_id"]), int(s["offset"])) for s in read_submissions(out)]
 
 
-def submit(site: SiteProfile, p: Prepared) -> dict[str, Any]:
-    """Write the plan (unless resuming), then sbatch each window; a refusal removes what this call wrote."""
+def submit(site: SiteProfile, p: Prepared, submit_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Write the plan (unless resuming), then sbatch each window; a refusal removes what this call wrote.
+    `submit_env`: variables every task gets through sbatch's environment (the submit context)."""
     summary = {"output": str(p.out), "shards": p.plan.num_shards, "rows": p.plan.input.num_rows,
                "tasks": p.plan.tasks, "arrays": [], "folder": str(p.folder), "resumed": p.resumed}
     if not p.windows:
@@ -221,7 +232,7 @@ def submit(site: SiteProfile, p: Prepared) -> dict[str, Any]:
         for (offset, idx), script in zip(p.windows, p.scripts(), strict=True):
             path = p.folder / f"array-{offset}-{int(time.time() * 1000)}.sh"
             path.write_text(script)
-            job_id = submit_script(path)
+            job_id = submit_script(path, submit_env)
             record = {"job_id": job_id, "offset": offset, "array": array_spec(compact_ranges(idx), p.max_concurrent),
                       "tasks": [offset + i for i in idx], "time": time.time(), "user": current_user(),
                       "resources": _resources_json(p.resources)}

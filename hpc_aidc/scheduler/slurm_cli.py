@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hpc_aidc.errors import SlurmError
 
@@ -14,11 +15,12 @@ def slurm_available(command: str = "sbatch") -> bool:
 
 
 def run_slurm(argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a Slurm client command; a failure becomes a one-line SlurmError with Slurm's own words."""
+              check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm client command; a failure becomes a one-line SlurmError with Slurm's own words.
+    `env`: variables added to this process's environment (sbatch passes them on to the job)."""
     try:
         proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+                              check=False, env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise SlurmError(
             f"Expected Slurm's client command {argv[0]!r} on PATH. Got none. Run hpcai on a login node "

@@ -127,13 +127,15 @@ def prepare_user_folder(user_dir: Path) -> None:
         os.close(fd)
 
 
-def _staged_executor(folder_pattern: Path, staging: Path, python: str) -> submitit.SlurmExecutor:
+def _staged_executor(folder_pattern: Path, staging: Path, python: str,
+                     submit_env: Mapping[str, str]) -> submitit.SlurmExecutor:
     """submitit's SlurmExecutor, except that its temporary files (the pickled call, and the batch script
     until sbatch has numbered the job) go to `staging`, a private folder of this one submission, instead
     of the user folder itself. A refused submission then removes exactly what it wrote (the staging
     folder), never a file another submission wrote meanwhile, and nothing lists the user folder.
     After sbatch accepts, both files move to `<job_root>/<user>/<jobid>/` under submitit's own names,
-    exactly where submitit would have put them; no per-submission symlink is left in the user folder."""
+    exactly where submitit would have put them; no per-submission symlink is left in the user folder.
+    `submit_env` is added to sbatch's environment, which Slurm passes on to the job."""
     import submitit
     from submitit.core import core, utils
 
@@ -154,7 +156,8 @@ def _staged_executor(folder_pattern: Path, staging: Path, python: str) -> submit
         def _submit_command(self, command: str) -> core.Job[Any]:
             script = staging / "submission.sh"
             script.write_text(self._make_submission_file_text(command, staging.name))
-            output = utils.CommandFunction(self._make_submission_command(script), verbose=False)()
+            output = utils.CommandFunction(self._make_submission_command(script), verbose=False,
+                                           env={**os.environ, **submit_env})()
             job_id = self._get_job_id_from_submission_command(output)
             job: core.Job[Any] = self.job_class(folder=self.folder, job_id=job_id,
                                                 tasks=list(range(self._num_tasks())))
@@ -165,8 +168,10 @@ def _staged_executor(folder_pattern: Path, staging: Path, python: str) -> submit
 
 
 def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: Mapping[str, Any],
-                    folder_pattern: Path, launcher_prefix: str = "") -> SubmittedJob:
-    """Pickle fn(*args) and submit it; returns once sbatch has accepted the job."""
+                    folder_pattern: Path, launcher_prefix: str = "",
+                    submit_env: Mapping[str, str] | None = None) -> SubmittedJob:
+    """Pickle fn(*args) and submit it; returns once sbatch has accepted the job. `submit_env`: variables
+    the job gets through sbatch's environment rather than its script (so --dry-run stays reproducible)."""
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     user_dir = folder_pattern.parent
@@ -179,7 +184,7 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
             "there (`df -h`, `du -sh`) or ask your admins."
         ) from None
     try:
-        executor = _staged_executor(folder_pattern, staging, python_command(launcher_prefix))
+        executor = _staged_executor(folder_pattern, staging, python_command(launcher_prefix), submit_env or {})
         executor.update_parameters(**parameters)
         # submitit echoes sbatch's stderr itself; we report it once, as our one-line error.
         with contextlib.redirect_stderr(io.StringIO()):

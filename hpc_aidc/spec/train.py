@@ -89,6 +89,8 @@ class TrainSchedule:
     offload: str = "none"       # none | optimizer | optimizer+params
     pipeline_stages: int = 1
     entry: str = ""             # package.module:function for a user model
+    # Stop once the validation loss (the training loss when [eval] is off) is at or below this; 0: never.
+    target_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,19 +104,29 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0              # validate every K steps (and at the last step); 0: no validation
+    batches: int = 8            # held-out micro-batches per data-parallel rank per validation
+    # Fraction of a Zarr store's samples held out for validation (the same ones for every run of the
+    # store, never trained on); only when `every` > 0. Synthetic data draws unseen generator samples.
+    holdout: float = 0.01
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainSchedule = field(default_factory=TrainSchedule)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optimizer": OptimizerConfig,
-                              "train": TrainSchedule, "checkpoint": CheckpointConfig}
+                              "train": TrainSchedule, "checkpoint": CheckpointConfig, "eval": EvalConfig}
 ZERO_STAGES = (0, 1, 2, 3)
 OFFLOADS = ("none", "optimizer", "optimizer+params")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -207,10 +219,26 @@ def _check(c: TrainConfig, source: str) -> None:
                             f"Got --zero {t.zero}.")
     if c.checkpoint.every < 1 or c.checkpoint.keep_last < 1:
         raise SpecError(f"Expected checkpoint.every and checkpoint.keep_last >= 1 in {source}.")
+    _check_eval(c, source)
     if c.data.kind not in ("synthetic", "zarr"):
         raise SpecError(f"Expected data.kind 'synthetic' or 'zarr'. Got {c.data.kind!r} instead in {source}.")
     if c.data.kind == "zarr" and not c.data.path:
         raise SpecError(f"Expected data.path with data.kind = 'zarr' in {source}. Add the dataset's path.")
+
+
+def _check_eval(c: TrainConfig, source: str) -> None:
+    e = c.eval
+    if e.every < 0:
+        raise SpecError(f"Expected eval.every >= 0 (0: no validation). Got {e.every} instead in {source}.")
+    if e.batches < 1:
+        raise SpecError(f"Expected eval.batches >= 1 (held-out micro-batches per rank). Got {e.batches} instead "
+                        f"in {source}.")
+    if not 0.0 < e.holdout < 1.0:
+        raise SpecError(f"Expected eval.holdout between 0 and 1 (a fraction of the samples). Got {e.holdout} "
+                        f"instead in {source}. Use e.g. 0.01.")
+    if c.train.target_loss < 0:
+        raise SpecError(f"Expected --target-loss (train.target_loss) >= 0 (0: no target). Got "
+                        f"{c.train.target_loss} instead in {source}.")
 
 
 def resolve_precision(config: TrainConfig, gpu_precisions: tuple[str, ...] | None) -> TrainConfig:
@@ -257,13 +285,18 @@ def global_batch(config: TrainConfig, world_size: int) -> int:
 def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None,
                       data_path: str | None = None) -> TrainConfig:
     """A TOML config, or YAML when the file ends in .yaml/.yml (the same tables as mappings)."""
+    return parse_train_config(read_config_document(path), source=str(path), overrides=overrides,
+                              data_path=data_path)
+
+
+def read_config_document(path: str | Path) -> dict[str, Any]:
+    """The config file decoded, not yet validated (a sweep sets its trials' values in it first)."""
     p = Path(path)
     try:
         text = p.read_text()
     except FileNotFoundError:
         raise ConfigError(f"Expected a config file at {p}. Got no such file. Pass --config FILE.") from None
-    data = _parse_yaml(text, p) if p.suffix in (".yaml", ".yml") else _parse_toml(text, p)
-    return parse_train_config(data, source=str(p), overrides=overrides, data_path=data_path)
+    return _parse_yaml(text, p) if p.suffix in (".yaml", ".yml") else _parse_toml(text, p)
 
 
 def _parse_toml(text: str, path: Path) -> dict[str, Any]:

@@ -219,6 +219,19 @@ setup_energy() {
   chmod 644 /etc/hpcai/energy.env
 }
 
+setup_audit() {
+  # The submission audit log (slurm/audit): SlurmUser's EpilogSlurmctld appends to it; nobody else may write
+  # the file or its directory (no append, truncation, replacement or removal); root and SlurmUser's group read.
+  local dir="$DEV_STATE/audit"
+  mkdir -p "$dir"
+  chown "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir"
+  chmod 0750 "$dir"
+  if [ -e "$dir/submissions.jsonl" ]; then
+    chown "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir/submissions.jsonl"
+    chmod 0640 "$dir/submissions.jsonl"
+  fi
+}
+
 write_job_submit_policy() {
   # The site policy for slurmctld (JobSubmitPlugins=lua), rendered from the site profile by hpc-aidc
   # (`hpcai admin policy`). slurmctld reloads job_submit.lua by itself when it changes: only a changed
@@ -298,6 +311,7 @@ start_slurmctld
 start_slurmd
 wait_nodes_idle
 setup_energy
+setup_audit
 start_monitoring
 log "dev cluster up in $((SECONDS - start)) s"
 sinfo -o '%P %D %T %G %N'

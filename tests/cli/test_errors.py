@@ -82,7 +82,8 @@ def test_dry_run_validates_too(hpcai: RunHpcai, job_root: Path) -> None:
 
 @pytest.mark.parametrize("job_id", ["abc", "12_x", "1;rm"])
 def test_bad_job_ids(hpcai: RunHpcai, job_id: str) -> None:
-    assert_clean_error(hpcai("status", job_id), "job id like 123 or 123_4")
+    # status also takes a pipeline name: its message names both
+    assert_clean_error(hpcai("status", job_id), "Expected a job id (like 123) or a pipeline name or directory")
     assert_clean_error(hpcai("cancel", job_id), "job id like 123 or 123_4")
 
 

@@ -16,6 +16,8 @@ EXAMPLE = str(REPO / "examples/tiny.toml")
     ("", ["--entry", "json:no_such_function"], "function 'no_such_function' in json"),
     ("", ["--zero", "7"], "--zero from"),
     ("[model]\npreset = \"7b\"\n[train]\nmicro_batch = 64\n", ["--gpus-per-node", "1"], "Expected the model to fit"),
+    ("", ["--target-loss", "-1"], "--target-loss (train.target_loss) >= 0"),
+    ("[eval]\nevery = 5\nholdout = 2.0\n", [], "eval.holdout between 0 and 1"),
 ])
 def test_bad_training_requests(hpcai: RunHpcai, tmp_path: Path, doc: str, flags: list[str], needle: str) -> None:
     config = tmp_path / "c.toml"
@@ -66,3 +68,21 @@ def test_plan_prints_every_stage(hpcai: RunHpcai, tmp_path: Path) -> None:
     plan = json.loads(proc.stdout)
     assert [r["zero"] for r in plan["rows"]] == [0, 1, 1, 2, 2, 3, 3, 3]
     assert plan["suggestion"] == {"nodes": 1, "zero": 0, "offload": "none"}
+
+
+def test_a_held_out_split_too_small_for_validation(hpcai: RunHpcai, tmp_path: Path) -> None:
+    import numpy as np
+
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, (np.arange(6500) % 251).astype(np.uint16))  # 100 samples of 65 tokens
+    store = tmp_path / "corpus.zarr"
+    packed = hpcai("data", "pack", str(tokens), "-o", str(store), "--seq-len", "65", "--vocab-size", "256")
+    assert packed.returncode == 0, packed.stderr
+    config = tmp_path / "c.toml"
+    config.write_text("[model]\nseq_len = 64\n[eval]\nevery = 5\nholdout = 0.05\n")  # 5 held out
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    proc = hpcai("submit", "train", "--config", str(config), "--data", str(store), "--nodes", "2",
+                 "--ntasks-per-node", "1", "--micro-batch", "4", env={"HPCAI_JOB_ROOT": str(jobs)})
+    assert_clean_error(proc, "at least 8 held-out samples (2 data-parallel ranks x micro_batch 4). Got 5")
+    assert list(jobs.iterdir()) == []

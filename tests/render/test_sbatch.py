@@ -32,3 +32,15 @@ def test_script_shape() -> None:
     assert "#SBATCH --job-name='x'\"'\"'; touch /tmp/pwned; '\"'\"''\n" in script
     assert "#SBATCH --signal=USR2@120" in script
     assert script.rstrip().endswith("/venv/bin/python -u -m submitit.core._submit /jobs/alice/%j")
+
+
+def test_a_dependency_comes_with_kill_on_invalid_dep() -> None:
+    site = make_site()
+    r = parse_resources(site, nodes=1, account="physics", job_name="stage")
+    plain = render_sbatch(submitit_parameters(r, site), Path("/jobs/alice/%j"), "/venv/bin/python")
+    assert "--dependency" not in plain and "--kill-on-invalid-dep" not in plain
+    params = submitit_parameters(r, site, dependency="afterok:12:13", additional={"requeue": True})
+    script = render_sbatch(params, Path("/jobs/alice/%j"), "/venv/bin/python")
+    # Slurm then cancels the job when a job it waits for fails, instead of leaving it pending forever
+    assert "#SBATCH --dependency=afterok:12:13\n" in script
+    assert "#SBATCH --kill-on-invalid-dep=yes\n" in script and "#SBATCH --requeue\n" in script

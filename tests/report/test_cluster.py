@@ -42,8 +42,9 @@ def _hour(epoch: float) -> int:
 
 
 def _busy(accounts: tuple[str, ...]) -> list[str]:
-    out = _sh("squeue", "--noheader", "--format=%i", f"--account={','.join(accounts)}")
-    return out.split()
+    """Jobs of the accounts that run or may start (a held job can do neither: it never changes usage)."""
+    out = _sh("squeue", "--noheader", "--format=%i %r", f"--account={','.join(accounts)}")
+    return [line.split()[0] for line in out.splitlines() if line.strip() and "JobHeld" not in line]
 
 
 def _wait_idle(accounts: tuple[str, ...], limit_s: float = 300) -> None:

@@ -21,7 +21,7 @@ from hpc_aidc.report.charts import _CHAR_W, bar_chart, hbar_chart
 from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import Period, make_period, parse_when
 from hpc_aidc.report.render import render
-from hpc_aidc.report.site import site_pages
+from hpc_aidc.report.site import site_data, site_pages
 from hpc_aidc.site import Prices
 
 PRICES = Prices(currency="EUR", gpu_hour=2.5, kwh=0.25, pue=1.3, carbon_g_per_kwh=300.0)
@@ -61,7 +61,7 @@ def test_table_prints_a_tiny_project_with_significant_digits() -> None:
 
 
 def test_site_prints_a_tiny_project_with_significant_digits() -> None:
-    pages = site_pages(TINY, PERIOD, Filters(), PRICES, cluster="dev", root=REPO / "site")
+    pages = site_pages(site_data(TINY, PERIOD, Filters(), PRICES), PERIOD, PRICES, cluster="dev", root=REPO / "site")
     index = pages["index.html"]
     row = re.search(r'href="projects/tiny\.html".*?</tr>', index, re.S)
     assert row is not None and ">0.00833<" in row.group(0), row  # num(2) -> 3 significant digits

@@ -1,0 +1,122 @@
+"""`hpcai report ingest`: bring the accounting store up to date, incrementally and idempotently.
+
+Each run reads from Slurm only what ended since the watermark (less `overlap_s`, so records slurmdbd
+received late are still seen), in windows of `window_s`, and moves the watermark after each window: an
+interrupted ingest resumes where it stopped, and a re-run or an overlap changes nothing (rows are keyed
+by job id, submit and start time, and written only when new or changed). It stops `settle_s` before now, so
+the energy summary that EpilogSlurmctld writes seconds after a job ends is usually there already; a
+summary that arrives later (slurmdbd was away and the job sat in the energy spool) is caught by
+re-reading the jobs that were spooled when they were stored ("awaiting"). Every run of a requeued job
+is re-read when its last run is stored, since the final summary is written onto all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from hpc_aidc.report.store import StoreState, StoreWriter
+from hpc_aidc.report.store_table import month_of, to_table
+
+Fetch = Callable[[int, int], list[str]]  # sacct report lines of [start, end]
+FetchJobs = Callable[[Sequence[str]], list[str]]  # sacct report lines of these jobs (all runs)
+AWAIT_LIMIT = 10_000  # jobs kept waiting for a late summary (oldest dropped first)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    windows: int
+    rows_read: int
+    rows_written: int
+    watermark: int | None
+    awaiting: int
+
+
+@dataclass(frozen=True)
+class Stored:
+    read: int = 0
+    written: int = 0
+    span: int = 0  # longest end - (start or submit)
+    last_end: int | None = None
+    requeued: tuple[str, ...] = ()  # raw ids of jobs with a REQUEUED run
+    missing: tuple[str, ...] = ()  # raw ids of finished runs without an energy summary
+
+
+def store_lines(writer: StoreWriter, lines: Iterable[str], upto: int | None) -> Stored:
+    """Upsert the finished allocations of `lines` that ended at or before `upto` (None: all)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = to_table(lines, finished_only=True)
+    if upto is not None:
+        table = table.filter(pc.less_equal(table.column("end"), upto))
+    if not table.num_rows:
+        return Stored()
+    ends = table.column("end").to_pylist()
+    starts = table.column("start").to_pylist()
+    submits = table.column("submit").to_pylist()
+    span = max(e - (s if s is not None else (sub if sub is not None else e))
+               for e, s, sub in zip(ends, starts, submits, strict=True))
+    accounts = table.column("account").to_pylist()
+    months: dict[int, str] = {}  # localtime once per minute, not per row (zones are whole minutes)
+    parts: dict[tuple[str, str], list[int]] = {}
+    for i, (account, end) in enumerate(zip(accounts, ends, strict=True)):
+        month = months.get(end // 60)
+        if month is None:
+            month = months[end // 60] = month_of(end)
+        parts.setdefault((account, month), []).append(i)
+    written = 0
+    for (account, month), rows in sorted(parts.items()):
+        written += writer.upsert(account, month, table.take(pa.array(rows, pa.int64())).drop_columns(["account"]))
+    raws = table.column("job_id_raw").to_pylist()
+    states = table.column("state").to_pylist()
+    requeued = sorted({r for r, s in zip(raws, states, strict=True) if s == "REQUEUED"})
+    missing = [r for r, p, s in zip(raws, table.column("e_present").to_pylist(), states, strict=True)
+               if not p and s != "REQUEUED"]
+    return Stored(table.num_rows, written, span, max(ends), tuple(requeued), tuple(missing))
+
+
+def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetch: Fetch, fetch_jobs: FetchJobs,
+           spooled: Callable[[], set[str]], window_s: int = 86400, settle_s: int = 120, overlap_s: int = 3600,
+           progress: Callable[[int, int, int, int], None] | None = None) -> IngestResult:
+    """Ingest [watermark - overlap_s (or `start` for an empty store), now - settle_s] window by window.
+    The caller holds the writer's lock and gives the current state; the new state is written as it goes."""
+    target = now - settle_s
+    a = max(start, state.watermark - overlap_s) if state.watermark is not None else start
+    windows = read = written = 0
+    awaiting = list(state.awaiting)
+    # Late summaries first: jobs stored while their summary was still spooled. The spool is read before
+    # sacct, so a job whose summary lands in between stays awaited once more, never dropped unread.
+    if awaiting:
+        still = spooled()
+        got = store_lines(writer, fetch_jobs(awaiting), state.watermark)
+        awaiting = [j for j in awaiting if j in still]
+        state = replace(state, awaiting=tuple(awaiting), max_span_s=max(state.max_span_s, got.span))
+        writer.write_state(state)
+        read, written = got.read, got.written
+    while a < target:
+        b = min(a + window_s, target)
+        got = store_lines(writer, fetch(a, b), b)
+        r, w, span = got.read, got.written, got.span
+        if got.requeued:  # the final summary lands on every run: read them all again
+            again = store_lines(writer, fetch_jobs(got.requeued), b)
+            r, w, span = r + again.read, w + again.written, max(span, again.span)
+        spool = spooled() if got.missing else set()
+        awaiting += [j for j in got.missing if j in spool and j not in awaiting]
+        state = replace(state, watermark=b, max_span_s=max(state.max_span_s, span),
+                        awaiting=tuple(awaiting[-AWAIT_LIMIT:]))
+        writer.write_state(state)
+        windows, read, written = windows + 1, read + r, written + w
+        if progress is not None:
+            progress(a, b, r, w)
+        a = b
+    return IngestResult(windows, read, written, state.watermark, len(state.awaiting))
+
+
+def ingest_file(writer: StoreWriter, state: StoreState, lines: Iterable[str]) -> IngestResult:
+    """Load an sacct dump (`hpcai report fields` format), e.g. history from before the store existed.
+    The watermark moves to the dump's last end when that is later: the dump is taken as complete."""
+    got = store_lines(writer, lines, None)
+    marks = [m for m in (state.watermark, got.last_end) if m is not None]
+    state = replace(state, watermark=max(marks) if marks else None, max_span_s=max(state.max_span_s, got.span))
+    writer.write_state(state)
+    return IngestResult(1, got.read, got.written, state.watermark, len(state.awaiting))

@@ -1,0 +1,247 @@
+"""The accounting store on disk (the edge: files). Layout under the site profile's `report_store`:
+
+    state.json                                   watermark, longest span, jobs awaiting energy (0644)
+    jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
+
+`jobs/account=<a>` and everything below belong to root and the Unix group named like the account (when
+there is one; else root's group), mode 0750/0640: a project's members read its rows, nobody else can,
+whatever path they try. Only the ingest writes (as root, under a lock), each file whole (temporary
+file + rename), so a reader sees the old or the new file, never half of one; a reader that lists a part
+the ingest has just merged away retries once.
+
+Upsert: rows are keyed by store_table.KEY. A row whose key is stored with the same summary and
+state is skipped; one that changed (a summary that arrived late) replaces the stored row; new rows go
+to a new part. A partition of more than MAX_PARTS parts merges its newest parts (all but the oldest, or all when the
+newest together outgrow the oldest)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import io
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hpc_aidc.errors import AccessError, ConfigError
+from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
+from hpc_aidc.report.store_table import KEY, SCHEMA_VERSION, arrow_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+STATE = "state.json"
+JOBS = "jobs"
+LOCK = ".ingest.lock"
+MAX_PARTS = 8
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the store holds: every allocation that ended at or before `watermark` (None: nothing yet)."""
+
+    watermark: int | None = None
+    max_span_s: int = 0  # longest end - (start or submit) stored: how far back a month's jobs began
+    awaiting: tuple[str, ...] = field(default=())  # job ids stored while their energy was still spooled
+    schema: int = SCHEMA_VERSION
+
+
+def account_dir_name(account: str) -> str:
+    if not _ACCOUNT.fullmatch(account):
+        raise ConfigError(f"Expected a Slurm account name of letters, digits, '_', '.', '-'. Got {account!r} "
+                          "instead. Rename the account or leave it out of the store.")
+    return f"account={account}"
+
+
+def read_state(root: Path) -> StoreState | None:
+    """The store's state; None when `root` holds no store."""
+    try:
+        data = json.loads((root / STATE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"Expected a readable report store state at {root / STATE}. Got {exc}. "
+                          "Run `hpcai report ingest` as an admin to repair it.") from None
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ConfigError(f"Expected report store schema {SCHEMA_VERSION} at {root}. Got {data.get('schema')!r}. "
+                          "Upgrade hpc-aidc on this host or rebuild the store.")
+    return StoreState(data.get("watermark"), int(data.get("max_span_s", 0)), tuple(data.get("awaiting", ())))
+
+
+def _group_id(account: str) -> int:
+    try:
+        return grp.getgrnam(account).gr_gid
+    except KeyError:
+        return 0
+
+
+def _mkdir_at(parent_fd: int, name: str, gid: int, mode: int) -> int:
+    """Open (creating) the directory `name` in `parent_fd`, owned by root:gid with `mode` when root."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    if os.geteuid() == 0:
+        os.fchown(fd, 0, gid)
+    os.fchmod(fd, mode)
+    return fd
+
+
+class StoreWriter:
+    """The ingest's handle on the store: root-owned, locked, written only through directory fds."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[StoreWriter]:
+        try:
+            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            st = os.lstat(self.root)
+        except OSError as exc:
+            raise ConfigError(f"Expected a report store directory at {self.root}. Got {exc.strerror}. "
+                              "Check [cluster].report_store in the site profile.") from None
+        if st.st_uid != os.geteuid():
+            raise AccessError(f"Expected `hpcai report ingest` to run as the report store's owner (uid {st.st_uid}). "
+                              f"Got uid {os.geteuid()} instead. Admins run it as root (cron, or the systemd timer "
+                              "of `hpcai admin templates`); reports read the store without it.")
+        if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022:
+            raise AccessError(f"Expected the report store {self.root} to be a directory writable by its owner "
+                              f"alone. Got mode {stat.S_IMODE(st.st_mode):o}. Run `chmod 755 {self.root}`.")
+        with file_lock(self.root / LOCK):
+            yield self
+
+    def write_state(self, state: StoreState) -> None:
+        fd = os.open(self.root, DIR_FLAGS)
+        try:
+            atomic_write_at(fd, STATE, (json.dumps(asdict(state), indent=1) + "\n").encode(), 0o644)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def partition(self, account: str, month: str) -> Iterator[int]:
+        gid = _group_id(account)
+        fds = [os.open(self.root, DIR_FLAGS)]
+        try:
+            fds.append(_mkdir_at(fds[-1], JOBS, 0, 0o755))
+            fds.append(_mkdir_at(fds[-1], account_dir_name(account), gid, DIR_MODE))
+            fds.append(_mkdir_at(fds[-1], f"month={month}", gid, DIR_MODE))
+            yield fds[-1]
+        finally:
+            for fd in reversed(fds):
+                os.close(fd)
+
+    def upsert(self, account: str, month: str, rows: pa.Table) -> int:
+        """Store `rows` (one partition's) and return how many were new or changed."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        gid = _group_id(account)
+        with self.partition(account, month) as fd:
+            names = os.listdir(fd)
+            parts = live_parts(names)
+            for leftover in set(n for n in names if _PART.fullmatch(n)) - set(parts):  # an ingest that died mid-swap
+                os.unlink(leftover, dir_fd=fd)
+            stored: dict[tuple[object, ...], tuple[int, str]] = {}
+            holder: dict[tuple[object, ...], int] = {}  # key -> index of the part that holds it
+            for index, name in enumerate(parts):
+                t = pq.read_table(_fd_path(fd, name), columns=[*KEY, "comment_hash", "state"])
+                for key, digest, state in zip(_keys(t), t.column("comment_hash").to_pylist(),
+                                              t.column("state").to_pylist(), strict=True):
+                    stored[key] = (digest, state)
+                    holder[key] = index
+            keys = _keys(rows)
+            sig = list(zip(rows.column("comment_hash").to_pylist(), rows.column("state").to_pylist(), strict=True))
+            fresh = [i for i, (k, s) in enumerate(zip(keys, sig, strict=True)) if stored.get(k) != s]
+            if not fresh:
+                return 0
+            replaced = {keys[i] for i in fresh if keys[i] in stored}
+            # Parts are rewritten as a suffix (newest first to go), so a new part's generation range
+            # always contains those it supersedes: see live_parts.
+            start = min((holder[k] for k in replaced), default=len(parts))
+            if start + 1 > MAX_PARTS:  # parts after this write: start + 1
+                sizes = [os.stat(n, dir_fd=fd).st_size for n in parts]
+                start = min(start, 0 if len(parts) < 2 or sum(sizes[1:]) >= sizes[0] else 1)
+            tables = [pq.read_table(_fd_path(fd, n), schema=arrow_schema()) for n in parts[start:]]
+            if replaced:
+                tables = [t.filter(pa.array([k not in replaced for k in _keys(t)])) for t in tables]
+            tables.append(rows.take(pa.array(fresh, pa.int64())).select(list(arrow_schema().names)))
+            merged = pa.concat_tables(tables).sort_by([("end", "ascending")])
+            first = _gens(parts[start])[0] if start < len(parts) else _next_gen(parts)
+            self._replace(fd, parts[start:], merged, f"part-{first:08d}-{_next_gen(parts):08d}.parquet", gid)
+            return len(fresh)
+
+    @staticmethod
+    def _replace(fd: int, old: list[str], table: pa.Table, name: str, gid: int) -> None:
+        """Write `table` as the part `name`, then remove the parts it supersedes."""
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=64 * 1024)
+        atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None,
+                        durable=False)
+        for part in old:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part, dir_fd=fd)
+
+
+def _keys(table: pa.Table) -> list[tuple[object, ...]]:
+    return list(zip(*(table.column(c).to_pylist() for c in KEY), strict=True))
+
+
+def _gens(name: str) -> tuple[int, int]:
+    m = _PART.fullmatch(name)
+    assert m is not None
+    return int(m.group(1)), int(m.group(2))
+
+
+def _next_gen(parts: list[str]) -> int:
+    return max((_gens(n)[1] for n in parts), default=0) + 1
+
+
+def live_parts(names: list[str]) -> list[str]:
+    """The parts of a partition listing, oldest generation first, without those superseded by a part
+    whose generation range contains theirs (a reader may list between the ingest's write of a merged
+    part and its removal of the old ones)."""
+    spans = sorted((_gens(n), n) for n in names if _PART.fullmatch(n))
+    return [n for (a, b), n in spans if not any(c <= a and b <= d and (c, d) != (a, b) for (c, d), _ in spans)]
+
+
+def _fd_path(fd: int, name: str) -> str:
+    return f"/proc/self/fd/{fd}/{name}"
+
+
+def readable_parts(root: Path, accounts: frozenset[str] | None, months: list[str]) -> tuple[list[str], set[str]]:
+    """Files of the given months for `accounts` (None: every account), and the accounts whose
+    partitions this process may not read (their data must come from Slurm instead)."""
+    jobs = root / JOBS
+    try:
+        names = os.listdir(jobs)
+    except FileNotFoundError:
+        return [], set()
+    files: list[str] = []
+    denied: set[str] = set()
+    for entry in sorted(names):
+        if not entry.startswith("account="):
+            continue
+        account = entry[len("account="):]
+        if accounts is not None and account not in accounts:
+            continue
+        for month in months:
+            d = jobs / entry / f"month={month}"
+            try:
+                files += [str(d / n) for n in live_parts(os.listdir(d))]
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                denied.add(account)
+                break
+    return files, denied

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Submission audit (run by slurm/epilog_slurmctld.sh as SlurmUser, once per job on the controller): append
+# the job's record (uid, user, account, partition, job id, submit time, sha256 of its batch script) to the
+# audit log named by the root-owned site profile's [cluster].audit_log. Identity comes from the variables
+# slurmctld sets here, never from the job. Bounded in time; problems are logged, never fatal.
+set -euo pipefail
+# shellcheck source=slurm/energy/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../energy/common.sh"  # the same trusted settings: HPCAI_PYTHON, HPCAI_SITE
+
+main() {
+  local out
+  if ! out="$(timeout 30 "$HPCAI_PYTHON" -I -m hpc_aidc.cli.main admin audit-record 2>&1)"; then
+    energy_log "audit: record failed: $out"
+  fi
+}
+
+main || true
+exit 0

@@ -1,0 +1,246 @@
+"""The accounting store without Slurm: reports from the store (files + tail) equal reports from the
+same sacct lines, for periods and buckets that cut through jobs; ingest is idempotent, resumes after
+an interruption, and counts a late energy summary once; readers never see a row twice."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from report.helpers import at, job, summary
+
+from bench.report_scale.generate import generate
+from hpc_aidc.report.aggregate import Filters, Report, build_report
+from hpc_aidc.report.ingest import ingest, ingest_file
+from hpc_aidc.report.jobs import JobEnergyRow
+from hpc_aidc.report.period import Period
+from hpc_aidc.report.rows import format_row
+from hpc_aidc.report.site import site_data
+from hpc_aidc.report.store import StoreState, StoreWriter, live_parts, read_state, readable_parts
+from hpc_aidc.report.store_query import site_data_from_store, store_report
+from hpc_aidc.report.store_source import months_between
+from hpc_aidc.report.store_table import to_table
+from hpc_aidc.site import Prices
+
+PRICES = Prices(gpu_hour=2.0, kwh=0.3)
+OCT = (at("2026-10-01T00:00"), at("2026-11-01T00:00"))
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    return [format_row(r) for r in generate(6000, seed=11)]
+
+
+def assert_same(a: Report, b: Report) -> None:
+    assert [u.key for u in a.lines] == [u.key for u in b.lines]
+    for x, y in [*zip(a.lines, b.lines, strict=True), (a.total, b.total)]:
+        for name in x.__dataclass_fields__:
+            vx, vy = getattr(x, name), getattr(y, name)
+            if isinstance(vx, float) and isinstance(vy, float):
+                assert vy == pytest.approx(vx, rel=1e-9, abs=1e-9), (x.key, name)
+            else:
+                assert vx == vy, (x.key, name)
+
+
+def _store(tmp_path: Path, lines: Sequence[str], upto: int | None = None) -> tuple[Path, list[str]]:
+    """A store holding the finished rows of `lines` that ended by `upto`; returns it and its month files."""
+    root = tmp_path / "store"
+    writer = StoreWriter(root)
+    keep = [ln for ln in lines if upto is None or (_end(ln) is not None and _end(ln) <= upto)]  # type: ignore[operator]
+    with writer.locked():
+        ingest_file(writer, StoreState(), keep)
+        if upto is not None:
+            state = read_state(root)
+            assert state is not None
+            writer.write_state(StoreState(upto, state.max_span_s))
+    state = read_state(root)
+    assert state is not None and state.watermark is not None
+    files, denied = readable_parts(root, None, months_between(OCT[0] - 40 * 86400, OCT[1] + 40 * 86400))
+    assert not denied
+    return root, files
+
+
+def _end(line: str) -> int | None:
+    from hpc_aidc.report.rows import parse_rows
+
+    return parse_rows([line])[0].end
+
+
+PERIODS = [
+    Period(*OCT, OCT[1] + 5 * 3600),
+    Period(OCT[0] + 3 * 86400 + 5 * 3600, OCT[0] + 9 * 86400 + 77, OCT[1] + 5 * 3600),
+    Period(OCT[1] - 86400, OCT[1] + 3600, OCT[1] + 2 * 3600),  # running jobs counted up to now
+]
+
+
+@pytest.mark.parametrize("dims", [("account",), ("account", "day"), ("user", "week"), ("partition", "month"),
+                                  ("account", "user")])
+@pytest.mark.parametrize("period", PERIODS, ids=["month", "days-cut", "edge-now"])
+def test_store_plus_tail_equals_sacct(tmp_path: Path, lines: list[str], dims: tuple[str, ...], period: Period) -> None:
+    watermark = OCT[0] + 20 * 86400 + 1234  # cuts through jobs: the rest comes from the tail
+    _, files = _store(tmp_path, lines, upto=watermark)
+    tail = to_table(lines, finished_only=False)
+    assert_same(build_report(lines, period, dims, PRICES), store_report(files, tail, watermark, period, dims, PRICES))
+
+
+def test_filters_and_tail_only(tmp_path: Path, lines: list[str]) -> None:
+    period = PERIODS[1]
+    filters = Filters(frozenset({"proj00", "proj03"}), frozenset(), frozenset({"gpu"}))
+    tail = to_table(lines, finished_only=False)
+    assert_same(build_report(lines, period, ("account",), PRICES, filters),
+                store_report([], tail, None, period, ("account",), PRICES, filters))
+    _, files = _store(tmp_path, lines)
+    assert_same(build_report(lines, period, ("user",), PRICES, filters),
+                store_report(files, tail, 10**10, period, ("user",), PRICES, filters))
+
+
+def test_site_data_from_store_equals_lines(tmp_path: Path, lines: list[str]) -> None:
+    period = PERIODS[0]
+    _, files = _store(tmp_path, lines, upto=OCT[0] + 15 * 86400)
+    tail = to_table(lines, finished_only=False)
+    a = site_data(lines, period, Filters(), PRICES)
+    b = site_data_from_store(files, tail, OCT[0] + 15 * 86400, period, Filters(), PRICES)
+    for x, y in ((a.by_account, b.by_account), (a.over_time, b.over_time), (a.by_user, b.by_user)):
+        assert_same(x, y)
+    assert a.jobs.keys() == b.jobs.keys()
+    for account, jobs in a.jobs.items():
+        other = b.jobs[account]
+        assert (jobs.count, jobs.with_energy) == (other.count, other.with_energy)
+        assert [j.job_id for j in jobs.top] == [j.job_id for j in other.top]
+        assert [j.kwh for j in jobs.top] == pytest.approx([j.kwh for j in other.top])
+        def who(top: Sequence[JobEnergyRow]) -> list[tuple[str, str, str, int]]:
+            return [(j.user, j.name, j.state, j.gpus) for j in top]
+
+        assert who(jobs.top) == who(other.top)
+
+
+def _digest(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+
+
+def _fetcher(lines: Sequence[str], calls: list[tuple[int, int]], fail_at: int | None = None):  # type: ignore[no-untyped-def]
+    from hpc_aidc.report.rows import parse_rows
+
+    rows = list(zip(lines, parse_rows(lines), strict=True))
+
+    def fetch(a: int, b: int) -> list[str]:
+        calls.append((a, b))
+        if fail_at is not None and len(calls) == fail_at:
+            raise OSError("sacct went away")
+        # sacct's window: allocations eligible or running at some time in [a, b]
+        return [ln for ln, r in rows if (r.start or r.submit or 0) <= b and (r.end is None or r.end >= a)]
+
+    def fetch_jobs(ids: Sequence[str]) -> list[str]:
+        return [ln for ln, r in rows if r.job_id_raw in set(ids)]
+
+    return fetch, fetch_jobs
+
+
+def test_ingest_twice_or_interrupted_changes_nothing(tmp_path: Path, lines: list[str]) -> None:
+    now = OCT[1] + 2 * 86400
+    one = tmp_path / "one"
+    calls: list[tuple[int, int]] = []
+    fetch, fetch_jobs = _fetcher(lines, calls)
+    with StoreWriter(one).locked() as w:
+        first = ingest(w, StoreState(), now=now, start=OCT[0] - 3 * 86400, fetch=fetch, fetch_jobs=fetch_jobs,
+                       spooled=set)
+    assert first.rows_written > 0 and first.windows > 30
+    snapshot = _digest(one)
+    with StoreWriter(one).locked() as w:  # again: the overlap is re-read, nothing changes
+        state = read_state(one)
+        assert state is not None
+        again = ingest(w, state, now=now + 600, start=0, fetch=fetch, fetch_jobs=fetch_jobs, spooled=set,
+                       overlap_s=40 * 86400, window_s=7 * 86400)
+    assert again.rows_written == 0 and again.rows_read > 0
+    assert _digest(one) == snapshot
+
+    two = tmp_path / "two"
+    calls2: list[tuple[int, int]] = []
+    failing, fetch_jobs = _fetcher(lines, calls2, fail_at=7)
+    with pytest.raises(OSError), StoreWriter(two).locked() as w:
+        ingest(w, StoreState(), now=now, start=OCT[0] - 3 * 86400, fetch=failing, fetch_jobs=fetch_jobs, spooled=set)
+    state = read_state(two)
+    assert state is not None and state.watermark == calls2[5][1]  # six windows done, then the failure
+    with StoreWriter(two).locked() as w:
+        ingest(w, state, now=now, start=0, fetch=fetch, fetch_jobs=fetch_jobs, spooled=set)
+    period = PERIODS[0]
+    wm = read_state(one).watermark  # type: ignore[union-attr]
+    a = store_report(readable_parts(one, None, months_between(OCT[0] - 86400 * 40, now))[0], None, wm, period,
+                     ("account",), PRICES)
+    b = store_report(readable_parts(two, None, months_between(OCT[0] - 86400 * 40, now))[0], None, wm, period,
+                     ("account",), PRICES)
+    assert_same(a, b)
+    finished = [ln for ln in lines if _end(ln) is not None and _end(ln) <= wm]  # type: ignore[operator]
+    assert_same(build_report(finished, period, ("account",), PRICES), a)
+
+
+def test_late_energy_counted_once(tmp_path: Path) -> None:
+    """A job stored before its summary arrived (spooled while slurmdbd was away): the next ingest reads
+    it again, replaces the row, and the report counts its energy once."""
+    bare = job("501", start="2026-10-05T10:00", end="2026-10-05T12:00")
+    other = job("502", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=summary(3.6e6))
+    late = job("501", start="2026-10-05T10:00", end="2026-10-05T12:00", comment=summary(7.2e6))
+    current = [bare, other]
+    spool = {"501"}
+
+    def fetch(a: int, b: int) -> list[str]:
+        return list(current)
+
+    def fetch_jobs(ids: Sequence[str]) -> list[str]:
+        return [ln for ln in current if ln.split("\x1f")[1] in set(ids)]
+
+    root = tmp_path / "s"
+    now = at("2026-10-06T00:00")
+    with StoreWriter(root).locked() as w:
+        first = ingest(w, StoreState(), now=now, start=at("2026-10-05T00:00"), fetch=fetch, fetch_jobs=fetch_jobs,
+                       spooled=lambda: set(spool))
+    assert first.awaiting == 1
+    current[0] = late  # the backfill stored the summary and emptied the spool
+    spool.clear()
+    with StoreWriter(root).locked() as w:
+        state = read_state(root)
+        assert state is not None
+        second = ingest(w, state, now=now + 60, start=0, fetch=fetch, fetch_jobs=fetch_jobs, spooled=lambda: set(spool))
+    assert second.awaiting == 0 and second.rows_written == 1
+    files = readable_parts(root, None, ["2026-10"])[0]
+    period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), now)
+    report = store_report(files, None, state.watermark, period, ("account",), PRICES)
+    assert report.total.energy_kwh == pytest.approx(3.0)
+    assert report.total.jobs == 2
+    assert_same(build_report([late, other], period, ("account",), PRICES), report)
+
+
+def test_readers_skip_superseded_parts() -> None:
+    names = ["part-00000001-00000004.parquet", "part-00000005-00000005.parquet", "part-00000005-00000006.parquet",
+             "part-00000001-00000001.parquet", "notes.txt"]
+    assert live_parts(names) == ["part-00000001-00000004.parquet", "part-00000005-00000006.parquet"]
+
+
+def test_many_ingests_keep_partitions_small(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    for i in range(30):
+        line = job(str(1000 + i), start="2026-10-05T10:00", end=f"2026-10-05T10:{10 + i:02d}", comment=summary(1e6))
+        with StoreWriter(root).locked() as w:
+            ingest_file(w, read_state(root) or StoreState(), [line])
+    files = readable_parts(root, None, ["2026-10"])[0]
+    assert 1 <= len(files) <= 8
+    period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
+    assert store_report(files, None, None, period, ("account",), PRICES).total.jobs == 30
+
+
+def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("sets group ownership as root")
+    import grp
+
+    root = tmp_path / "s"
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), [job("77", start="2026-10-05T10:00", end="2026-10-05T11:00", account="physics")])
+    part = next(root.rglob("*.parquet"))
+    want = grp.getgrnam("physics").gr_gid if "physics" in {g.gr_name for g in grp.getgrall()} else 0
+    for path in (part, part.parent, part.parent.parent):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (0, want)
+        assert st.st_mode & 0o007 == 0
