@@ -49,7 +49,8 @@ def _from_store(inputs: StoreInputs, period: Period, dims: tuple[str, ...], site
                 filters: Filters) -> Report:
     from hpc_aidc.report.store_query import store_report
 
-    return store_report(inputs.files, inputs.tail, inputs.watermark, period, dims, site.prices, filters)
+    return store_report(inputs.files, inputs.tail, inputs.watermark, period, dims, site.prices, filters,
+                        inputs.from_tail)
 
 
 @click.group()
@@ -164,7 +165,8 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
         if inputs is not None:
             from hpc_aidc.report.store_query import site_data_from_store
 
-            data = site_data_from_store(inputs.files, inputs.tail, inputs.watermark, period, filters, site.prices)
+            data = site_data_from_store(inputs.files, inputs.tail, inputs.watermark, period, filters, site.prices,
+                                        inputs.from_tail)
         else:
             data = site_data(source.sacct_lines(period, filters), period, filters, site.prices)
     index = build_site(data, period, site.prices, out, cluster=site.name)

@@ -6,16 +6,18 @@ interrupted ingest resumes where it stopped, and a re-run or an overlap changes 
 by job id, submit and start time, and written only when new or changed). It stops `settle_s` before now, so
 the energy summary that EpilogSlurmctld writes seconds after a job ends is usually there already; a
 summary that arrives later (slurmdbd was away and the job sat in the energy spool) is caught by
-re-reading the jobs that were spooled when they were stored ("awaiting"). Every run of a requeued job
-is re-read when its last run is stored, since the final summary is written onto all of them."""
+re-reading the jobs that were spooled when they were stored ("awaiting"). Every run of a job that ran
+more than once is read again when one of its runs is stored, since the final summary is written onto
+all of them (and they carry `multi_run`, the only rows whose summary a report must count once)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from hpc_aidc.report.store import StoreState, StoreWriter
-from hpc_aidc.report.store_table import month_of, to_table
+from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
+from hpc_aidc.scheduler.parse import SACCT_DELIMITER
 
 Fetch = Callable[[int, int], list[str]]  # sacct report lines of [start, end]
 FetchJobs = Callable[[Sequence[str]], list[str]]  # sacct report lines of these jobs (all runs)
@@ -37,11 +39,10 @@ class Stored:
     written: int = 0
     span: int = 0  # longest end - (start or submit)
     last_end: int | None = None
-    requeued: tuple[str, ...] = ()  # raw ids of jobs with a REQUEUED run
     missing: tuple[str, ...] = ()  # raw ids of finished runs without an energy summary
 
 
-def store_lines(writer: StoreWriter, lines: Iterable[str], upto: int | None) -> Stored:
+def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> Stored:
     """Upsert the finished allocations of `lines` that ended at or before `upto` (None: all)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -69,10 +70,19 @@ def store_lines(writer: StoreWriter, lines: Iterable[str], upto: int | None) -> 
         written += writer.upsert(account, month, table.take(pa.array(rows, pa.int64())).drop_columns(["account"]))
     raws = table.column("job_id_raw").to_pylist()
     states = table.column("state").to_pylist()
-    requeued = sorted({r for r, s in zip(raws, states, strict=True) if s == "REQUEUED"})
     missing = [r for r, p, s in zip(raws, table.column("e_present").to_pylist(), states, strict=True)
                if not p and s != "REQUEUED"]
-    return Stored(table.num_rows, written, span, max(ends), tuple(requeued), tuple(missing))
+    return Stored(table.num_rows, written, span, max(ends), tuple(missing))
+
+
+def with_every_run(lines: list[str], fetch_jobs: FetchJobs) -> list[str]:
+    """`lines` where every job that ran more than once has all its runs (read again: the final summary
+    is written onto every run, and its multi_run flag must be on all of them)."""
+    multi = multi_run_ids(lines)
+    if not multi:
+        return lines
+    keep = [ln for ln in lines if ln.split(SACCT_DELIMITER, 2)[1] not in multi]
+    return keep + fetch_jobs(sorted(multi))
 
 
 def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetch: Fetch, fetch_jobs: FetchJobs,
@@ -95,11 +105,8 @@ def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetc
         read, written = got.read, got.written
     while a < target:
         b = min(a + window_s, target)
-        got = store_lines(writer, fetch(a, b), b)
+        got = store_lines(writer, with_every_run(fetch(a, b), fetch_jobs), b)
         r, w, span = got.read, got.written, got.span
-        if got.requeued:  # the final summary lands on every run: read them all again
-            again = store_lines(writer, fetch_jobs(got.requeued), b)
-            r, w, span = r + again.read, w + again.written, max(span, again.span)
         spool = spooled() if got.missing else set()
         awaiting += [j for j in got.missing if j in spool and j not in awaiting]
         state = replace(state, watermark=b, max_span_s=max(state.max_span_s, span),
@@ -112,7 +119,7 @@ def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetc
     return IngestResult(windows, read, written, state.watermark, len(state.awaiting))
 
 
-def ingest_file(writer: StoreWriter, state: StoreState, lines: Iterable[str]) -> IngestResult:
+def ingest_file(writer: StoreWriter, state: StoreState, lines: Sequence[str]) -> IngestResult:
     """Load an sacct dump (`hpcai report fields` format), e.g. history from before the store existed.
     The watermark moves to the dump's last end when that is later: the dump is taken as complete."""
     got = store_lines(writer, lines, None)

@@ -39,6 +39,7 @@ STATE = "state.json"
 JOBS = "jobs"
 LOCK = ".ingest.lock"
 MAX_PARTS = 8
+_SIGNATURE = ("comment_hash", "state", "multi_run")
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -73,7 +74,8 @@ def read_state(root: Path) -> StoreState | None:
                           "Run `hpcai report ingest` as an admin to repair it.") from None
     if data.get("schema") != SCHEMA_VERSION:
         raise ConfigError(f"Expected report store schema {SCHEMA_VERSION} at {root}. Got {data.get('schema')!r}. "
-                          "Upgrade hpc-aidc on this host or rebuild the store.")
+                          "Add --live for now; admins rebuild it: move the store aside, then "
+                          "`hpcai report ingest --since <first day>` (docs/report-store.md).")
     return StoreState(data.get("watermark"), int(data.get("max_span_s", 0)), tuple(data.get("awaiting", ())))
 
 
@@ -150,17 +152,16 @@ class StoreWriter:
             parts = live_parts(names)
             for leftover in set(n for n in names if _PART.fullmatch(n)) - set(parts):  # an ingest that died mid-swap
                 os.unlink(leftover, dir_fd=fd)
-            stored: dict[tuple[object, ...], tuple[int, str]] = {}
+            stored: dict[tuple[object, ...], tuple[object, ...]] = {}
             holder: dict[tuple[object, ...], int] = {}  # key -> index of the part that holds it
             for index, name in enumerate(parts):
-                t = pq.read_table(_fd_path(fd, name), columns=[*KEY, "comment_hash", "state"])
-                for key, digest, state in zip(_keys(t), t.column("comment_hash").to_pylist(),
-                                              t.column("state").to_pylist(), strict=True):
-                    stored[key] = (digest, state)
+                t = pq.read_table(_fd_path(fd, name), columns=[*KEY, *_SIGNATURE])
+                for key, sig in zip(_keys(t), _signatures(t), strict=True):
+                    stored[key] = sig
                     holder[key] = index
             keys = _keys(rows)
-            sig = list(zip(rows.column("comment_hash").to_pylist(), rows.column("state").to_pylist(), strict=True))
-            fresh = [i for i, (k, s) in enumerate(zip(keys, sig, strict=True)) if stored.get(k) != s]
+            sigs = _signatures(rows)
+            fresh = [i for i, (k, s) in enumerate(zip(keys, sigs, strict=True)) if stored.get(k) != s]
             if not fresh:
                 return 0
             replaced = {keys[i] for i in fresh if keys[i] in stored}
@@ -195,6 +196,11 @@ class StoreWriter:
 
 def _keys(table: pa.Table) -> list[tuple[object, ...]]:
     return list(zip(*(table.column(c).to_pylist() for c in KEY), strict=True))
+
+
+def _signatures(table: pa.Table) -> list[tuple[object, ...]]:
+    """What may change in a stored row: a summary that arrived, a state, the job running again."""
+    return list(zip(*(table.column(c).to_pylist() for c in _SIGNATURE), strict=True))
 
 
 def _gens(name: str) -> tuple[int, int]:

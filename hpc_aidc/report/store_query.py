@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 _USED = ("job_id_raw", "user", "partition", "state", "cpus", "gpus", "nodes", "submit", "eligible", "start", "end",
          "comment_hash", "e_known", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens", "e_samples",
-         "e_simulated")
+         "e_simulated", "multi_run")
 _SUMS = ("gpu_s", "cpu_s", "node_s", "gpu_j", "energy_gpu_s", "cpu_j", "energy_cpu_s", "simulated_gpu_s",
          "util_weighted", "util_gpu_s", "idle_gpu_s", "token_j", "tokens", "sample_j", "samples")
 
@@ -41,28 +41,38 @@ p AS (
   FROM r
   WHERE (never_ran AND submit >= $1 AND submit < $2) OR (NOT never_ran AND start < $2 AND stop >= $1)),
 c AS (
-  SELECT *, NOT never_ran AND "end" IS NOT NULL AND state <> 'REQUEUED' AND b > a AND e_known AS cand FROM p),
-e AS (
-  -- one summary on two runs of a requeued job counts once: on the first run that overlaps the period
-  SELECT *, cand AND row_number() OVER (PARTITION BY job_id_raw, comment_hash, cand ORDER BY submit, start) = 1
-            AS counted,
+  SELECT *, NOT never_ran AND "end" IS NOT NULL AND state <> 'REQUEUED' AND b > a AND e_known AS cand,
          CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS since
+  FROM p)
+"""
+
+# One summary on several runs of a job that ran more than once counts once: on the first run that
+# overlaps the period. Only multi_run rows can repeat a summary, so this runs over those alone and gives
+# the keys of the repeats (usually none).
+_REPEATS = """
+SELECT hash(job_id_raw, submit, start) FROM (
+  SELECT *, row_number() OVER (PARTITION BY job_id_raw, comment_hash, cand ORDER BY submit, start) AS rn FROM c)
+WHERE cand AND rn > 1
+"""
+
+_COUNTED = """,
+e AS (
+  SELECT *, {counted} AS counted, b - a AS secs,
+         CASE WHEN stop - start > 0 THEN (b - a) / (stop - start) ELSE 1.0 END AS frac
   FROM c)
 """
 
-_HEAD = """
-SELECT {keys}, GROUPING({keys}) AS g,
+_WAIT_QUANTILES = """quantile_cont(CASE WHEN NOT never_ran AND start >= $1 AND start < $2 AND since IS NOT NULL
+                                AND start >= since THEN start - since END, [0.5, 0.9])"""
+
+_HEAD_AGGREGATES = """
   count(*) FILTER (state <> 'REQUEUED') AS jobs,
   count(*) FILTER (state = 'REQUEUED') AS requeues,
   count(*) FILTER (state <> 'REQUEUED' AND NOT never_ran AND "end" IS NULL) AS running,
   histogram(state) FILTER (state <> 'REQUEUED') AS states,
-  quantile_cont(CASE WHEN NOT never_ran AND start >= $1 AND start < $2 AND since IS NOT NULL AND start >= since
-                     THEN start - since END, [0.5, 0.9]) AS waits
-FROM {head} GROUP BY GROUPING SETS (({keys}), ())
-"""
+  """ + _WAIT_QUANTILES + " AS waits"
 
-_PARTS = """
-SELECT {keys}, GROUPING({keys}) AS g,
+_PART_AGGREGATES = """
   sum(gpus * secs)::DOUBLE AS gpu_s, sum(cpus * secs)::DOUBLE AS cpu_s, sum(nodes * secs)::DOUBLE AS node_s,
   sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
   sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL)::DOUBLE AS energy_gpu_s,
@@ -76,8 +86,6 @@ SELECT {keys}, GROUPING({keys}) AS g,
   sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
   sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
   sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
-FROM (SELECT *, CASE WHEN stop - start > 0 THEN secs / (stop - start) ELSE 1.0 END AS frac FROM {parts})
-GROUP BY GROUPING SETS (({keys}), ())
 """
 
 
@@ -94,32 +102,62 @@ Quantiles = tuple[float | None, float | None]
 GroupSums = tuple[tuple[str, ...], Acc, Quantiles]
 
 
+class _Store:
+    """A DuckDB connection whose errors (a damaged or foreign file in the store) are one-line errors."""
+
+    def __init__(self, tail: pa.Table | None) -> None:
+        try:
+            import duckdb
+        except ImportError:
+            raise ConfigError("Expected the duckdb package to read the site's report store. Got none installed. "
+                              "Run `pip install 'hpc-aidc[report]'`, or add --live to read Slurm directly.") from None
+        self._error = duckdb.Error
+        self.con = duckdb.connect()
+        self.con.register("tail", tail if tail is not None else tail_schema_only())
+
+    def register(self, name: str, table: pa.Table) -> None:
+        self.con.register(name, table)
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> Any:
+        try:
+            return self.con.execute(sql, params or [])
+        except self._error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"Expected a readable report store. Got: {first}. Add --live to read Slurm "
+                              "directly, and ask your admins to check the store (docs/report-store.md).") from None
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def _connect(tail: pa.Table | None) -> _Store:
+    return _Store(tail)
+
+
 def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, filters: Filters,
-            params: list[Any], columns: Sequence[str]) -> tuple[Any, str]:
-    """A DuckDB connection and the SQL of the report's rows: the store's files (rows ended from $1 on)
-    and the tail's rows that the store does not hold (not ended, or ended after the watermark)."""
-    try:
-        import duckdb
-    except ImportError:
-        raise ConfigError("Expected the duckdb package to read the site's report store. Got none installed. "
-                          "Run `pip install 'hpc-aidc[report]'`, or add --live to read Slurm directly.") from None
-    con = duckdb.connect()
-    where = _filter_sql(filters, params)
+            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (), only: str = "TRUE") -> str:
+    """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
+    the store does not hold (not ended, or ended after the watermark), except the jobs in `from_tail`,
+    whose runs all come from the tail; `only`: a further condition on the rows."""
+    where = _filter_sql(filters, params) + f" AND {only}"
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     sources = []
+    tail_jobs = "FALSE"
+    if from_tail:
+        params.append(sorted(from_tail))
+        tail_jobs = f"list_contains(${len(params)}, job_id_raw)"
     if files:
         params.append(list(files))
         sources.append(f"SELECT {names} FROM read_parquet(${len(params)}, hive_partitioning = true, "
                        "hive_types = {'account': VARCHAR, 'month': VARCHAR}) "
-                       f'WHERE {where} AND "end" >= $1')
+                       f'WHERE {where} AND "end" >= $1 AND NOT {tail_jobs}')
     if tail is not None and tail.num_rows:
-        con.register("tail", tail)
         params.append(watermark if watermark is not None else -1)
-        sources.append(f'SELECT {names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" > ${len(params)})')
+        sources.append(f'SELECT {names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" > ${len(params)} '
+                       f"OR {tail_jobs})")
     if not sources:
-        con.register("tail", tail_schema_only())
         sources.append(f"SELECT {names} FROM tail")
-    return con, " UNION ALL ".join(sources)
+    return " UNION ALL ".join(sources)
 
 
 def tail_schema_only() -> pa.Table:
@@ -130,30 +168,56 @@ def tail_schema_only() -> pa.Table:
 
 
 def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-               dimensions: Sequence[str], filters: Filters | None = None
+               dimensions: Sequence[str], filters: Filters | None = None, from_tail: Sequence[str] = ()
                ) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
     """Per-group sums and queue-wait quantiles (median, p90), and the same for the total."""
     dims = check_dimensions(dimensions)
     time_dim = next((d for d in dims if d in TIME_DIMENSIONS), None)
+    con = _connect(tail)
+    flt = filters or Filters()
+
+    def rows_sql(params: list[Any], only: str = "TRUE") -> str:
+        return "WITH src AS (" + _source(files, tail, watermark, flt, params, _USED, from_tail, only) + "),\n" + _ROWS
+
     params: list[Any] = [period.start, period.end, period.now]
-    con, src = _source(files, tail, watermark, filters or Filters(), params, _USED)
-    sql = "WITH src AS (" + src + "),\n" + _ROWS
+    repeats = [r[0] for r in con.execute(rows_sql(params, "multi_run") + _REPEATS, params).fetchall()]
+    params = [period.start, period.end, period.now]
+    sql = rows_sql(params)
+    counted = "cand"
+    if repeats:
+        params.append(repeats)
+        counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
+                   "hash(job_id_raw, submit, start)) ELSE TRUE END")
+    sql += _COUNTED.format(counted=counted)
     key_of = {"account": "account", "user": '"user"', "partition": "partition"}
-    if time_dim is not None:
-        cal = buckets(period, time_dim)
+    if time_dim is None:
+        keys = ", ".join(key_of[d] for d in dims)
+        # one pass: a row is its own one part (secs = b - a; 0 for a job that never ran). The total is the
+        # groups' sums (below), but for its quantiles: a grouping set would aggregate everything twice.
+        rows = con.execute(sql + f"SELECT {keys}, 0 AS g, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} "
+                           f"FROM e GROUP BY {keys}", params).fetchall()
+        heads = [r[:len(dims) + 6] for r in rows]
+        sums = [(*r[:len(dims) + 1], *r[len(dims) + 6:]) for r in rows]
+        q = con.execute(sql + f"SELECT {_WAIT_QUANTILES} FROM e", params).fetchone()
+        total_quantiles: Quantiles | None = (q[0][0], q[0][1]) if q and q[0] is not None else (None, None)
+    else:
         import pyarrow as pa
 
+        cal = buckets(period, time_dim)
         con.register("buckets", pa.table({"label": list(cal.labels), "s": list(cal.starts), "e": list(cal.ends)}))
         key_of[time_dim] = "label"
-        head = "e JOIN buckets h ON h.s <= e.a AND e.a < h.e"
-        parts = ("(SELECT e.*, h.label, least(e.b, h.e) - greatest(e.a, h.s) AS secs FROM e JOIN buckets h "
-                 "ON h.s < e.b AND h.e > e.a WHERE NOT e.never_ran)")
-    else:
-        head = "e"
-        parts = "(SELECT *, b - a AS secs FROM e WHERE NOT never_ran)"
-    keys = ", ".join(key_of[d] for d in dims)
-    heads = con.execute(sql + _HEAD.format(keys=keys, head=head), params).fetchall()
-    sums = con.execute(sql + _PARTS.format(keys=keys, parts=parts), params).fetchall()
+        keys = ", ".join(key_of[d] for d in dims)
+        total_quantiles = None
+        con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
+        heads = con.execute(f"SELECT {keys}, GROUPING({keys}) AS g, {_HEAD_AGGREGATES} FROM rows "
+                            "JOIN buckets h ON h.s <= rows.a AND rows.a < h.e "
+                            f"GROUP BY GROUPING SETS (({keys}), ())", params[:2]).fetchall()
+        sums = con.execute(f"SELECT {keys}, GROUPING({keys}) AS g, {_PART_AGGREGATES} FROM ("
+                           "SELECT rows.* REPLACE (least(rows.b, h.e) - greatest(rows.a, h.s) AS secs, "
+                           "CASE WHEN stop - start > 0 THEN (least(rows.b, h.e) - greatest(rows.a, h.s)) / "
+                           "(stop - start) ELSE 1.0 END AS frac), h.label FROM rows JOIN buckets h "
+                           "ON h.s < rows.b AND h.e > rows.a WHERE NOT rows.never_ran) "
+                           f"GROUP BY GROUPING SETS (({keys}), ())").fetchall()
     con.close()
     n = len(dims)
     accs: dict[tuple[str, ...] | None, Acc] = {}
@@ -170,16 +234,21 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
         acc = accs.setdefault(key, Acc())
         for name, value in zip(_SUMS, row[n + 1:], strict=True):
             setattr(acc, name, float(value or 0.0))
-    total = accs.pop(None, Acc())
-    total_waits = waits.pop(None, (None, None))
+    total = accs.pop(None, None)
+    if total is None:  # the groups' sums
+        total = Acc()
+        for acc in accs.values():
+            total.merge(acc)
+    total_waits = waits.pop(None, (None, None)) if total_quantiles is None else total_quantiles
     lines = [(key, accs[key], waits.get(key, (None, None))) for key in sorted(k for k in accs if k is not None)]
     return lines, (total, total_waits)
 
 
 def store_report(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-                 dimensions: Sequence[str], prices: Prices, filters: Filters | None = None) -> Report:
+                 dimensions: Sequence[str], prices: Prices, filters: Filters | None = None,
+                 from_tail: Sequence[str] = ()) -> Report:
     dims = check_dimensions(dimensions)
-    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters)
+    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail)
     return Report(period, dims, tuple(finish(key, acc, prices, q) for key, acc, q in lines),
                   finish(("total",) + ("",) * (len(dims) - 1), total, prices, total_waits), prices.currency)
 
@@ -199,13 +268,14 @@ SELECT account, job_id, "user", name, state, gpus, elapsed_s, kwh, NULL FROM ran
 
 
 def job_stats(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-              filters: Filters, top: int) -> dict[str, AccountJobs]:
+              filters: Filters, top: int, from_tail: Sequence[str] = ()) -> dict[str, AccountJobs]:
     """Per account: allocations that ran in the period, how many have a known energy, and the `top` with
     the most energy (as `site.energy_jobs` picks them from rows)."""
     params: list[Any] = [period.start, period.end, top]
-    con, src = _source(files, tail, watermark, filters, params,
-                       ("job_id", "user", "name", "state", "gpus", "elapsed_s", "start", "end", "e_present",
-                        "e_gpu_j", "e_cpu_j"))
+    con = _connect(tail)
+    src = _source(files, tail, watermark, filters, params,
+                  ("job_id", "job_id_raw", "user", "name", "state", "gpus", "elapsed_s", "start", "end",
+                   "e_present", "e_gpu_j", "e_cpu_j"), from_tail)
     rows = con.execute("WITH src AS (" + src + ")" + _JOBS, params).fetchall()
     con.close()
     counts = {r[0]: (int(r[7]), int(r[8])) for r in rows if r[1] is None}
@@ -218,9 +288,9 @@ def job_stats(files: Sequence[str], tail: pa.Table | None, watermark: int | None
 
 
 def site_data_from_store(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-                         filters: Filters, prices: Prices) -> SiteData:
+                         filters: Filters, prices: Prices, from_tail: Sequence[str] = ()) -> SiteData:
     def report(*dims: str) -> Report:
-        return store_report(files, tail, watermark, period, dims, prices, filters)
+        return store_report(files, tail, watermark, period, dims, prices, filters, from_tail)
 
     return SiteData(report("account"), report("account", bucket_dim(period)), report("account", "user"),
-                    job_stats(files, tail, watermark, period, filters, TOP_JOBS))
+                    job_stats(files, tail, watermark, period, filters, TOP_JOBS, from_tail))

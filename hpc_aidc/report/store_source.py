@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from hpc_aidc.report import source
 from hpc_aidc.report.aggregate import Filters
+from hpc_aidc.report.ingest import with_every_run
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.store import read_state, readable_parts
-from hpc_aidc.report.store_table import month_of, to_table
+from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -27,6 +28,9 @@ class StoreInputs:
     tail: pa.Table
     watermark: int
     note: str | None  # one line for stderr (stale store), or None
+    # jobs that ran more than once and have a run in the tail: all their runs come from the tail (the
+    # stored ones may predate the final summary, which Slurm writes onto every run)
+    from_tail: tuple[str, ...] = ()
 
 
 def months_between(start: int, end: int) -> list[str]:
@@ -56,9 +60,12 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
         return None
     tail_start = min(wm, period.now)
     lines = source.window_lines(tail_start, max(period.now, tail_start + 1), filters)
+    multi = multi_run_ids(lines)
+    if multi:
+        lines = with_every_run(lines, source.job_lines)
     note = None
     if period.now - wm > STALE_S:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(wm))
         note = (f"note: the report store was last brought up to date at {when}; what ended since comes from "
                 "Slurm (slower). Ask your admins to check `hpcai report ingest`.")
-    return StoreInputs(tuple(files), to_table(lines, finished_only=False), wm, note)
+    return StoreInputs(tuple(files), to_table(lines, finished_only=False), wm, note, tuple(sorted(multi)))

@@ -11,9 +11,11 @@ groups by their statistics."""
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from hpc_aidc.report.energy import job_energy
@@ -42,7 +44,7 @@ from hpc_aidc.report.rows import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: multi_run
 
 # (name, pyarrow type factory): the columns of a store file, in order. Times are epoch seconds (UTC); energy
 # columns are null when the job has no readable summary; e_known says whether the report may count it.
@@ -72,6 +74,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("e_tokens", "float64"),
     ("e_samples", "float64"),
     ("e_simulated", "bool_"),
+    ("multi_run", "bool_"),      # the job ran more than once (requeued): its summary may sit on several rows
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 # account and month are the partition keys: in the directory names, not in the files (hive layout)
@@ -86,15 +89,34 @@ def arrow_schema() -> pa.Schema:
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS])
 
 
+_RUNS = re.compile(r" runs=([0-9]+)")
+
+
+def multi_run_ids(lines: Sequence[str]) -> set[str]:
+    """Raw ids of jobs that ran more than once, as far as these lines show: several rows, a REQUEUED or
+    NODE_FAIL run, or a summary over several runs (written onto every run when the last one ends)."""
+    counts: Counter[str] = Counter()
+    out: set[str] = set()
+    for c in split_lines(lines):
+        raw = c[C_RAW]
+        counts[raw] += 1
+        state = state_word(c[C_STATE])
+        runs = _RUNS.search(c[C_COMMENT]) if "runs=" in c[C_COMMENT] else None
+        if state in ("REQUEUED", "NODE_FAIL") or (runs is not None and int(runs.group(1)) > 1):
+            out.add(raw)
+    return out | {raw for raw, n in counts.items() if n > 1}
+
+
 def month_of(epoch: int) -> str:
     """The local month an allocation ended in: its partition."""
     return time.strftime("%Y-%m", time.localtime(epoch))
 
 
-def to_columns(lines: Iterable[str], *, finished_only: bool) -> tuple[dict[str, list[object]], list[str]]:
+def to_columns(lines: Iterable[str], *, finished_only: bool, multi: set[str]) -> tuple[dict[str, list[object]],
+                                                                                      list[str]]:
     """Columns (COLUMN_NAMES) and the account of each row, from sacct report lines. `finished_only`
     keeps allocations that ended (what ingest stores); otherwise running and pending ones too (the live
-    tail of a report)."""
+    tail of a report). `multi`: raw ids of jobs that ran more than once (multi_run_ids)."""
     cols: dict[str, list[object]] = {name: [] for name in COLUMN_NAMES}
     accounts: list[str] = []
     ts = time_parser()
@@ -118,16 +140,18 @@ def to_columns(lines: Iterable[str], *, finished_only: bool) -> tuple[dict[str, 
         )
         values += ((energy.gpu_j, energy.cpu_j, energy.util, energy.idle_gpu_s, energy.tokens, energy.samples,
                     energy.simulated) if energy is not None else (None,) * 6 + (False,))
+        values += (c[C_RAW] in multi,)
         for append, value in zip(add, values, strict=True):
             append(value)
         accounts.append(c[C_ACCOUNT])
     return cols, accounts
 
 
-def to_table(lines: Iterable[str], *, finished_only: bool) -> pa.Table:
+def to_table(lines: Sequence[str], *, finished_only: bool, multi: set[str] | None = None) -> pa.Table:
     """One table with the account as a column too (for the live tail, which has no partition path)."""
     import pyarrow as pa
 
-    cols, accounts = to_columns(lines, finished_only=finished_only)
+    cols, accounts = to_columns(lines, finished_only=finished_only,
+                                multi=multi_run_ids(lines) if multi is None else multi)
     table = pa.table(cols, schema=arrow_schema())
     return table.append_column("account", pa.array(accounts, pa.string()))

@@ -244,3 +244,38 @@ def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (0, want)
         assert st.st_mode & 0o007 == 0
+
+
+def test_stored_run_with_an_old_summary_is_read_from_the_tail(tmp_path: Path) -> None:
+    """Run 1 ended on a node failure and was stored with its own summary; run 2 ended after the watermark
+    and Slurm wrote the job's final summary (runs=2) onto both runs: the report reads both from the tail
+    (the stored run is stale) and counts the final summary once, as sacct's lines give it."""
+    run1_old = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL",
+                   comment=summary(3.6e6))
+    final = summary(9 * 3.6e6) + " runs=2"
+    run1 = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL", comment=final)
+    run2 = job("900", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:00", comment=final)
+    root = tmp_path / "s"
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), [run1_old])
+    files = readable_parts(root, None, ["2026-10"])[0]
+    watermark = at("2026-10-05T11:30")
+    period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
+    tail_lines = [run1, run2]  # store_source.with_every_run: every run of a job that ran more than once
+    report = store_report(files, to_table(tail_lines, finished_only=False), watermark, period, ("account",), PRICES,
+                          from_tail=["900"])
+    assert_same(build_report([run1, run2], period, ("account",), PRICES), report)
+    assert report.total.energy_kwh == pytest.approx(9.0)
+
+
+def test_a_damaged_or_old_store_is_one_clean_error(tmp_path: Path) -> None:
+    from hpc_aidc.errors import ConfigError
+
+    root, files = _store(tmp_path, [job("1", start="2026-10-05T10:00", end="2026-10-05T11:00")])
+    Path(files[0]).write_bytes(b"not parquet")
+    period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
+    with pytest.raises(ConfigError, match=r"Expected a readable report store.*--live"):
+        store_report(files, None, None, period, ("account",), PRICES)
+    (root / "state.json").write_text('{"watermark": 1, "schema": 1}')
+    with pytest.raises(ConfigError, match=r"Expected report store schema 2.*--live"):
+        read_state(root)

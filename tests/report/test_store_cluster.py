@@ -131,9 +131,10 @@ def test_store_reports_equal_sacct(jobs: dict[str, object], store: Path, hpcai: 
 
 
 def test_second_ingest_changes_nothing(jobs: dict[str, object], store: Path, hpcai: RunHpcai) -> None:
-    _ingest(hpcai)
+    # the default settle time: a job that ended a second ago may still get its summary (a real change)
+    _ingest(hpcai, "--settle", "2minutes")
     parts = {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
-    again = _ingest(hpcai, "--overlap", "3hours")  # re-reads everything this test module made
+    again = _ingest(hpcai, "--overlap", "3hours", "--settle", "2minutes")  # re-reads all this module made
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert result["rows_written"] == 0 and result["rows_read"] > 0, result
