@@ -15,6 +15,7 @@ stop() {
   log "killed $name ($pid)"
 }
 
+stop "slurmd watchdog" "$DEV_RUN/slurmd-watchdog.pid"  # first: it would start the slurmds again
 for i in 1 2 3 4; do stop "metrics writer n$i" "$DEV_RUN/metrics-n$i.pid"; done
 stop prometheus "$DEV_RUN/prometheus.pid"
 stop node_exporter "$DEV_RUN/node-exporter.pid"

@@ -14,5 +14,6 @@ check mariadb /run/mysqld/mariadb.pid
 check slurmdbd "$DEV_RUN/slurmdbd.pid"
 check slurmctld "$DEV_RUN/slurmctld.pid"
 for i in 1 2 3 4; do check "slurmd n$i" "$DEV_RUN/slurmd-n$i.pid"; done
+check watchdog "$DEV_RUN/slurmd-watchdog.pid"
 if [ "$rc" = 0 ]; then sinfo -N -o '%N %P %T %G'; fi
 exit "$rc"

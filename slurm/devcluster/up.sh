@@ -293,7 +293,20 @@ start_monitoring() {
   wait_for "Prometheus" 60 "$python" -c "import urllib.request as u; u.urlopen('http://$DEV_PROMETHEUS_ADDR/-/ready', timeout=2)"
 }
 
+stop_watchdog() {
+  # up.sh restarts daemons itself (a changed config): the watchdog must not race it.
+  alive "$DEV_RUN/slurmd-watchdog.pid" || return 0
+  kill "$(cat "$DEV_RUN/slurmd-watchdog.pid")"
+  while alive "$DEV_RUN/slurmd-watchdog.pid"; do sleep 0.2; done
+}
+
+start_watchdog() {
+  start_daemon "$DEV_RUN/slurmd-watchdog.pid" "$DEV_STATE/log/slurmd-watchdog.log" bash "$HERE/slurmd-watchdog.sh"
+}
+
 start=$SECONDS
+mkdir -p "$DEV_RUN"
+stop_watchdog
 install_packages
 install_monitoring_packages
 ensure_users
@@ -310,6 +323,7 @@ restart_on_config_change
 start_slurmctld
 start_slurmd
 wait_nodes_idle
+start_watchdog
 setup_energy
 setup_audit
 start_monitoring

@@ -6,6 +6,8 @@ accumulation matches two ranks. All jobs run side by side and are waited for onc
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -75,6 +77,17 @@ def _losses(folder: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _metrics(folder) if "loss" in r}
 
 
+def _freeze(job_id: str) -> None:
+    """SIGSTOP every process of the job on this host (all dev cluster nodes are)."""
+    mark = f"SLURM_JOB_ID={job_id}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGSTOP)
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     import numpy as np
@@ -103,6 +116,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     # Interrupt runs mid-way, each as soon as it passes its step: two as an admin would (scontrol
     # requeue), one through Slurm's warning signal (the job checkpoints and requeues itself).
     def admin_requeue(job_id: str) -> None:
+        # Freeze the job's processes first: a run goes on for up to KillWait after the requeue (submitit
+        # lets SIGTERM pass), time enough for these small runs to reach their last step. SIGKILL ends them.
+        _freeze(job_id)
         subprocess.run(["scontrol", "requeue", job_id], check=True)
         held.append(job_id)
 
@@ -113,7 +129,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     held: list[str] = []
 
     pending = {"admin_requeue": (45, admin_requeue), "self_requeue": (45, warn), "zarr_requeue": (30, admin_requeue),
-               "offload_requeue": (30, admin_requeue)}
+               "offload_requeue": (25, admin_requeue)}
     deadline = time.monotonic() + 600
     while pending and time.monotonic() < deadline:
         for name, (step, action) in list(pending.items()):
