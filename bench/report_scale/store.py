@@ -6,11 +6,13 @@
   sreport       `sreport cluster AccountUtilizationByUser` for the month: on the same rows (cluster bench1m,
                 loaded and rolled up by sreport_same_data.py) when they are there, else on the dev cluster
   store year    `hpcai report usage` for 2026 over 12,000,000 allocations (the month shifted to each month)
+  store cut     the month report from Oct 3 12:00 to Oct 28 06:00: daily rollups plus the rows of the edges
   day ingest    `hpcai report ingest --from-file` of one day (~32,000 allocations) into the month's store
 
 The arms alternate in each round (the machine is shared and noisy); medians and per-round ratios go to
-bench/results/report_scale.json under "store" (other keys kept). The store's watermark is set to five
-minutes ago after loading, as after a regular ingest, so the live tail is what a real report reads.
+bench/results/report_scale.json under "store" (other keys kept). The stores' watermark is set to five
+minutes ago before the rounds, as after the ingest timer's last run, so the live tail is what a real
+report reads.
 Run as root on the dev cluster host: `.venv/bin/python bench/report_scale/store.py`."""
 
 from __future__ import annotations
@@ -76,11 +78,12 @@ def _year_store(month_store: Path, year_store: Path) -> None:
     import pyarrow.parquet as pq
 
     from hpc_aidc.report.store import StoreState, StoreWriter
+    from hpc_aidc.report.store_rollup import local_zone
     from hpc_aidc.report.store_table import arrow_schema, month_of
 
     table = pa.concat_tables(pq.read_table(p, schema=arrow_schema()).append_column(
         "account", pa.array([p.parent.parent.name.split("=", 1)[1]] * pq.read_metadata(p).num_rows))
-        for p in sorted(month_store.rglob("*.parquet")))
+        for p in sorted((month_store / "jobs").rglob("part-*.parquet")))
     base = int(time.mktime((2026, 10, 1, 0, 0, 0, 0, 0, -1)))
     writer = StoreWriter(year_store)
     with writer.locked():
@@ -97,7 +100,7 @@ def _year_store(month_store: Path, year_store: Path) -> None:
             for account, m in keys:
                 mask = pc.and_(pc.equal(t.column("account"), account), pc.equal(pa.array(months), m))
                 writer.upsert(account, m, t.filter(mask).drop_columns(["account"]))
-        writer.write_state(StoreState(int(time.time()) - 300, 40 * 86400))
+        writer.write_state(StoreState(int(time.time()) - 300, 40 * 86400, days_zone=local_zone()))
 
 
 def main() -> None:
@@ -141,12 +144,27 @@ def main() -> None:
         _must([*HPCAI, "--site", str(_profile("rest", rest_store)), "report", "ingest", "--from-file",
                str(BENCH / "rest.txt")])
 
+    # Stores from before rollups get them from an ingest with nothing new (as a site's next ingest would).
+    empty = BENCH / "empty.txt"
+    empty.write_text("")
+    for name, store in (("month", month), ("year", year), ("rest", rest_store)):
+        if not (store / "rollups").is_dir():
+            t0 = time.perf_counter()
+            _must([*HPCAI, "--site", str(_profile(name, store)), "report", "ingest", "--from-file", str(empty)])
+            built[f"{name}_rollups_s"] = time.perf_counter() - t0
+
+    # As after the ingest timer's last run (every 5 minutes): the live tail is the last minutes only.
+    for store in (month, year):
+        _set_watermark(store, int(time.time()) - 300)
     usage = ["report", "usage", "--format", "json"]
     arms = {
         "store_month": [*HPCAI, "--site", str(month_site), *usage, "--since", "2026-10-01", "--until", "2026-11-01"],
         "file_month": [*HPCAI, "--site", str(month_site), *usage, "--since", "2026-10-01", "--until", "2026-11-01",
                        "--from-file", str(DATA)],
         "store_year": [*HPCAI, "--site", str(year_site), *usage, "--since", "2026-01-01", "--until", "2027-01-01"],
+        # a period cut mid-day at both ends: rollups for the whole days, rows for the edges
+        "store_month_cut": [*HPCAI, "--site", str(month_site), *usage, "--since", "2026-10-03T12:00",
+                            "--until", "2026-10-28T06:00"],
     }
     bench1m = "bench1m" in subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
                                           capture_output=True, text=True, check=False).stdout

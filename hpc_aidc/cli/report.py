@@ -50,7 +50,7 @@ def _from_store(inputs: StoreInputs, period: Period, dims: tuple[str, ...], site
     from hpc_aidc.report.store_query import store_report
 
     return store_report(inputs.files, inputs.tail, inputs.watermark, period, dims, site.prices, filters,
-                        inputs.from_tail)
+                        inputs.from_tail, inputs.rollups)
 
 
 @click.group()
@@ -166,7 +166,7 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
             from hpc_aidc.report.store_query import site_data_from_store
 
             data = site_data_from_store(inputs.files, inputs.tail, inputs.watermark, period, filters, site.prices,
-                                        inputs.from_tail)
+                                        inputs.from_tail, inputs.rollups)
         else:
             data = site_data(source.sacct_lines(period, filters), period, filters, site.prices)
     index = build_site(data, period, site.prices, out, cluster=site.name)

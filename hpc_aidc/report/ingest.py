@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from hpc_aidc.report.store import StoreState, StoreWriter
+from hpc_aidc.report.store_rollup import local_zone
 from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
 from hpc_aidc.scheduler.parse import SACCT_DELIMITER
 
@@ -92,6 +93,7 @@ def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetc
     The caller holds the writer's lock and gives the current state; the new state is written as it goes."""
     target = now - settle_s
     a = max(start, state.watermark - overlap_s) if state.watermark is not None else start
+    state = _zone_checked(writer, state)
     windows = read = written = 0
     awaiting = list(state.awaiting)
     # Late summaries first: jobs stored while their summary was still spooled. The spool is read before
@@ -116,14 +118,36 @@ def ingest(writer: StoreWriter, state: StoreState, *, now: int, start: int, fetc
         if progress is not None:
             progress(a, b, r, w)
         a = b
+    state = _rolled_up(writer, state)
     return IngestResult(windows, read, written, state.watermark, len(state.awaiting))
 
 
 def ingest_file(writer: StoreWriter, state: StoreState, lines: Sequence[str]) -> IngestResult:
     """Load an sacct dump (`hpcai report fields` format), e.g. history from before the store existed.
     The watermark moves to the dump's last end when that is later: the dump is taken as complete."""
+    state = _zone_checked(writer, state)
     got = store_lines(writer, lines, None)
     marks = [m for m in (state.watermark, got.last_end) if m is not None]
     state = replace(state, watermark=max(marks) if marks else None, max_span_s=max(state.max_span_s, got.span))
     writer.write_state(state)
+    state = _rolled_up(writer, state)
     return IngestResult(1, got.read, got.written, state.watermark, len(state.awaiting))
+
+
+def _zone_checked(writer: StoreWriter, state: StoreState) -> StoreState:
+    """Rollups sum the ingest's local days: when its time zone is not theirs, readers stop using them
+    (days_zone unset) and they go, to be built again by _rolled_up."""
+    if state.days_zone is not None and state.days_zone != local_zone():
+        state = replace(state, days_zone=None)
+        writer.write_state(state)
+        writer.drop_rollups()
+    return state
+
+
+def _rolled_up(writer: StoreWriter, state: StoreState) -> StoreState:
+    """Every partition's rollups current (built for partitions that lack them: a store from before
+    rollups, an ingest that died between a part and its rollups, a new time zone), then days_zone set."""
+    writer.roll_up_all()
+    state = replace(state, days_zone=local_zone())
+    writer.write_state(state)
+    return state

@@ -15,7 +15,7 @@ from hpc_aidc.report.aggregate import Acc, Filters, accumulate
 from hpc_aidc.report.period import Period, iso
 from hpc_aidc.report.rows import REPORT_FIELDS
 from hpc_aidc.scheduler.parse import SACCT_DELIMITER, slurmdbd_down_message, slurmdbd_unreachable
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.scheduler.slurm_cli import SlurmCall, first_error_line
 
 WORKERS_ENV = "HPCAI_REPORT_WORKERS"  # processes for big --from-file inputs (default: one per core)
 PARALLEL_MIN_BYTES = 64 << 20  # below this, one process is faster than starting workers
@@ -37,7 +37,12 @@ def report_sacct_argv(period: Period, filters: Filters) -> list[str]:
 
 
 def _sacct(argv: list[str], needs: str) -> list[str]:
-    proc = run_slurm(argv, timeout=600.0, check=False)
+    return lines_of(SlurmCall(argv, timeout=600.0), needs)
+
+
+def lines_of(call: SlurmCall, needs: str) -> list[str]:
+    """The lines of a started sacct call; its failure as one line that says what `needs` it."""
+    proc = call.result(check=False)
     if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
         raise SlurmError(slurmdbd_down_message(proc.stderr, needs))
     if proc.returncode != 0:
@@ -107,7 +112,12 @@ def accumulate_file(path: Path, period: Period, dimensions: Sequence[str], filte
 
 def window_lines(start: int, end: int, filters: Filters | None = None) -> list[str]:
     """Every allocation that was eligible or running at some time in [start, end] (running ones too)."""
-    return _sacct(report_sacct_argv(Period(start, end, end), filters or Filters()), "The report store")
+    return lines_of(start_window_lines(start, end, filters), "The report store")
+
+
+def start_window_lines(start: int, end: int, filters: Filters | None = None) -> SlurmCall:
+    """window_lines' sacct call, started: `lines_of` gives its lines."""
+    return SlurmCall(report_sacct_argv(Period(start, end, end), filters or Filters()), timeout=600.0)
 
 
 def job_lines(job_ids: Sequence[str]) -> list[str]:

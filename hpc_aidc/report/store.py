@@ -2,12 +2,13 @@
 
     state.json                                   watermark, longest span, jobs awaiting energy (0644)
     jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
+    rollups/account=<account>/month=<YYYY-MM>/{days,waits}-<gen>.parquet    daily sums (store_rollup)
 
-`jobs/account=<a>` and everything below belong to root and the Unix group named like the account (when
-there is one; else root's group), mode 0750/0640: a project's members read its rows, nobody else can,
-whatever path they try. Only the ingest writes (as root, under a lock), each file whole (temporary
-file + rename), so a reader sees the old or the new file, never half of one; a reader that lists a part
-the ingest has just merged away retries once.
+`jobs/account=<a>`, `rollups/account=<a>` and everything below them belong to root and the Unix group named
+like the account (when there is one; else root's group), mode 0750/0640: a project's members read its rows,
+nobody else can, whatever path they try. Only the ingest writes (as root, under a lock), each file whole
+(temporary file + rename), so a reader sees the old or the new file, never half of one; a reader that lists a
+part the ingest has just merged away retries once.
 
 Upsert: rows are keyed by store_table.KEY. A row whose key is stored with the same summary and
 state is skipped; one that changed (a summary that arrived late) replaces the stored row; new rows go
@@ -22,7 +23,9 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,13 +40,17 @@ if TYPE_CHECKING:
 
 STATE = "state.json"
 JOBS = "jobs"
+ROLLUPS = "rollups"  # a tree of its own, so engines reading jobs/ see one schema
 LOCK = ".ingest.lock"
 MAX_PARTS = 8
+ROW_GROUP = 4096  # rows: small enough that a report over whole days skips most of a part (read_order)
 _SIGNATURE = ("comment_hash", "state", "multi_run")
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
+_ROLLUP = re.compile(r"(days|waits)-([0-9]{8})\.parquet")
+DAYS, WAITS = "days", "waits"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class StoreState:
     max_span_s: int = 0  # longest end - (start or submit) stored: how far back a month's jobs began
     awaiting: tuple[str, ...] = field(default=())  # job ids stored while their energy was still spooled
     schema: int = SCHEMA_VERSION
+    days_zone: str | None = None  # the time zone whose local days the rollups sum (store_rollup.local_zone)
 
 
 def account_dir_name(account: str) -> str:
@@ -76,7 +84,8 @@ def read_state(root: Path) -> StoreState | None:
         raise ConfigError(f"Expected report store schema {SCHEMA_VERSION} at {root}. Got {data.get('schema')!r}. "
                           "Add --live for now; admins rebuild it: move the store aside, then "
                           "`hpcai report ingest --since <first day>` (docs/report-store.md).")
-    return StoreState(data.get("watermark"), int(data.get("max_span_s", 0)), tuple(data.get("awaiting", ())))
+    return StoreState(data.get("watermark"), int(data.get("max_span_s", 0)), tuple(data.get("awaiting", ())),
+                      days_zone=data.get("days_zone"))
 
 
 def _group_id(account: str) -> int:
@@ -129,11 +138,12 @@ class StoreWriter:
             os.close(fd)
 
     @contextlib.contextmanager
-    def partition(self, account: str, month: str) -> Iterator[int]:
+    def partition(self, account: str, month: str, tree: str = JOBS) -> Iterator[int]:
+        """A directory fd on `<tree>/account=<account>/month=<month>`, created root:<group> 0750."""
         gid = _group_id(account)
         fds = [os.open(self.root, DIR_FLAGS)]
         try:
-            fds.append(_mkdir_at(fds[-1], JOBS, 0, 0o755))
+            fds.append(_mkdir_at(fds[-1], tree, 0, 0o755))
             fds.append(_mkdir_at(fds[-1], account_dir_name(account), gid, DIR_MODE))
             fds.append(_mkdir_at(fds[-1], f"month={month}", gid, DIR_MODE))
             yield fds[-1]
@@ -175,9 +185,10 @@ class StoreWriter:
             if replaced:
                 tables = [t.filter(pa.array([k not in replaced for k in _keys(t)])) for t in tables]
             tables.append(rows.take(pa.array(fresh, pa.int64())).select(list(arrow_schema().names)))
-            merged = pa.concat_tables(tables).sort_by([("end", "ascending")])
+            merged = read_order(pa.concat_tables(tables))
             first = _gens(parts[start])[0] if start < len(parts) else _next_gen(parts)
-            self._replace(fd, parts[start:], merged, f"part-{first:08d}-{_next_gen(parts):08d}.parquet", gid)
+            name = f"part-{first:08d}-{_next_gen(parts):08d}.parquet"
+            self._replace(fd, parts[start:], merged, name, gid)  # its rollups are stale now: roll_up_all
             return len(fresh)
 
     @staticmethod
@@ -186,12 +197,87 @@ class StoreWriter:
         import pyarrow.parquet as pq
 
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=64 * 1024)
+        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
         atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None,
                         durable=False)
         for part in old:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part, dir_fd=fd)
+
+    def _partitions(self) -> Iterator[tuple[str, str]]:
+        jobs = self.root / JOBS
+        for account_dir in sorted(os.listdir(jobs)) if jobs.is_dir() else []:
+            if account_dir.startswith("account="):
+                for month_dir in sorted(os.listdir(jobs / account_dir)):
+                    if month_dir.startswith("month="):
+                        yield account_dir[len("account="):], month_dir[len("month="):]
+
+    def roll_up_all(self) -> int:
+        """Build the rollups of every partition whose rollups are missing or older than its parts: those the
+        ingest changed (once per ingest, not per window), a store from before rollups, an ingest that died
+        before it got here; how many. Until then readers use rows for them (store.list_store)."""
+        built = 0
+        for account, month in self._partitions():
+            with self.partition(account, month) as fd:
+                parts = live_parts(os.listdir(fd))
+                if parts and current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) /
+                                                      f"month={month}"), parts) is None:
+                    self._roll_up(account, month, fd, parts)
+                    built += 1
+        return built
+
+    def drop_rollups(self) -> None:
+        """Remove every rollup (they are built again from the parts)."""
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.root / ROLLUPS)
+
+    def _roll_up(self, account: str, month: str, parts_fd: int, parts: list[str]) -> None:
+        """Write the partition's rollups (store_rollup) over `parts`, named by their last generation,
+        then remove older ones. Readers take rollups only when their generation is the parts'."""
+        import pyarrow.parquet as pq
+
+        from hpc_aidc.report.store_rollup import build
+
+        gen = max(_gens(n)[1] for n in parts)
+        gid = _group_id(account)
+        tables = build([_fd_path(parts_fd, n) for n in parts])
+        with self.partition(account, month, ROLLUPS) as fd:
+            for kind, table in zip((DAYS, WAITS), tables, strict=True):
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression="zstd", row_group_size=256 * 1024)
+                atomic_write_at(fd, f"{kind}-{gen:08d}.parquet", buf.getvalue(), FILE_MODE,
+                                (0, gid) if os.geteuid() == 0 else None, durable=False)
+            for old in os.listdir(fd):
+                m = _ROLLUP.fullmatch(old)
+                if m and int(m.group(2)) != gen:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old, dir_fd=fd)
+
+
+def _listing(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def read_order(table: pa.Table) -> pa.Table:
+    """The part's row order: rows a report over whole days may have to read (jobs that ran more than
+    once, then jobs that crossed a midnight or never ran) before the rest, each by end. Row groups of
+    the rest then span a few hours of ends, so row-group statistics skip them for any whole days the
+    rollups answer for (store_query reads rows only at a period's edges)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    offset = time.localtime().tm_gmtoff  # local days, near enough: the order only makes reads fast
+    start, end = table.column("start"), table.column("end")
+    day = pc.floor(pc.divide(pc.add(pc.cast(start, pa.float64()), offset), 86400))
+    crossed = pc.fill_null(pc.not_equal(day, pc.floor(pc.divide(pc.add(pc.cast(end, pa.float64()), offset), 86400))),
+                           True)
+    ordered = table.append_column("_multi", pc.invert(table.column("multi_run"))).append_column(
+        "_crossed", pc.invert(crossed))
+    return ordered.sort_by([("_multi", "ascending"), ("_crossed", "ascending"), ("end", "ascending")]).drop_columns(
+        ["_multi", "_crossed"])
 
 
 def _keys(table: pa.Table) -> list[tuple[object, ...]]:
@@ -221,19 +307,41 @@ def live_parts(names: list[str]) -> list[str]:
     return [n for (a, b), n in spans if not any(c <= a and b <= d and (c, d) != (a, b) for (c, d), _ in spans)]
 
 
+def current_rollups(names: list[str], parts: list[str]) -> tuple[str, str] | None:
+    """The partition's (days, waits) rollup files when they cover exactly its live `parts`, else None."""
+    if not parts:
+        return None
+    gen = max(_gens(n)[1] for n in parts)
+    days, waits = f"{DAYS}-{gen:08d}.parquet", f"{WAITS}-{gen:08d}.parquet"
+    return (days, waits) if days in names and waits in names else None
+
+
 def _fd_path(fd: int, name: str) -> str:
     return f"/proc/self/fd/{fd}/{name}"
 
 
-def readable_parts(root: Path, accounts: frozenset[str] | None, months: list[str]) -> tuple[list[str], set[str]]:
-    """Files of the given months for `accounts` (None: every account), and the accounts whose
-    partitions this process may not read (their data must come from Slurm instead)."""
+@dataclass(frozen=True)
+class Listing:
+    """What a reader found: part files, and each partition's current rollups (days, waits) when every
+    partition listed has them (else both empty: rollups are used for all partitions or none)."""
+
+    files: tuple[str, ...]
+    days: tuple[str, ...]
+    waits: tuple[str, ...]
+    denied: frozenset[str]  # accounts whose partitions this process may not read
+
+
+def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -> Listing:
+    """The store's files of the given months for `accounts` (None: every account)."""
     jobs = root / JOBS
     try:
         names = os.listdir(jobs)
     except FileNotFoundError:
-        return [], set()
+        return Listing((), (), (), frozenset())
     files: list[str] = []
+    days: list[str] = []
+    waits: list[str] = []
+    complete = True
     denied: set[str] = set()
     for entry in sorted(names):
         if not entry.startswith("account="):
@@ -244,10 +352,24 @@ def readable_parts(root: Path, accounts: frozenset[str] | None, months: list[str
         for month in months:
             d = jobs / entry / f"month={month}"
             try:
-                files += [str(d / n) for n in live_parts(os.listdir(d))]
+                listing = os.listdir(d)
             except FileNotFoundError:
                 continue
             except PermissionError:
                 denied.add(account)
                 break
-    return files, denied
+            parts = live_parts(listing)
+            files += [str(d / n) for n in parts]
+            r = root / ROLLUPS / entry / f"month={month}"
+            try:
+                rollups = current_rollups(_listing(r), parts)
+            except PermissionError:
+                rollups = None
+            if rollups is None:
+                complete = complete and not parts
+            else:
+                days.append(str(r / rollups[0]))
+                waits.append(str(r / rollups[1]))
+    if not complete:
+        days, waits = [], []
+    return Listing(tuple(files), tuple(days), tuple(waits), frozenset(denied))

@@ -8,19 +8,23 @@ Pure apart from DuckDB reading the files it is given."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import Acc, Filters, Report, check_dimensions, finish
 from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow
 from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets
-from hpc_aidc.report.site import SiteData, bucket_dim
+from hpc_aidc.report.store_rollup import midnight
 from hpc_aidc.report.store_table import arrow_schema
 from hpc_aidc.site import Prices
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from hpc_aidc.report.site import SiteData
 
 _USED = ("job_id_raw", "user", "partition", "state", "cpus", "gpus", "nodes", "submit", "eligible", "start", "end",
          "comment_hash", "e_known", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens", "e_samples",
@@ -28,8 +32,11 @@ _USED = ("job_id_raw", "user", "partition", "state", "cpus", "gpus", "nodes", "s
 _SUMS = ("gpu_s", "cpu_s", "node_s", "gpu_j", "energy_gpu_s", "cpu_j", "energy_cpu_s", "simulated_gpu_s",
          "util_weighted", "util_gpu_s", "idle_gpu_s", "token_j", "tokens", "sample_j", "samples")
 
-# $1 p0, $2 p1, $3 now. `head` is where a row's job count and queue wait go (the bucket holding its first
-# second in the period), `parts` where its usage goes (every bucket it spans).
+# $1 p0, $2 p1, $3 now; {d0}, {dn}: the whole local days the rollups answer for (d0 = dn = p1: none).
+# `head` marks a row whose job count and queue wait this query counts: where it goes is the bucket holding
+# its first second in the period (`a`); `parts` are where its usage goes (every bucket it spans). A row of
+# the rollups (`edge`) counts here only outside the whole days: its head when its first second (not `a`,
+# which a job begun before the period has at p0) is outside them, its usage in the parts outside them.
 _ROWS = """
 r AS (
   SELECT *, start IS NULL AS never_ran,
@@ -42,7 +49,8 @@ p AS (
   WHERE (never_ran AND submit >= $1 AND submit < $2) OR (NOT never_ran AND start < $2 AND stop >= $1)),
 c AS (
   SELECT *, NOT never_ran AND "end" IS NOT NULL AND state <> 'REQUEUED' AND b > a AND e_known AS cand,
-         CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS since
+         CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS since,
+         NOT edge OR coalesce(start, submit) < {d0} OR coalesce(start, submit) >= {dn} AS head
   FROM p)
 """
 
@@ -55,22 +63,24 @@ SELECT hash(job_id_raw, submit, start) FROM (
 WHERE cand AND rn > 1
 """
 
+# A row's seconds inside [x, y) and outside the whole days (all of them for a row not in the rollups).
+_SECS = ("CASE WHEN edge THEN greatest(0, least(b, {y}, {d0}) - greatest(a, {x})) + "
+         "greatest(0, least(b, {y}) - greatest(a, {x}, {dn})) ELSE least(b, {y}) - greatest(a, {x}) END")
+
 _COUNTED = """,
 e AS (
-  SELECT *, {counted} AS counted, b - a AS secs,
-         CASE WHEN stop - start > 0 THEN (b - a) / (stop - start) ELSE 1.0 END AS frac
+  SELECT *, {counted} AS counted, {secs} AS secs,
+         CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac,
+         CASE WHEN NOT never_ran AND start >= $1 AND start < $2 AND since IS NOT NULL AND start >= since
+              AND head THEN start - since END AS wait
   FROM c)
 """
 
-_WAIT_QUANTILES = """quantile_cont(CASE WHEN NOT never_ran AND start >= $1 AND start < $2 AND since IS NOT NULL
-                                AND start >= since THEN start - since END, [0.5, 0.9])"""
-
 _HEAD_AGGREGATES = """
-  count(*) FILTER (state <> 'REQUEUED') AS jobs,
-  count(*) FILTER (state = 'REQUEUED') AS requeues,
-  count(*) FILTER (state <> 'REQUEUED' AND NOT never_ran AND "end" IS NULL) AS running,
-  histogram(state) FILTER (state <> 'REQUEUED') AS states,
-  """ + _WAIT_QUANTILES + " AS waits"
+  count(*) FILTER (head AND state <> 'REQUEUED') AS jobs,
+  count(*) FILTER (head AND state = 'REQUEUED') AS requeues,
+  count(*) FILTER (head AND state <> 'REQUEUED' AND NOT never_ran AND "end" IS NULL) AS running,
+  histogram(state) FILTER (head AND state <> 'REQUEUED') AS states"""
 
 _PART_AGGREGATES = """
   sum(gpus * secs)::DOUBLE AS gpu_s, sum(cpus * secs)::DOUBLE AS cpu_s, sum(nodes * secs)::DOUBLE AS node_s,
@@ -86,6 +96,20 @@ _PART_AGGREGATES = """
   sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
   sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
   sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
+"""
+
+# Exact queue-wait quantiles (aggregate.quantile's rule: linear between the order statistics around
+# (n - 1) q) over a multiset given as (wait, n) pairs: the raw rows' waits and the rollups'.
+_QUANTILES = """
+g AS (SELECT {keys}{comma} wait, sum(n) AS n FROM w GROUP BY ALL),
+c AS (SELECT *, sum(n) OVER ({part} ORDER BY wait) AS cum, sum(n) OVER ({part}) AS total FROM g),
+q AS (SELECT *, (total - 1)::DOUBLE * 0.5 AS p5, (total - 1)::DOUBLE * 0.9 AS p9 FROM c)
+SELECT {keys}{comma}
+  min(wait) FILTER (cum > floor(p5)) AS lo5, min(wait) FILTER (cum > least(floor(p5) + 1, total - 1)) AS hi5,
+  any_value(p5) AS p5,
+  min(wait) FILTER (cum > floor(p9)) AS lo9, min(wait) FILTER (cum > least(floor(p9) + 1, total - 1)) AS hi9,
+  any_value(p9) AS p9
+FROM q GROUP BY ALL
 """
 
 
@@ -112,7 +136,7 @@ class _Store:
             raise ConfigError("Expected the duckdb package to read the site's report store. Got none installed. "
                               "Run `pip install 'hpc-aidc[report]'`, or add --live to read Slurm directly.") from None
         self._error = duckdb.Error
-        self.con = duckdb.connect()
+        self.con = duckdb.connect(config={"preserve_insertion_order": False})
         self.con.register("tail", tail if tail is not None else tail_schema_only())
 
     def register(self, name: str, table: pa.Table) -> None:
@@ -135,12 +159,25 @@ def _connect(tail: pa.Table | None) -> _Store:
 
 
 def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, filters: Filters,
-            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (), only: str = "TRUE") -> str:
+            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (), only: str = "TRUE",
+            whole_days: tuple[int, int] | None = None) -> str:
     """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
     the store does not hold (not ended, or ended after the watermark), except the jobs in `from_tail`,
-    whose runs all come from the tail; `only`: a further condition on the rows."""
+    whose runs all come from the tail; `only`: a further condition on the rows. With `whole_days`
+    (d0, dn), the rows the rollups hold whole (single-run jobs that began and ended inside) are left out
+    and the others get `edge`: true for rows of the rollups, whose parts inside the days count there."""
     where = _filter_sql(filters, params) + f" AND {only}"
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
+    file_names = tail_names = names
+    outside = ["TRUE"]  # the store's rows to read, as conditions row-group statistics can skip on
+    if whole_days is not None:
+        d0, dn = (int(d) for d in whole_days)
+        file_names += ", NOT multi_run AS edge"
+        tail_names += ", FALSE AS edge"
+        if d0 < dn:
+            outside = ["multi_run", f"NOT multi_run AND start < {d0}",
+                       f'NOT multi_run AND start >= {d0} AND "end" > {dn}',
+                       f"NOT multi_run AND start IS NULL AND (submit < {d0} OR submit >= {dn})"]
     sources = []
     tail_jobs = "FALSE"
     if from_tail:
@@ -148,16 +185,21 @@ def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, 
         tail_jobs = f"list_contains(${len(params)}, job_id_raw)"
     if files:
         params.append(list(files))
-        sources.append(f"SELECT {names} FROM read_parquet(${len(params)}, hive_partitioning = true, "
-                       "hive_types = {'account': VARCHAR, 'month': VARCHAR}) "
-                       f'WHERE {where} AND "end" >= $1 AND NOT {tail_jobs}')
+        files_param = len(params)
+        sources += [f"SELECT {file_names} FROM {_parquet(files_param)} "
+                    f'WHERE {where} AND "end" >= $1 AND NOT {tail_jobs} AND {cond}' for cond in outside]
     if tail is not None and tail.num_rows:
         params.append(watermark if watermark is not None else -1)
-        sources.append(f'SELECT {names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" > ${len(params)} '
+        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" > ${len(params)} '
                        f"OR {tail_jobs})")
     if not sources:
-        sources.append(f"SELECT {names} FROM tail")
+        sources.append(f"SELECT {tail_names} FROM tail")
     return " UNION ALL ".join(sources)
+
+
+def _parquet(param: int) -> str:
+    return (f"read_parquet(${param}, hive_partitioning = true, "
+            "hive_types = {'account': VARCHAR, 'month': VARCHAR})")
 
 
 def tail_schema_only() -> pa.Table:
@@ -167,17 +209,38 @@ def tail_schema_only() -> pa.Table:
     return schema.empty_table()
 
 
+@dataclass(frozen=True)
+class Rollups:
+    """The rollup files (store_rollup) of every partition a report reads."""
+
+    days: tuple[str, ...]
+    waits: tuple[str, ...]
+
+
+def whole_days(period: Period, rollups: Rollups | None) -> tuple[int, int]:
+    """The local days [d0, dn) inside the period that the rollups answer for; (p1, p1): none."""
+    if rollups is None or not rollups.days:
+        return period.end, period.end
+    d0, dn = midnight(period.start, after=True), midnight(period.end, after=False)
+    return (d0, dn) if d0 < dn else (period.end, period.end)
+
+
 def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-               dimensions: Sequence[str], filters: Filters | None = None, from_tail: Sequence[str] = ()
-               ) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
+               dimensions: Sequence[str], filters: Filters | None = None, from_tail: Sequence[str] = (),
+               rollups: Rollups | None = None) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
     """Per-group sums and queue-wait quantiles (median, p90), and the same for the total."""
     dims = check_dimensions(dimensions)
     time_dim = next((d for d in dims if d in TIME_DIMENSIONS), None)
     con = _connect(tail)
     flt = filters or Filters()
+    if rollups is not None and from_tail and _stored_single_runs(con, files, from_tail, watermark):
+        rollups = None  # their stored rows are in the rollups, but this report takes them from the tail
+    d0, dn = whole_days(period, rollups)
+    days = {"d0": d0, "dn": dn}
 
     def rows_sql(params: list[Any], only: str = "TRUE") -> str:
-        return "WITH src AS (" + _source(files, tail, watermark, flt, params, _USED, from_tail, only) + "),\n" + _ROWS
+        src = _source(files, tail, watermark, flt, params, _USED, from_tail, only, (d0, dn))
+        return "WITH src AS (" + src + "),\n" + _ROWS.format(**days)
 
     params: list[Any] = [period.start, period.end, period.now]
     repeats = [r[0] for r in con.execute(rows_sql(params, "multi_run") + _REPEATS, params).fetchall()]
@@ -188,67 +251,105 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
         params.append(repeats)
         counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
                    "hash(job_id_raw, submit, start)) ELSE TRUE END")
-    sql += _COUNTED.format(counted=counted)
+    sql += _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days))
+    con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
     key_of = {"account": "account", "user": '"user"', "partition": "partition"}
-    if time_dim is None:
-        keys = ", ".join(key_of[d] for d in dims)
-        # one pass: a row is its own one part (secs = b - a; 0 for a job that never ran). The total is the
-        # groups' sums (below), but for its quantiles: a grouping set would aggregate everything twice.
-        rows = con.execute(sql + f"SELECT {keys}, 0 AS g, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} "
-                           f"FROM e GROUP BY {keys}", params).fetchall()
-        heads = [r[:len(dims) + 6] for r in rows]
-        sums = [(*r[:len(dims) + 1], *r[len(dims) + 6:]) for r in rows]
-        q = con.execute(sql + f"SELECT {_WAIT_QUANTILES} FROM e", params).fetchone()
-        total_quantiles: Quantiles | None = (q[0][0], q[0][1]) if q and q[0] is not None else (None, None)
-    else:
+    head_join = part_join = day_join = ""
+    if time_dim is not None:
         import pyarrow as pa
 
         cal = buckets(period, time_dim)
         con.register("buckets", pa.table({"label": list(cal.labels), "s": list(cal.starts), "e": list(cal.ends)}))
         key_of[time_dim] = "label"
-        keys = ", ".join(key_of[d] for d in dims)
-        total_quantiles = None
-        con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
-        heads = con.execute(f"SELECT {keys}, GROUPING({keys}) AS g, {_HEAD_AGGREGATES} FROM rows "
-                            "JOIN buckets h ON h.s <= rows.a AND rows.a < h.e "
-                            f"GROUP BY GROUPING SETS (({keys}), ())", params[:2]).fetchall()
-        sums = con.execute(f"SELECT {keys}, GROUPING({keys}) AS g, {_PART_AGGREGATES} FROM ("
-                           "SELECT rows.* REPLACE (least(rows.b, h.e) - greatest(rows.a, h.s) AS secs, "
-                           "CASE WHEN stop - start > 0 THEN (least(rows.b, h.e) - greatest(rows.a, h.s)) / "
-                           "(stop - start) ELSE 1.0 END AS frac), h.label FROM rows JOIN buckets h "
-                           "ON h.s < rows.b AND h.e > rows.a WHERE NOT rows.never_ran) "
-                           f"GROUP BY GROUPING SETS (({keys}), ())").fetchall()
+        head_join = "JOIN buckets h ON h.s <= rows.a AND rows.a < h.e"
+        part_join = "JOIN buckets h ON h.s < rows.b AND h.e > rows.a"
+        day_join = "JOIN buckets h ON h.s <= day AND day < h.e"
+    keys = ", ".join(key_of[d] for d in dims)
+    if time_dim is None:  # a row is its own one part
+        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
+        sums = [(*r[:len(dims)], *r[len(dims) + 4:]) for r in heads]
+    else:
+        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM rows {head_join} WHERE head GROUP BY ALL"
+                            ).fetchall()
+        secs = _SECS.format(x="h.s", y="h.e", **days)
+        sums = con.execute(f"SELECT {keys}, {_PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
+                           f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
+                           f"h.label FROM rows {part_join} WHERE NOT rows.never_ran) GROUP BY ALL").fetchall()
+    rolled: list[Any] = []
+    wparams: list[Any] = []
+    waits_sql = f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL"
+    if d0 < dn and rollups is not None:
+        rparams: list[Any] = [list(rollups.days)]
+        where = _filter_sql(flt, rparams) + f" AND day >= {d0} AND day < {dn}"
+        rolled = con.execute(
+            f"SELECT {keys}, sum(h) FILTER (state <> 'REQUEUED'), sum(h) FILTER (state = 'REQUEUED'), 0, "
+            "map_from_entries(list((state, h)) FILTER (state <> 'REQUEUED' AND h > 0)), "
+            + ", ".join(f"sum({name})" for name in _SUMS) + " FROM ("
+            f"SELECT {keys}, state, sum(heads) AS h, "
+            + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
+            + f" FROM {_parquet(1)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
+        wparams.append(list(rollups.waits))
+        waits_sql += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} "
+                      f"WHERE {_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
+    quantiles = {tuple(str(v) for v in r[:len(dims)]): _quantiles(r[len(dims):])
+                 for r in con.execute("WITH w AS (" + waits_sql + "),\n" + _QUANTILES.format(
+                     keys=keys, comma=",", part=f"PARTITION BY {keys}"), wparams).fetchall()}
+    total_sql = waits_sql.replace(f"SELECT {keys}, wait", "SELECT wait")
+    total_rows = con.execute("WITH w AS (" + total_sql + "),\n" + _QUANTILES.format(keys="", comma="", part=""),
+                             wparams).fetchall()
+    total_quantiles = _quantiles(total_rows[0]) if total_rows else (None, None)
     con.close()
     n = len(dims)
-    accs: dict[tuple[str, ...] | None, Acc] = {}
-    waits: dict[tuple[str, ...] | None, Quantiles] = {}
-    for row in heads:
-        key = None if row[n] else tuple(str(v) for v in row[:n])
-        acc = accs.setdefault(key, Acc())
-        acc.jobs, acc.requeues, acc.running = row[n + 1], row[n + 2], row[n + 3]
-        acc.states = {str(k): int(v) for k, v in (row[n + 4] or {}).items()}
-        q = row[n + 5]
-        waits[key] = (q[0], q[1]) if q is not None else (None, None)
-    for row in sums:
-        key = None if row[n] else tuple(str(v) for v in row[:n])
-        acc = accs.setdefault(key, Acc())
-        for name, value in zip(_SUMS, row[n + 1:], strict=True):
-            setattr(acc, name, float(value or 0.0))
-    total = accs.pop(None, None)
-    if total is None:  # the groups' sums
-        total = Acc()
-        for acc in accs.values():
-            total.merge(acc)
-    total_waits = waits.pop(None, (None, None)) if total_quantiles is None else total_quantiles
-    lines = [(key, accs[key], waits.get(key, (None, None))) for key in sorted(k for k in accs if k is not None)]
-    return lines, (total, total_waits)
+    accs: dict[tuple[str, ...], Acc] = {}
+    for row in [*heads, *rolled]:
+        acc = accs.setdefault(tuple(str(v) for v in row[:n]), Acc())
+        acc.jobs += int(row[n] or 0)
+        acc.requeues += int(row[n + 1] or 0)
+        acc.running += int(row[n + 2] or 0)
+        for state, count in (row[n + 3] or {}).items():
+            acc.states[str(state)] = acc.states.get(str(state), 0) + int(count)
+    for row in [*sums, *((*r[:n], *r[n + 4:]) for r in rolled)]:
+        acc = accs.setdefault(tuple(str(v) for v in row[:n]), Acc())
+        for name, value in zip(_SUMS, row[n:], strict=True):
+            setattr(acc, name, getattr(acc, name) + float(value or 0.0))
+    total = Acc()
+    for acc in accs.values():
+        acc.states = dict(sorted(acc.states.items()))
+        total.merge(acc)
+    lines = [(key, accs[key], quantiles.get(key, (None, None))) for key in sorted(accs)]
+    return lines, (total, total_quantiles)
+
+
+def _quantiles(row: Sequence[Any]) -> Quantiles:
+    """(median, p90) from _QUANTILES' lo5, hi5, p5, lo9, hi9, p9."""
+    out = []
+    for lo, hi, pos in (row[0:3], row[3:6]):
+        out.append(None if lo is None else lo + (hi - lo) * (pos - math.floor(pos)))
+    return out[0], out[1]
+
+
+def _stored_single_runs(con: _Store, files: Sequence[str], jobs: Sequence[str], watermark: int | None) -> bool:
+    """Whether any of `jobs` has a stored row the rollups hold (a job that ran once when stored). A job with
+    a REQUEUED or NODE_FAIL run that ended by the watermark had all its runs stored as multi_run; only the
+    others (requeued after they finished, in the last minutes) are looked up in the files."""
+    if not files:
+        return False
+    rows = con.execute("SELECT DISTINCT job_id_raw FROM tail WHERE list_contains($1, job_id_raw) AND job_id_raw NOT "
+                       "IN (SELECT job_id_raw FROM tail WHERE \"end\" <= $2 AND state IN ('REQUEUED', 'NODE_FAIL'))",
+                       [sorted(jobs), watermark if watermark is not None else -1]).fetchall()
+    jobs = [r[0] for r in rows]
+    if not jobs:
+        return False
+    rows = con.execute("SELECT count(*) FROM read_parquet($1) WHERE NOT multi_run AND list_contains($2, job_id_raw)",
+                       [list(files), sorted(jobs)]).fetchall()
+    return bool(rows[0][0])
 
 
 def store_report(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
                  dimensions: Sequence[str], prices: Prices, filters: Filters | None = None,
-                 from_tail: Sequence[str] = ()) -> Report:
+                 from_tail: Sequence[str] = (), rollups: Rollups | None = None) -> Report:
     dims = check_dimensions(dimensions)
-    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail)
+    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail, rollups)
     return Report(period, dims, tuple(finish(key, acc, prices, q) for key, acc, q in lines),
                   finish(("total",) + ("",) * (len(dims) - 1), total, prices, total_waits), prices.currency)
 
@@ -288,9 +389,12 @@ def job_stats(files: Sequence[str], tail: pa.Table | None, watermark: int | None
 
 
 def site_data_from_store(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-                         filters: Filters, prices: Prices, from_tail: Sequence[str] = ()) -> SiteData:
+                         filters: Filters, prices: Prices, from_tail: Sequence[str] = (),
+                         rollups: Rollups | None = None) -> SiteData:
+    from hpc_aidc.report.site import SiteData, bucket_dim
+
     def report(*dims: str) -> Report:
-        return store_report(files, tail, watermark, period, dims, prices, filters, from_tail)
+        return store_report(files, tail, watermark, period, dims, prices, filters, from_tail, rollups)
 
     return SiteData(report("account"), report("account", bucket_dim(period)), report("account", "user"),
                     job_stats(files, tail, watermark, period, filters, TOP_JOBS, from_tail))

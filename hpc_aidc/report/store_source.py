@@ -13,11 +13,14 @@ from hpc_aidc.report import source
 from hpc_aidc.report.aggregate import Filters
 from hpc_aidc.report.ingest import with_every_run
 from hpc_aidc.report.period import Period
-from hpc_aidc.report.store import read_state, readable_parts
+from hpc_aidc.report.store import list_store, read_state
+from hpc_aidc.report.store_rollup import local_zone
 from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from hpc_aidc.report.store_query import Rollups
 
 STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopped running
 
@@ -31,6 +34,7 @@ class StoreInputs:
     # jobs that ran more than once and have a run in the tail: all their runs come from the tail (the
     # stored ones may predate the final summary, which Slurm writes onto every run)
     from_tail: tuple[str, ...] = ()
+    rollups: Rollups | None = None  # the partitions' daily rollups, when all have them (store_rollup)
 
 
 def months_between(start: int, end: int) -> list[str]:
@@ -55,11 +59,20 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
     wm = state.watermark
     accounts = None if all_accounts and not filters.accounts else frozenset(filters.accounts)
     months = months_between(period.start, max(period.start, min(wm, period.end + state.max_span_s)))
-    files, denied = readable_parts(root, accounts, months)
-    if denied:
-        return None
     tail_start = min(wm, period.now)
-    lines = source.window_lines(tail_start, max(period.now, tail_start + 1), filters)
+    call = source.start_window_lines(tail_start, max(period.now, tail_start + 1), filters)
+    listing = list_store(root, accounts, months)
+    if listing.denied:
+        call.cancel()
+        return None
+    import duckdb  # noqa: F401  (imported while sacct answers: the query needs it next)
+    import pyarrow  # noqa: F401
+    rollups = None
+    if listing.days and state.days_zone == local_zone():  # the rollups' days are this machine's local days
+        from hpc_aidc.report.store_query import Rollups
+
+        rollups = Rollups(listing.days, listing.waits)
+    lines = source.lines_of(call, "The report store")
     multi = multi_run_ids(lines)
     if multi:
         lines = with_every_run(lines, source.job_lines)
@@ -68,4 +81,4 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(wm))
         note = (f"note: the report store was last brought up to date at {when}; what ended since comes from "
                 "Slurm (slower). Ask your admins to check `hpcai report ingest`.")
-    return StoreInputs(tuple(files), to_table(lines, finished_only=False), wm, note, tuple(sorted(multi)))
+    return StoreInputs(listing.files, to_table(lines, finished_only=False), wm, note, tuple(sorted(multi)), rollups)

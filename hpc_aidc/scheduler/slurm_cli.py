@@ -14,26 +14,47 @@ def slurm_available(command: str = "sbatch") -> bool:
     return shutil.which(command) is not None
 
 
+class SlurmCall:
+    """A Slurm client command started now and answered later, so the caller's own work (imports, file
+    listings) overlaps Slurm's answer; `result` raises the errors run_slurm raises."""
+
+    def __init__(self, argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.argv, self.stdin, self.timeout = list(argv), stdin, timeout
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         env={**os.environ, **env} if env else None)
+        except FileNotFoundError:
+            raise SlurmError(
+                f"Expected Slurm's client command {argv[0]!r} on PATH. Got none. Run hpcai on a login node "
+                "(or `hpcai devcluster up` for the dev cluster)."
+            ) from None
+
+    def result(self, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            out, err = self.proc.communicate(self.stdin, timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise SlurmError(
+                f"Expected {self.argv[0]} to answer within {self.timeout:.0f} s. Got no answer. Slurm may be "
+                "overloaded or down; try again shortly or ask your admins."
+            ) from None
+        proc = subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            raise SlurmError(f"{self.argv[0]} failed: {first_error_line(proc.stderr or proc.stdout)}")
+        return proc
+
+    def cancel(self) -> None:
+        self.proc.kill()
+        self.proc.communicate()
+
+
 def run_slurm(argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0,
               check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a Slurm client command; a failure becomes a one-line SlurmError with Slurm's own words.
     `env`: variables added to this process's environment (sbatch passes them on to the job)."""
-    try:
-        proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=timeout,
-                              check=False, env={**os.environ, **env} if env else None)
-    except FileNotFoundError:
-        raise SlurmError(
-            f"Expected Slurm's client command {argv[0]!r} on PATH. Got none. Run hpcai on a login node "
-            "(or `hpcai devcluster up` for the dev cluster)."
-        ) from None
-    except subprocess.TimeoutExpired:
-        raise SlurmError(
-            f"Expected {argv[0]} to answer within {timeout:.0f} s. Got no answer. Slurm may be overloaded "
-            "or down; try again shortly or ask your admins."
-        ) from None
-    if check and proc.returncode != 0:
-        raise SlurmError(f"{argv[0]} failed: {first_error_line(proc.stderr or proc.stdout)}")
-    return proc
+    return SlurmCall(argv, stdin=stdin, timeout=timeout, env=env).result(check=check)
 
 
 def first_error_line(text: str) -> str:

@@ -5,7 +5,9 @@ an interruption, and counts a late energy summary once; readers never see a row 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,15 @@ from hpc_aidc.report.jobs import JobEnergyRow
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.rows import format_row
 from hpc_aidc.report.site import site_data
-from hpc_aidc.report.store import StoreState, StoreWriter, live_parts, read_state, readable_parts
-from hpc_aidc.report.store_query import site_data_from_store, store_report
+from hpc_aidc.report.store import StoreState, StoreWriter, list_store, live_parts, read_state
+from hpc_aidc.report.store_query import Rollups, site_data_from_store, store_report
 from hpc_aidc.report.store_source import months_between
 from hpc_aidc.report.store_table import to_table
 from hpc_aidc.site import Prices
 
 PRICES = Prices(gpu_hour=2.0, kwh=0.3)
 OCT = (at("2026-10-01T00:00"), at("2026-11-01T00:00"))
+MONTHS = months_between(OCT[0] - 40 * 86400, OCT[1] + 40 * 86400)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,12 @@ def assert_same(a: Report, b: Report) -> None:
                 assert vx == vy, (x.key, name)
 
 
+def _rollups(root: Path, months: list[str]) -> Rollups:
+    listing = list_store(root, None, months)
+    assert listing.days and len(listing.days) == len(listing.waits), "every partition has its rollups"
+    return Rollups(listing.days, listing.waits)
+
+
 def _store(tmp_path: Path, lines: Sequence[str], upto: int | None = None) -> tuple[Path, list[str]]:
     """A store holding the finished rows of `lines` that ended by `upto`; returns it and its month files."""
     root = tmp_path / "store"
@@ -57,7 +66,8 @@ def _store(tmp_path: Path, lines: Sequence[str], upto: int | None = None) -> tup
             writer.write_state(StoreState(upto, state.max_span_s))
     state = read_state(root)
     assert state is not None and state.watermark is not None
-    files, denied = readable_parts(root, None, months_between(OCT[0] - 40 * 86400, OCT[1] + 40 * 86400))
+    listing = list_store(root, None, months_between(OCT[0] - 40 * 86400, OCT[1] + 40 * 86400))
+    files, denied = list(listing.files), listing.denied
     assert not denied
     return root, files
 
@@ -75,14 +85,26 @@ PERIODS = [
 ]
 
 
+WATERMARK = OCT[0] + 20 * 86400 + 1234  # cuts through jobs: the rest comes from the tail
+
+
+@pytest.fixture(scope="module")
+def cut_store(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> tuple[Path, list[str]]:
+    return _store(tmp_path_factory.mktemp("cut"), lines, upto=WATERMARK)
+
+
 @pytest.mark.parametrize("dims", [("account",), ("account", "day"), ("user", "week"), ("partition", "month"),
                                   ("account", "user")])
 @pytest.mark.parametrize("period", PERIODS, ids=["month", "days-cut", "edge-now"])
-def test_store_plus_tail_equals_sacct(tmp_path: Path, lines: list[str], dims: tuple[str, ...], period: Period) -> None:
-    watermark = OCT[0] + 20 * 86400 + 1234  # cuts through jobs: the rest comes from the tail
-    _, files = _store(tmp_path, lines, upto=watermark)
+@pytest.mark.parametrize("rolled", [False, True], ids=["rows", "rollups"])
+def test_store_plus_tail_equals_sacct(cut_store: tuple[Path, list[str]], lines: list[str], dims: tuple[str, ...],
+                                      period: Period, rolled: bool) -> None:
+    watermark = WATERMARK
+    root, files = cut_store
+    rollups = _rollups(root, MONTHS) if rolled else None
     tail = to_table(lines, finished_only=False)
-    assert_same(build_report(lines, period, dims, PRICES), store_report(files, tail, watermark, period, dims, PRICES))
+    assert_same(build_report(lines, period, dims, PRICES),
+                store_report(files, tail, watermark, period, dims, PRICES, rollups=rollups))
 
 
 def test_filters_and_tail_only(tmp_path: Path, lines: list[str]) -> None:
@@ -91,17 +113,21 @@ def test_filters_and_tail_only(tmp_path: Path, lines: list[str]) -> None:
     tail = to_table(lines, finished_only=False)
     assert_same(build_report(lines, period, ("account",), PRICES, filters),
                 store_report([], tail, None, period, ("account",), PRICES, filters))
-    _, files = _store(tmp_path, lines)
+    root, files = _store(tmp_path, lines)
     assert_same(build_report(lines, period, ("user",), PRICES, filters),
                 store_report(files, tail, 10**10, period, ("user",), PRICES, filters))
+    assert_same(build_report(lines, period, ("user", "day"), PRICES, filters),
+                store_report(files, tail, 10**10, period, ("user", "day"), PRICES, filters,
+                             rollups=_rollups(root, MONTHS)))
 
 
 def test_site_data_from_store_equals_lines(tmp_path: Path, lines: list[str]) -> None:
     period = PERIODS[0]
-    _, files = _store(tmp_path, lines, upto=OCT[0] + 15 * 86400)
+    root, files = _store(tmp_path, lines, upto=OCT[0] + 15 * 86400)
     tail = to_table(lines, finished_only=False)
     a = site_data(lines, period, Filters(), PRICES)
-    b = site_data_from_store(files, tail, OCT[0] + 15 * 86400, period, Filters(), PRICES)
+    b = site_data_from_store(files, tail, OCT[0] + 15 * 86400, period, Filters(), PRICES,
+                             rollups=_rollups(root, MONTHS))
     for x, y in ((a.by_account, b.by_account), (a.over_time, b.over_time), (a.by_user, b.by_user)):
         assert_same(x, y)
     assert a.jobs.keys() == b.jobs.keys()
@@ -167,10 +193,11 @@ def test_ingest_twice_or_interrupted_changes_nothing(tmp_path: Path, lines: list
         ingest(w, state, now=now, start=0, fetch=fetch, fetch_jobs=fetch_jobs, spooled=set)
     period = PERIODS[0]
     wm = read_state(one).watermark  # type: ignore[union-attr]
-    a = store_report(readable_parts(one, None, months_between(OCT[0] - 86400 * 40, now))[0], None, wm, period,
-                     ("account",), PRICES)
-    b = store_report(readable_parts(two, None, months_between(OCT[0] - 86400 * 40, now))[0], None, wm, period,
-                     ("account",), PRICES)
+    months = months_between(OCT[0] - 86400 * 40, now)
+    a = store_report(list(list_store(one, None, months).files), None, wm, period, ("account",), PRICES,
+                     rollups=_rollups(one, months))
+    b = store_report(list(list_store(two, None, months).files), None, wm, period, ("account",), PRICES,
+                     rollups=_rollups(two, months))
     assert_same(a, b)
     finished = [ln for ln in lines if _end(ln) is not None and _end(ln) <= wm]  # type: ignore[operator]
     assert_same(build_report(finished, period, ("account",), PRICES), a)
@@ -204,9 +231,10 @@ def test_late_energy_counted_once(tmp_path: Path) -> None:
         assert state is not None
         second = ingest(w, state, now=now + 60, start=0, fetch=fetch, fetch_jobs=fetch_jobs, spooled=lambda: set(spool))
     assert second.awaiting == 0 and second.rows_written == 1
-    files = readable_parts(root, None, ["2026-10"])[0]
+    files = list(list_store(root, None, ["2026-10"]).files)
     period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), now)
-    report = store_report(files, None, state.watermark, period, ("account",), PRICES)
+    report = store_report(files, None, state.watermark, period, ("account",), PRICES,
+                          rollups=_rollups(root, ["2026-10"]))
     assert report.total.energy_kwh == pytest.approx(3.0)
     assert report.total.jobs == 2
     assert_same(build_report([late, other], period, ("account",), PRICES), report)
@@ -224,10 +252,12 @@ def test_many_ingests_keep_partitions_small(tmp_path: Path) -> None:
         line = job(str(1000 + i), start="2026-10-05T10:00", end=f"2026-10-05T10:{10 + i:02d}", comment=summary(1e6))
         with StoreWriter(root).locked() as w:
             ingest_file(w, read_state(root) or StoreState(), [line])
-    files = readable_parts(root, None, ["2026-10"])[0]
+    files = list(list_store(root, None, ["2026-10"]).files)
     assert 1 <= len(files) <= 8
     period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
     assert store_report(files, None, None, period, ("account",), PRICES).total.jobs == 30
+    rolled = store_report(files, None, None, period, ("account",), PRICES, rollups=_rollups(root, ["2026-10"]))
+    assert rolled.total.jobs == 30 and rolled.total.energy_kwh == pytest.approx(30 / 3.6)
 
 
 def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
@@ -258,12 +288,12 @@ def test_stored_run_with_an_old_summary_is_read_from_the_tail(tmp_path: Path) ->
     root = tmp_path / "s"
     with StoreWriter(root).locked() as w:
         ingest_file(w, StoreState(), [run1_old])
-    files = readable_parts(root, None, ["2026-10"])[0]
+    files = list(list_store(root, None, ["2026-10"]).files)
     watermark = at("2026-10-05T11:30")
     period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
     tail_lines = [run1, run2]  # store_source.with_every_run: every run of a job that ran more than once
     report = store_report(files, to_table(tail_lines, finished_only=False), watermark, period, ("account",), PRICES,
-                          from_tail=["900"])
+                          from_tail=["900"], rollups=_rollups(root, ["2026-10"]))
     assert_same(build_report([run1, run2], period, ("account",), PRICES), report)
     assert report.total.energy_kwh == pytest.approx(9.0)
 
@@ -279,3 +309,63 @@ def test_a_damaged_or_old_store_is_one_clean_error(tmp_path: Path) -> None:
     (root / "state.json").write_text('{"watermark": 1, "schema": 1}')
     with pytest.raises(ConfigError, match=r"Expected report store schema 2.*--live"):
         read_state(root)
+
+
+def test_rollups_cover_exactly_the_parts_or_are_not_used(tmp_path: Path) -> None:
+    """Rollups name the last part generation they sum: a reader never mixes them with newer parts (an
+    ingest that died between the two, or a store from before rollups); the next ingest builds them."""
+    root = tmp_path / "s"
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), [job("1", start="2026-10-05T10:00", end="2026-10-05T11:00")])
+    assert list_store(root, None, ["2026-10"]).days
+    rollups = next((root / "rollups").rglob("days-*.parquet"))
+    rollups.rename(rollups.with_name("days-00000000.parquet"))  # older than the part
+    assert list_store(root, None, ["2026-10"]).days == ()
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, read_state(root) or StoreState(), [])  # no rows: only the rollups
+    assert len(list_store(root, None, ["2026-10"]).days) == 1
+    assert not list((root / "jobs").rglob("days-*"))  # the rows' tree holds rows only: one schema for other engines
+
+
+def test_a_new_time_zone_rebuilds_the_rollups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "s"
+    line = job("1", start="2026-10-05T10:00", end="2026-10-05T11:00")
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), [line])
+    state = read_state(root)
+    assert state is not None and state.days_zone is not None
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30: other day boundaries
+    time.tzset()
+    try:
+        with StoreWriter(root).locked() as w:
+            ingest_file(w, state, [])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    state = read_state(root)
+    assert state is not None and state.days_zone == "Asia/Kolkata"
+    days = list_store(root, None, ["2026-10"]).days
+    from datetime import datetime
+
+    import pyarrow.parquet as pq
+
+    kolkata_midnight = int(datetime(2026, 10, 4, 18, 30, tzinfo=UTC).timestamp())
+    assert pq.read_table(days[0])["day"].to_pylist() == [kolkata_midnight]  # rebuilt, not kept
+
+
+def test_a_finished_job_requeued_after_it_was_stored_is_counted_once(tmp_path: Path) -> None:
+    """Stored as a job that ran once (so in the rollups); then requeued after it had finished, its runs
+    come from the tail: the rollups must not count the stored run too."""
+    run1 = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=summary(3.6e6))
+    run2 = job("950", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:30",
+               comment=summary(2 * 3.6e6) + " runs=2")
+    other = job("951", start="2026-10-05T09:00", end="2026-10-05T10:00", comment=summary(3.6e6))
+    root = tmp_path / "s"
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), [run1, other])
+    files = list(list_store(root, None, ["2026-10"]).files)
+    period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
+    report = store_report(files, to_table([run1, run2], finished_only=False), at("2026-10-05T11:10"), period,
+                          ("account",), PRICES, from_tail=["950"], rollups=_rollups(root, ["2026-10"]))
+    assert_same(build_report([run1, run2, other], period, ("account",), PRICES), report)
+    assert report.total.jobs == 3

@@ -176,13 +176,20 @@ def test_bob_cannot_read_physics_rows(jobs: dict[str, object], store: Path, hpca
     _ingest(hpcai)
     physics = store / "jobs" / "account=physics"
     part = next(physics.rglob("*.parquet"))
+    rolled = store / "rollups" / "account=physics"
+    days = next(rolled.rglob("days-*.parquet"))  # daily sums per user: as private as the rows
     assert part.stat().st_mode & 0o007 == 0 and physics.stat().st_mode & 0o007 == 0
+    assert days.stat().st_mode & 0o007 == 0 and rolled.stat().st_mode & 0o007 == 0
     python = str(REPO / ".venv/bin/python")
     for argv in (["cat", str(part)], ["ls", str(physics)], ["find", str(store), "-name", "*.parquet"],
+                 ["cat", str(days)], ["ls", str(rolled)],
                  [python, "-c", f"import pyarrow.parquet as pq; print(pq.read_table('{part}'))"],
                  [python, "-c",
                   f"import duckdb; print(duckdb.sql(\"select * from read_parquet('{store}/jobs/*/*/*.parquet', "
-                  "hive_partitioning=true) where account='physics'\").fetchall())"]):
+                  "hive_partitioning=true) where account='physics'\").fetchall())"],
+                 [python, "-c",
+                  f"import duckdb; print(duckdb.sql(\"select * from read_parquet('{store}/rollups/*/*/*.parquet', "
+                  "hive_partitioning=true, union_by_name=true) where account='physics'\").fetchall())"]):
         proc = _sh(*argv, user="bob", check=False)
         assert "physics" not in proc.stdout and "alice" not in proc.stdout, (argv, proc.stdout)
         # refused, or (find, a glob over the store) nothing of physics listed
@@ -198,7 +205,7 @@ def test_bob_cannot_read_physics_rows(jobs: dict[str, object], store: Path, hpca
 def test_users_cannot_ingest_or_tamper(jobs: dict[str, object], store: Path, hpcai: RunHpcai) -> None:
     proc = hpcai("report", "ingest", user="alice")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    for target in (store / "state.json", store / "jobs"):
+    for target in (store / "state.json", store / "jobs", store / "rollups"):
         assert _sh("touch", str(target / "x") if target.is_dir() else str(target), user="alice",
                    check=False).returncode != 0
     assert os.stat(store).st_uid == 0 and os.stat(store).st_mode & 0o022 == 0

@@ -1,0 +1,131 @@
+"""Daily rollups of a store partition, so a report over whole days reads a few thousand sums instead of a
+million rows (sreport's answer too; slurmdbd rolls up hourly).
+
+Each partition (account, month) gets two tables next to its parts, built from all of them whenever the
+ingest changes the partition:
+
+- days:  per user, partition, state and local day, the jobs whose head falls in that day (their first
+  second: start, or submit for jobs that never ran) and the sums of every job's part inside that day (the
+  report's pro-rating, store_query._PART_AGGREGATES, day by day);
+- waits: per user, partition and local day, how many jobs that started that day waited each number of
+  seconds (exact, so quantiles over any set of days are exact).
+
+Rows of jobs that ran more than once (multi_run) are left out: their summary may sit on several runs and
+counts once per report, so reports always read them raw. A report uses the rollups of the whole local
+days inside its period and the raw rows for the rest (store_query); a partition's rollups name the last
+part generation they cover, and a reader that finds them older than the parts reads raw rows instead."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+DAYS = "days"
+WAITS = "waits"
+
+# A job's part in a local day g: the overlap of [start, end) with [g.s, g.e); sums as in
+# store_query._PART_AGGREGATES (frac: the share of the job's time; counted: its energy counts).
+_BUILD = """
+WITH r AS (
+  SELECT "user", partition, state, cpus, gpus, nodes, submit, start, "end", e_known, e_gpu_j, e_cpu_j, e_util,
+         e_idle_gpu_s, e_tokens, e_samples, e_simulated,
+         CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS since
+  FROM read_parquet($1) WHERE NOT multi_run),
+heads AS (
+  SELECT "user", partition, state, g.s AS day, count(*) AS heads
+  FROM r JOIN grid g ON g.s <= coalesce(r.start, r.submit) AND coalesce(r.start, r.submit) < g.e
+  GROUP BY ALL),
+pieces AS (
+  SELECT r.*, g.s AS day, (least(r."end", g.e) - greatest(r.start, g.s))::DOUBLE AS secs
+  FROM r JOIN grid g ON g.s < r."end" AND g.e > r.start WHERE r.start IS NOT NULL),
+q AS (
+  SELECT *, state <> 'REQUEUED' AND e_known AND secs > 0 AS counted,
+         CASE WHEN "end" - start > 0 THEN secs / ("end" - start) ELSE 1.0 END AS frac
+  FROM pieces),
+parts AS (
+  SELECT "user", partition, state, day,
+  sum(gpus * secs) AS gpu_s, sum(cpus * secs) AS cpu_s, sum(nodes * secs) AS node_s,
+  sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
+  sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL) AS energy_gpu_s,
+  sum(e_cpu_j * frac) FILTER (counted) AS cpu_j,
+  sum(cpus * secs) FILTER (counted AND e_cpu_j IS NOT NULL) AS energy_cpu_s,
+  sum(gpus * secs) FILTER (counted AND e_simulated) AS simulated_gpu_s,
+  sum(e_util * gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_weighted,
+  sum(gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_gpu_s,
+  sum(e_idle_gpu_s * frac) FILTER (counted) AS idle_gpu_s,
+  sum(e_gpu_j * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS token_j,
+  sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
+  sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
+  sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
+  FROM q GROUP BY ALL)
+SELECT "user", partition, state, day, coalesce(heads, 0) AS heads, parts.* EXCLUDE ("user", partition, state, day)
+FROM heads FULL OUTER JOIN parts USING ("user", partition, state, day)
+ORDER BY day, "user", partition, state
+"""
+
+_WAITS = """
+WITH r AS (
+  SELECT "user", partition, start,
+         start - CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS wait
+  FROM read_parquet($1) WHERE NOT multi_run AND start IS NOT NULL)
+SELECT "user", partition, g.s AS day, wait::BIGINT AS wait, count(*) AS n
+FROM r JOIN grid g ON g.s <= r.start AND r.start < g.e
+WHERE wait IS NOT NULL AND wait >= 0
+GROUP BY ALL ORDER BY day, "user", partition, wait
+"""
+
+
+def local_zone() -> str:
+    """What fixes this machine's local days: the TZ setting, else the zone /etc/localtime names."""
+    tz = os.environ.get("TZ")
+    if tz:
+        return tz
+    try:
+        return os.path.realpath("/etc/localtime").split("zoneinfo/", 1)[-1]
+    except OSError:
+        return f"{time.tzname[0]}/{time.timezone}"
+
+
+def midnight(epoch: int, *, after: bool) -> int:
+    """The local midnight at or before `epoch` (after=False) or at or after it (after=True)."""
+    day = date.fromtimestamp(epoch)
+    start = int(time.mktime(day.timetuple()))
+    if after and start < epoch:
+        start = int(time.mktime((day + timedelta(days=1)).timetuple()))
+    return start
+
+
+def local_days(first: int, last: int) -> list[tuple[int, int]]:
+    """The local days [s, e) from the one holding `first` to the one holding `last`."""
+    out = []
+    day = date.fromtimestamp(first)
+    end = date.fromtimestamp(last)
+    while day <= end:
+        nxt = day + timedelta(days=1)
+        out.append((int(time.mktime(day.timetuple())), int(time.mktime(nxt.timetuple()))))
+        day = nxt
+    return out
+
+
+def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table]:
+    """The days and waits tables of a partition whose parts are `files`."""
+    import duckdb
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    try:
+        lo, hi = con.execute('SELECT min(coalesce(start, submit)), max("end") FROM read_parquet($1)',
+                             [list(files)]).fetchall()[0]
+        days = local_days(int(lo), int(hi)) if lo is not None and hi is not None else []
+        con.register("grid", pa.table({"s": [d[0] for d in days], "e": [d[1] for d in days]},
+                                      schema=pa.schema([("s", pa.int64()), ("e", pa.int64())])))
+        params: list[Any] = [list(files)]
+        return con.sql(_BUILD, params=params).to_arrow_table(), con.sql(_WAITS, params=params).to_arrow_table()
+    finally:
+        con.close()
