@@ -147,7 +147,7 @@ def _zone_checked(writer: StoreWriter, state: StoreState) -> StoreState:
 def _rolled_up(writer: StoreWriter, state: StoreState) -> StoreState:
     """Every partition's rollups current (built for partitions that lack them: a store from before
     rollups, an ingest that died between a part and its rollups, a new time zone), then days_zone set."""
-    writer.roll_up_all()
+    writer.roll_up_all(state.watermark)
     state = replace(state, days_zone=local_zone())
     writer.write_state(state)
     return state

@@ -185,7 +185,7 @@ class StoreWriter:
             if replaced:
                 tables = [t.filter(pa.array([k not in replaced for k in _keys(t)])) for t in tables]
             tables.append(rows.take(pa.array(fresh, pa.int64())).select(list(arrow_schema().names)))
-            merged = read_order(pa.concat_tables(tables))
+            merged = pa.concat_tables(tables)
             first = _gens(parts[start])[0] if start < len(parts) else _next_gen(parts)
             name = f"part-{first:08d}-{_next_gen(parts):08d}.parquet"
             self._replace(fd, parts[start:], merged, name, gid)  # its rollups are stale now: roll_up_all
@@ -193,11 +193,15 @@ class StoreWriter:
 
     @staticmethod
     def _replace(fd: int, old: list[str], table: pa.Table, name: str, gid: int) -> None:
-        """Write `table` as the part `name`, then remove the parts it supersedes."""
+        """Write `table` as the part `name` (in read order), then remove the parts it supersedes."""
         import pyarrow.parquet as pq
 
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
+        sections = read_order(table)
+        with pq.ParquetWriter(buf, sections[0].schema, compression="zstd") as out:
+            for section in sections:  # row groups never mix sections: statistics then skip whole sections
+                if section.num_rows:
+                    out.write_table(section, row_group_size=ROW_GROUP)
         atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None,
                         durable=False)
         for part in old:
@@ -212,19 +216,33 @@ class StoreWriter:
                     if month_dir.startswith("month="):
                         yield account_dir[len("account="):], month_dir[len("month="):]
 
-    def roll_up_all(self) -> int:
+    def roll_up_all(self, watermark: int | None = None) -> int:
         """Build the rollups of every partition whose rollups are missing or older than its parts: those the
         ingest changed (once per ingest, not per window), a store from before rollups, an ingest that died
-        before it got here; how many. Until then readers use rows for them (store.list_store)."""
+        before it got here; how many. Until then readers use rows for them (store.list_store).
+        A month the watermark has passed by a day gets no new rows: its parts become one (a reader pays
+        per file it opens; a year of daily ingests would otherwise be up to MAX_PARTS files a partition)."""
         built = 0
         for account, month in self._partitions():
             with self.partition(account, month) as fd:
                 parts = live_parts(os.listdir(fd))
+                if len(parts) > 1 and watermark is not None and watermark > month_end(month) + 86400:
+                    parts = [self._merge(fd, parts, _group_id(account))]
                 if parts and current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) /
                                                       f"month={month}"), parts) is None:
                     self._roll_up(account, month, fd, parts)
                     built += 1
         return built
+
+    def _merge(self, fd: int, parts: list[str], gid: int) -> str:
+        """All of a partition's parts as one, named by their whole generation range (it supersedes them)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.concat_tables(pq.read_table(_fd_path(fd, n), schema=arrow_schema()) for n in parts)
+        name = f"part-{_gens(parts[0])[0]:08d}-{max(_gens(n)[1] for n in parts):08d}.parquet"
+        self._replace(fd, parts, table, name, gid)
+        return name
 
     def drop_rollups(self) -> None:
         """Remove every rollup (they are built again from the parts)."""
@@ -254,6 +272,13 @@ class StoreWriter:
                         os.unlink(old, dir_fd=fd)
 
 
+def month_end(month: str) -> int:
+    """The local midnight that ends the month "YYYY-MM"."""
+    year, number = int(month[:4]), int(month[5:7])
+    year, number = (year + 1, 1) if number == 12 else (year, number + 1)
+    return int(time.mktime((year, number, 1, 0, 0, 0, 0, 0, -1)))
+
+
 def _listing(directory: Path) -> list[str]:
     try:
         return os.listdir(directory)
@@ -261,23 +286,26 @@ def _listing(directory: Path) -> list[str]:
         return []
 
 
-def read_order(table: pa.Table) -> pa.Table:
-    """The part's row order: rows a report over whole days may have to read (jobs that ran more than
-    once, then jobs that crossed a midnight or never ran) before the rest, each by end. Row groups of
-    the rest then span a few hours of ends, so row-group statistics skip them for any whole days the
-    rollups answer for (store_query reads rows only at a period's edges)."""
+def read_order(table: pa.Table) -> list[pa.Table]:
+    """A part's rows in three sections, each sorted by end: jobs that ran more than once, jobs that
+    crossed a midnight or never ran, the rest. A report over whole days reads rows only at the period's
+    edges (store_query): the first sections always, of the rest only row groups (a few hours of ends
+    each) that statistics cannot skip."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     offset = time.localtime().tm_gmtoff  # local days, near enough: the order only makes reads fast
-    start, end = table.column("start"), table.column("end")
-    day = pc.floor(pc.divide(pc.add(pc.cast(start, pa.float64()), offset), 86400))
-    crossed = pc.fill_null(pc.not_equal(day, pc.floor(pc.divide(pc.add(pc.cast(end, pa.float64()), offset), 86400))),
-                           True)
-    ordered = table.append_column("_multi", pc.invert(table.column("multi_run"))).append_column(
-        "_crossed", pc.invert(crossed))
-    return ordered.sort_by([("_multi", "ascending"), ("_crossed", "ascending"), ("end", "ascending")]).drop_columns(
-        ["_multi", "_crossed"])
+
+    def day(column: str) -> pa.ChunkedArray:
+        return pc.floor(pc.divide(pc.add(pc.cast(table.column(column), pa.float64()), offset), 86400))
+
+    multi = pc.fill_null(table.column("multi_run"), False)
+    crossed = pc.and_(pc.fill_null(pc.not_equal(day("start"), day("end")), True), pc.invert(multi))
+    ordered = table.append_column("_a", pc.invert(multi)).append_column("_b", pc.invert(crossed)).sort_by(
+        [("_a", "ascending"), ("_b", "ascending"), ("end", "ascending")]).drop_columns(["_a", "_b"])
+    n_multi = pc.sum(pc.cast(multi, pa.int64())).as_py() or 0
+    n_crossed = pc.sum(pc.cast(crossed, pa.int64())).as_py() or 0
+    return [ordered.slice(0, n_multi), ordered.slice(n_multi, n_crossed), ordered.slice(n_multi + n_crossed)]
 
 
 def _keys(table: pa.Table) -> list[tuple[object, ...]]:

@@ -41,7 +41,7 @@ _ROWS = """
 r AS (
   SELECT *, start IS NULL AS never_ran,
          CASE WHEN start IS NULL THEN submit ELSE coalesce("end", greatest($3, start)) END AS stop
-  FROM src),
+  FROM {src}),
 p AS (
   SELECT *, CASE WHEN never_ran THEN submit ELSE greatest(start, $1) END AS a,
             CASE WHEN never_ran THEN submit ELSE least(stop, $2) END AS b
@@ -159,14 +159,14 @@ def _connect(tail: pa.Table | None) -> _Store:
 
 
 def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, filters: Filters,
-            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (), only: str = "TRUE",
+            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (),
             whole_days: tuple[int, int] | None = None) -> str:
     """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
     the store does not hold (not ended, or ended after the watermark), except the jobs in `from_tail`,
-    whose runs all come from the tail; `only`: a further condition on the rows. With `whole_days`
+    whose runs all come from the tail. With `whole_days`
     (d0, dn), the rows the rollups hold whole (single-run jobs that began and ended inside) are left out
     and the others get `edge`: true for rows of the rollups, whose parts inside the days count there."""
-    where = _filter_sql(filters, params) + f" AND {only}"
+    where = _filter_sql(filters, params)
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     file_names = tail_names = names
     outside = ["TRUE"]  # the store's rows to read, as conditions row-group statistics can skip on
@@ -190,10 +190,10 @@ def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, 
                     f'WHERE {where} AND "end" >= $1 AND NOT {tail_jobs} AND {cond}' for cond in outside]
     if tail is not None and tail.num_rows:
         params.append(watermark if watermark is not None else -1)
-        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" > ${len(params)} '
-                       f"OR {tail_jobs})")
+        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" >= $1) AND '
+                       f'("end" IS NULL OR "end" > ${len(params)} OR {tail_jobs})')
     if not sources:
-        sources.append(f"SELECT {tail_names} FROM tail")
+        sources.append(f'SELECT {tail_names} FROM tail WHERE "end" >= $1')
     return " UNION ALL ".join(sources)
 
 
@@ -238,14 +238,14 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
     d0, dn = whole_days(period, rollups)
     days = {"d0": d0, "dn": dn}
 
-    def rows_sql(params: list[Any], only: str = "TRUE") -> str:
-        src = _source(files, tail, watermark, flt, params, _USED, from_tail, only, (d0, dn))
-        return "WITH src AS (" + src + "),\n" + _ROWS.format(**days)
-
-    params: list[Any] = [period.start, period.end, period.now]
-    repeats = [r[0] for r in con.execute(rows_sql(params, "multi_run") + _REPEATS, params).fetchall()]
+    params: list[Any] = [period.start]  # $1 of _source
+    # the files are read once (each scan opens every file): the rows outside the whole days
+    con.execute("CREATE TEMP TABLE src AS " + _source(files, tail, watermark, flt, params, _USED, from_tail,
+                                                        whole_days=(d0, dn)), params)
     params = [period.start, period.end, period.now]
-    sql = rows_sql(params)
+    repeats = [r[0] for r in con.execute(
+        "WITH " + _ROWS.format(src="(SELECT * FROM src WHERE multi_run)", **days) + _REPEATS, params).fetchall()]
+    sql = "WITH " + _ROWS.format(src="src", **days)
     counted = "cand"
     if repeats:
         params.append(repeats)

@@ -258,6 +258,13 @@ def test_many_ingests_keep_partitions_small(tmp_path: Path) -> None:
     assert store_report(files, None, None, period, ("account",), PRICES).total.jobs == 30
     rolled = store_report(files, None, None, period, ("account",), PRICES, rollups=_rollups(root, ["2026-10"]))
     assert rolled.total.jobs == 30 and rolled.total.energy_kwh == pytest.approx(30 / 3.6)
+    # once the watermark is a day past October, no row can join it: its parts become one file
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, read_state(root) or StoreState(), [job("2000", start="2026-11-03T10:00", end="2026-11-03T11:00")])
+    merged = list(list_store(root, None, ["2026-10"]).files)
+    assert len(merged) == 1 and len(files) > 1
+    assert_same(rolled, store_report(merged, None, None, period, ("account",), PRICES,
+                                     rollups=_rollups(root, ["2026-10"])))
 
 
 def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
