@@ -222,7 +222,7 @@ class StoreWriter:
         before it got here; how many. Until then readers use rows for them (store.list_store).
         A month the watermark has passed by a day gets no new rows: its parts become one (a reader pays
         per file it opens; a year of daily ingests would otherwise be up to MAX_PARTS files a partition)."""
-        built = 0
+        stale: dict[str, list[tuple[str, list[str]]]] = {}
         for account, month in self._partitions():
             with self.partition(account, month) as fd:
                 parts = live_parts(os.listdir(fd))
@@ -230,9 +230,10 @@ class StoreWriter:
                     parts = [self._merge(fd, parts, _group_id(account))]
                 if parts and current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) /
                                                       f"month={month}"), parts) is None:
-                    self._roll_up(account, month, fd, parts)
-                    built += 1
-        return built
+                    stale.setdefault(month, []).append((account, parts))
+        for month, partitions in stale.items():  # one query a month: most ingests change one month
+            self._roll_up(month, partitions)
+        return sum(len(p) for p in stale.values())
 
     def _merge(self, fd: int, parts: list[str], gid: int) -> str:
         """All of a partition's parts as one, named by their whole generation range (it supersedes them)."""
@@ -249,27 +250,34 @@ class StoreWriter:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.root / ROLLUPS)
 
-    def _roll_up(self, account: str, month: str, parts_fd: int, parts: list[str]) -> None:
-        """Write the partition's rollups (store_rollup) over `parts`, named by their last generation,
-        then remove older ones. Readers take rollups only when their generation is the parts'."""
+    def _roll_up(self, month: str, partitions: list[tuple[str, list[str]]]) -> None:
+        """Write the rollups (store_rollup) of a month's partitions over their parts, each named by its
+        parts' last generation, then remove older ones. Readers take rollups only when their generation
+        is the parts'. The parts are read by path: the ingest is root and every directory below the
+        root-owned store is root's (the tree is made through directory fds)."""
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         from hpc_aidc.report.store_rollup import build
 
-        gen = max(_gens(n)[1] for n in parts)
-        gid = _group_id(account)
-        tables = build([_fd_path(parts_fd, n) for n in parts])
-        with self.partition(account, month, ROLLUPS) as fd:
-            for kind, table in zip((DAYS, WAITS), tables, strict=True):
-                buf = io.BytesIO()
-                pq.write_table(table, buf, compression="zstd", row_group_size=256 * 1024)
-                atomic_write_at(fd, f"{kind}-{gen:08d}.parquet", buf.getvalue(), FILE_MODE,
-                                (0, gid) if os.geteuid() == 0 else None, durable=False)
-            for old in os.listdir(fd):
-                m = _ROLLUP.fullmatch(old)
-                if m and int(m.group(2)) != gen:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(old, dir_fd=fd)
+        files = [str(self.root / JOBS / account_dir_name(a) / f"month={month}" / n) for a, parts in partitions
+                 for n in parts]
+        tables = build(files)
+        for account, parts in partitions:
+            gen = max(_gens(n)[1] for n in parts)
+            gid = _group_id(account)
+            with self.partition(account, month, ROLLUPS) as fd:
+                for kind, table in zip((DAYS, WAITS), tables, strict=True):
+                    mine = table.filter(pc.equal(table.column("account"), account)).drop_columns(["account"])
+                    buf = io.BytesIO()
+                    pq.write_table(mine, buf, compression="zstd", row_group_size=256 * 1024)
+                    atomic_write_at(fd, f"{kind}-{gen:08d}.parquet", buf.getvalue(), FILE_MODE,
+                                    (0, gid) if os.geteuid() == 0 else None, durable=False)
+                for old in os.listdir(fd):
+                    m = _ROLLUP.fullmatch(old)
+                    if m and int(m.group(2)) != gen:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(old, dir_fd=fd)
 
 
 def month_end(month: str) -> int:

@@ -160,24 +160,28 @@ def _connect(tail: pa.Table | None) -> _Store:
 
 def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, filters: Filters,
             params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (),
-            whole_days: tuple[int, int] | None = None) -> str:
+            window: tuple[int, int, int, int] | None = None) -> str:
     """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
     the store does not hold (not ended, or ended after the watermark), except the jobs in `from_tail`,
-    whose runs all come from the tail. With `whole_days`
-    (d0, dn), the rows the rollups hold whole (single-run jobs that began and ended inside) are left out
-    and the others get `edge`: true for rows of the rollups, whose parts inside the days count there."""
+    whose runs all come from the tail. With `window` (p0, d0, dn, p1): the period and the whole days
+    [d0, dn) inside it that rollups answer for, the store's rows that can count outside those days are
+    read (jobs that ran more than once, began before d0, or count in [dn, p1)), and every row gets `edge`:
+    true for rows of the rollups, whose parts inside the days count there."""
     where = _filter_sql(filters, params)
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     file_names = tail_names = names
     outside = ["TRUE"]  # the store's rows to read, as conditions row-group statistics can skip on
-    if whole_days is not None:
-        d0, dn = (int(d) for d in whole_days)
+    if window is not None:
+        p0, d0, dn, p1 = (int(t) for t in window)
         file_names += ", NOT multi_run AS edge"
         tail_names += ", FALSE AS edge"
-        if d0 < dn:
-            outside = ["multi_run", f"NOT multi_run AND start < {d0}",
-                       f'NOT multi_run AND start >= {d0} AND "end" > {dn}',
-                       f"NOT multi_run AND start IS NULL AND (submit < {d0} OR submit >= {dn})"]
+        if d0 < dn:  # each a scan whose row-group statistics skip most of a part (store.read_order)
+            outside = ["multi_run", f"NOT multi_run AND start < {d0}"]
+            if dn < p1:  # usage in [dn, p1) of jobs begun inside the days
+                outside.append(f'NOT multi_run AND start >= {d0} AND start < {p1} AND "end" > {dn}')
+            if p0 < d0 or dn < p1:  # jobs that never ran, submitted outside the days
+                outside.append(f"NOT multi_run AND start IS NULL AND submit >= {p0} AND submit < {p1} AND "
+                               f"(submit < {d0} OR submit >= {dn})")
     sources = []
     tail_jobs = "FALSE"
     if from_tail:
@@ -241,7 +245,7 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
     params: list[Any] = [period.start]  # $1 of _source
     # the files are read once (each scan opens every file): the rows outside the whole days
     con.execute("CREATE TEMP TABLE src AS " + _source(files, tail, watermark, flt, params, _USED, from_tail,
-                                                        whole_days=(d0, dn)), params)
+                                                        window=(period.start, d0, dn, period.end)), params)
     params = [period.start, period.end, period.now]
     repeats = [r[0] for r in con.execute(
         "WITH " + _ROWS.format(src="(SELECT * FROM src WHERE multi_run)", **days) + _REPEATS, params).fetchall()]

@@ -33,12 +33,12 @@ WAITS = "waits"
 # store_query._PART_AGGREGATES (frac: the share of the job's time; counted: its energy counts).
 _BUILD = """
 WITH r AS (
-  SELECT "user", partition, state, cpus, gpus, nodes, submit, start, "end", e_known, e_gpu_j, e_cpu_j, e_util,
-         e_idle_gpu_s, e_tokens, e_samples, e_simulated,
+  SELECT account, "user", partition, state, cpus, gpus, nodes, submit, start, "end", e_known, e_gpu_j, e_cpu_j,
+         e_util, e_idle_gpu_s, e_tokens, e_samples, e_simulated,
          CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS since
-  FROM read_parquet($1) WHERE NOT multi_run),
+  FROM {parts} WHERE NOT multi_run),
 heads AS (
-  SELECT "user", partition, state, g.s AS day, count(*) AS heads
+  SELECT account, "user", partition, state, g.s AS day, count(*) AS heads
   FROM r JOIN grid g ON g.s <= coalesce(r.start, r.submit) AND coalesce(r.start, r.submit) < g.e
   GROUP BY ALL),
 pieces AS (
@@ -49,7 +49,7 @@ q AS (
          CASE WHEN "end" - start > 0 THEN secs / ("end" - start) ELSE 1.0 END AS frac
   FROM pieces),
 parts AS (
-  SELECT "user", partition, state, day,
+  SELECT account, "user", partition, state, day,
   sum(gpus * secs) AS gpu_s, sum(cpus * secs) AS cpu_s, sum(nodes * secs) AS node_s,
   sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
   sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL) AS energy_gpu_s,
@@ -64,20 +64,21 @@ parts AS (
   sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
   sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
   FROM q GROUP BY ALL)
-SELECT "user", partition, state, day, coalesce(heads, 0) AS heads, parts.* EXCLUDE ("user", partition, state, day)
-FROM heads FULL OUTER JOIN parts USING ("user", partition, state, day)
-ORDER BY day, "user", partition, state
+SELECT account, "user", partition, state, day, coalesce(heads, 0) AS heads,
+       parts.* EXCLUDE (account, "user", partition, state, day)
+FROM heads FULL OUTER JOIN parts USING (account, "user", partition, state, day)
+ORDER BY account, day, "user", partition, state
 """
 
 _WAITS = """
 WITH r AS (
-  SELECT "user", partition, start,
+  SELECT account, "user", partition, start,
          start - CASE WHEN eligible IS NOT NULL AND eligible <> 0 THEN eligible ELSE submit END AS wait
-  FROM read_parquet($1) WHERE NOT multi_run AND start IS NOT NULL)
-SELECT "user", partition, g.s AS day, wait::BIGINT AS wait, count(*) AS n
+  FROM {parts} WHERE NOT multi_run AND start IS NOT NULL)
+SELECT account, "user", partition, g.s AS day, wait::BIGINT AS wait, count(*) AS n
 FROM r JOIN grid g ON g.s <= r.start AND r.start < g.e
 WHERE wait IS NOT NULL AND wait >= 0
-GROUP BY ALL ORDER BY day, "user", partition, wait
+GROUP BY ALL ORDER BY account, day, "user", partition, wait
 """
 
 
@@ -113,19 +114,24 @@ def local_days(first: int, last: int) -> list[tuple[int, int]]:
     return out
 
 
+_PARTS = "read_parquet($1, hive_partitioning = true, hive_types = {'account': VARCHAR, 'month': VARCHAR})"
+
+
 def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table]:
-    """The days and waits tables of a partition whose parts are `files`."""
+    """The days and waits tables (with an `account` column) of the partitions whose parts are `files`
+    (paths in the store's account=/month= tree)."""
     import duckdb
     import pyarrow as pa
 
     con = duckdb.connect()
     try:
-        lo, hi = con.execute('SELECT min(coalesce(start, submit)), max("end") FROM read_parquet($1)',
-                             [list(files)]).fetchall()[0]
+        lo, hi = con.execute(f'SELECT min(coalesce(start, submit)), max("end") FROM {_PARTS}', [list(files)]
+                             ).fetchall()[0]
         days = local_days(int(lo), int(hi)) if lo is not None and hi is not None else []
         con.register("grid", pa.table({"s": [d[0] for d in days], "e": [d[1] for d in days]},
                                       schema=pa.schema([("s", pa.int64()), ("e", pa.int64())])))
         params: list[Any] = [list(files)]
-        return con.sql(_BUILD, params=params).to_arrow_table(), con.sql(_WAITS, params=params).to_arrow_table()
+        return (con.sql(_BUILD.format(parts=_PARTS), params=params).to_arrow_table(),
+                con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table())
     finally:
         con.close()
