@@ -156,6 +156,12 @@ def main() -> None:
     # As after the ingest timer's last run (every 5 minutes): the live tail is the last minutes only.
     for store in (month, year):
         _set_watermark(store, int(time.time()) - 300)
+    from hpc_aidc.report.source import window_lines
+    from hpc_aidc.report.store_table import multi_run_ids
+
+    tail = window_lines(int(time.time()) - 300, int(time.time()))
+    # a job that ran more than once in the tail costs a second sacct call (all its runs)
+    tail_info = {"rows": len(tail), "jobs_that_ran_more_than_once": len(multi_run_ids(tail))}
     usage = ["report", "usage", "--format", "json"]
     arms = {
         "store_month": [*HPCAI, "--site", str(month_site), *usage, "--since", "2026-10-01", "--until", "2026-11-01"],
@@ -216,6 +222,7 @@ def main() -> None:
         "goals": {"month_at_most_sreport": med["store_month"] <= med["sreport_month"],
                   "year_at_most_2s": med["store_year"] <= 2.0, "day_ingest_at_most_5s": med["day_ingest"] <= 5.0},
         "built": built,
+        "live_tail_at_start": tail_info,
         "load_average": os.getloadavg(),
         "sacct_path_note": "the sacct call of the direct path for this month took 36 s and 1.4 GB (issue 16)",
     }

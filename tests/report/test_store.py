@@ -260,7 +260,8 @@ def test_many_ingests_keep_partitions_small(tmp_path: Path) -> None:
     assert rolled.total.jobs == 30 and rolled.total.energy_kwh == pytest.approx(30 / 3.6)
     # once the watermark is a day past October, no row can join it: its parts become one file
     with StoreWriter(root).locked() as w:
-        ingest_file(w, read_state(root) or StoreState(), [job("2000", start="2026-11-03T10:00", end="2026-11-03T11:00")])
+        later = job("2000", start="2026-11-03T10:00", end="2026-11-03T11:00")
+        ingest_file(w, read_state(root) or StoreState(), [later])
     merged = list(list_store(root, None, ["2026-10"]).files)
     assert len(merged) == 1 and len(files) > 1
     assert_same(rolled, store_report(merged, None, None, period, ("account",), PRICES,
