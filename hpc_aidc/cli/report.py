@@ -49,8 +49,8 @@ def _from_store(inputs: StoreInputs, period: Period, dims: tuple[str, ...], site
                 filters: Filters) -> Report:
     from hpc_aidc.report.store_query import store_report
 
-    return store_report(inputs.files, inputs.tail, inputs.watermark, period, dims, site.prices, filters,
-                        inputs.from_tail, inputs.rollups)
+    return store_report(inputs.files, None, inputs.watermark, period, dims, site.prices, filters,
+                        rollups=inputs.rollups, later=inputs.later)
 
 
 @click.group()
@@ -165,8 +165,8 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
         if inputs is not None:
             from hpc_aidc.report.store_query import site_data_from_store
 
-            data = site_data_from_store(inputs.files, inputs.tail, inputs.watermark, period, filters, site.prices,
-                                        inputs.from_tail, inputs.rollups)
+            data = site_data_from_store(inputs.files, None, inputs.watermark, period, filters, site.prices,
+                                        rollups=inputs.rollups, later=inputs.later)
         else:
             data = site_data(source.sacct_lines(period, filters), period, filters, site.prices)
     index = build_site(data, period, site.prices, out, cluster=site.name)

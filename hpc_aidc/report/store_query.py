@@ -9,7 +9,7 @@ Pure apart from DuckDB reading the files it is given."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from hpc_aidc.report.site import SiteData
+    from hpc_aidc.report.store_source import Tail
 
 _USED = ("job_id_raw", "user", "partition", "state", "cpus", "gpus", "nodes", "submit", "eligible", "start", "end",
          "comment_hash", "e_known", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens", "e_samples",
@@ -182,11 +183,11 @@ def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, 
             if p0 < d0 or dn < p1:  # jobs that never ran, submitted outside the days
                 outside.append(f"NOT multi_run AND start IS NULL AND submit >= {p0} AND submit < {p1} AND "
                                f"(submit < {d0} OR submit >= {dn})")
-    sources = []
     tail_jobs = "FALSE"
     if from_tail:
         params.append(sorted(from_tail))
         tail_jobs = f"list_contains(${len(params)}, job_id_raw)"
+    sources = []
     if files:
         params.append(list(files))
         files_param = len(params)
@@ -197,7 +198,7 @@ def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, 
         sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" >= $1) AND '
                        f'("end" IS NULL OR "end" > ${len(params)} OR {tail_jobs})')
     if not sources:
-        sources.append(f'SELECT {tail_names} FROM tail WHERE "end" >= $1')
+        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND "end" >= $1 AND NOT {tail_jobs}')
     return " UNION ALL ".join(sources)
 
 
@@ -231,32 +232,16 @@ def whole_days(period: Period, rollups: Rollups | None) -> tuple[int, int]:
 
 def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
                dimensions: Sequence[str], filters: Filters | None = None, from_tail: Sequence[str] = (),
-               rollups: Rollups | None = None) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
-    """Per-group sums and queue-wait quantiles (median, p90), and the same for the total."""
+               rollups: Rollups | None = None, later: Callable[[], Tail] | None = None
+               ) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
+    """Per-group sums and queue-wait quantiles (median, p90), and the same for the total. With `later`
+    (the tail and its multi-run jobs, once sacct answers) the store is read first, while sacct works."""
     dims = check_dimensions(dimensions)
     time_dim = next((d for d in dims if d in TIME_DIMENSIONS), None)
-    con = _connect(tail)
+    con = _connect(None)
     flt = filters or Filters()
-    if rollups is not None and from_tail and _stored_single_runs(con, files, from_tail, watermark):
-        rollups = None  # their stored rows are in the rollups, but this report takes them from the tail
     d0, dn = whole_days(period, rollups)
     days = {"d0": d0, "dn": dn}
-
-    params: list[Any] = [period.start]  # $1 of _source
-    # the files are read once (each scan opens every file): the rows outside the whole days
-    con.execute("CREATE TEMP TABLE src AS " + _source(files, tail, watermark, flt, params, _USED, from_tail,
-                                                        window=(period.start, d0, dn, period.end)), params)
-    params = [period.start, period.end, period.now]
-    repeats = [r[0] for r in con.execute(
-        "WITH " + _ROWS.format(src="(SELECT * FROM src WHERE multi_run)", **days) + _REPEATS, params).fetchall()]
-    sql = "WITH " + _ROWS.format(src="src", **days)
-    counted = "cand"
-    if repeats:
-        params.append(repeats)
-        counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
-                   "hash(job_id_raw, submit, start)) ELSE TRUE END")
-    sql += _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days))
-    con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
     key_of = {"account": "account", "user": '"user"', "partition": "partition"}
     head_join = part_join = day_join = ""
     if time_dim is not None:
@@ -269,19 +254,13 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
         part_join = "JOIN buckets h ON h.s < rows.b AND h.e > rows.a"
         day_join = "JOIN buckets h ON h.s <= day AND day < h.e"
     keys = ", ".join(key_of[d] for d in dims)
-    if time_dim is None:  # a row is its own one part
-        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
-        sums = [(*r[:len(dims)], *r[len(dims) + 4:]) for r in heads]
-    else:
-        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM rows {head_join} WHERE head GROUP BY ALL"
-                            ).fetchall()
-        secs = _SECS.format(x="h.s", y="h.e", **days)
-        sums = con.execute(f"SELECT {keys}, {_PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
-                           f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
-                           f"h.label FROM rows {part_join} WHERE NOT rows.never_ran) GROUP BY ALL").fetchall()
+
+    # The store: its rows outside the whole days (the files are read once: each scan opens every file),
+    # and the rollups' sums and waits for those days.
+    params: list[Any] = [period.start]  # $1 of _source
+    con.execute("CREATE TEMP TABLE src AS " + _source(files, None, watermark, flt, params, _USED,
+                                                        window=(period.start, d0, dn, period.end)), params)
     rolled: list[Any] = []
-    wparams: list[Any] = []
-    waits_sql = f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL"
     if d0 < dn and rollups is not None:
         rparams: list[Any] = [list(rollups.days)]
         where = _filter_sql(flt, rparams) + f" AND day >= {d0} AND day < {dn}"
@@ -292,15 +271,59 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
             f"SELECT {keys}, state, sum(heads) AS h, "
             + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
             + f" FROM {_parquet(1)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
-        wparams.append(list(rollups.waits))
-        waits_sql += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} "
-                      f"WHERE {_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
+        wparams: list[Any] = [list(rollups.waits)]
+        con.execute(f"CREATE TEMP TABLE rolled_waits AS SELECT {keys}, wait, sum(n) AS n FROM {_parquet(1)} "
+                    f"{day_join} WHERE {_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn} GROUP BY ALL",
+                    wparams)
+    else:
+        con.execute(f"CREATE TEMP TABLE rolled_waits AS SELECT {keys}, 0::BIGINT AS wait, 0::HUGEINT AS n FROM "
+                    "(SELECT ''::VARCHAR AS account, ''::VARCHAR AS \"user\", ''::VARCHAR AS partition, "
+                    "''::VARCHAR AS label) WHERE FALSE")
+
+    # The tail: allocations not stored yet.
+    if later is not None:
+        tail, from_tail = later()
+    con.register("tail", tail if tail is not None else tail_schema_only())
+    if rollups is not None and from_tail and _stored_single_runs(con, files, from_tail, watermark):
+        con.close()  # their stored rows are in the rollups, but this report takes them from the tail
+        return query_sums(files, tail, watermark, period, dims, flt, from_tail)
+    if from_tail:
+        con.execute("DELETE FROM src WHERE list_contains($1, job_id_raw)", [sorted(from_tail)])
+    if tail is not None and tail.num_rows:
+        params = [period.start]
+        tail_rows = _source((), tail, watermark, flt, params, _USED, from_tail, window=(period.start, d0, dn,
+                                                                                        period.end))
+        con.execute("INSERT INTO src " + tail_rows, params)
+
+    params = [period.start, period.end, period.now]
+    repeats = [r[0] for r in con.execute(
+        "WITH " + _ROWS.format(src="(SELECT * FROM src WHERE multi_run)", **days) + _REPEATS, params).fetchall()]
+    sql = "WITH " + _ROWS.format(src="src", **days)
+    counted = "cand"
+    if repeats:
+        params.append(repeats)
+        counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
+                   "hash(job_id_raw, submit, start)) ELSE TRUE END")
+    sql += _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days))
+    con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
+    if time_dim is None:  # a row is its own one part
+        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
+        sums = [(*r[:len(dims)], *r[len(dims) + 4:]) for r in heads]
+    else:
+        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM rows {head_join} WHERE head GROUP BY ALL"
+                            ).fetchall()
+        secs = _SECS.format(x="h.s", y="h.e", **days)
+        sums = con.execute(f"SELECT {keys}, {_PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
+                           f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
+                           f"h.label FROM rows {part_join} WHERE NOT rows.never_ran) GROUP BY ALL").fetchall()
+    waits_sql = (f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL "
+                 f"UNION ALL SELECT {keys}, wait, n FROM rolled_waits")
     quantiles = {tuple(str(v) for v in r[:len(dims)]): _quantiles(r[len(dims):])
                  for r in con.execute("WITH w AS (" + waits_sql + "),\n" + _QUANTILES.format(
-                     keys=keys, comma=",", part=f"PARTITION BY {keys}"), wparams).fetchall()}
+                     keys=keys, comma=",", part=f"PARTITION BY {keys}")).fetchall()}
     total_sql = waits_sql.replace(f"SELECT {keys}, wait", "SELECT wait")
-    total_rows = con.execute("WITH w AS (" + total_sql + "),\n" + _QUANTILES.format(keys="", comma="", part=""),
-                             wparams).fetchall()
+    total_rows = con.execute("WITH w AS (" + total_sql + "),\n" + _QUANTILES.format(keys="", comma="", part="")
+                             ).fetchall()
     total_quantiles = _quantiles(total_rows[0]) if total_rows else (None, None)
     con.close()
     n = len(dims)
@@ -351,9 +374,11 @@ def _stored_single_runs(con: _Store, files: Sequence[str], jobs: Sequence[str], 
 
 def store_report(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
                  dimensions: Sequence[str], prices: Prices, filters: Filters | None = None,
-                 from_tail: Sequence[str] = (), rollups: Rollups | None = None) -> Report:
+                 from_tail: Sequence[str] = (), rollups: Rollups | None = None,
+                 later: Callable[[], Tail] | None = None) -> Report:
     dims = check_dimensions(dimensions)
-    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail, rollups)
+    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail, rollups,
+                                             later)
     return Report(period, dims, tuple(finish(key, acc, prices, q) for key, acc, q in lines),
                   finish(("total",) + ("",) * (len(dims) - 1), total, prices, total_waits), prices.currency)
 
@@ -394,11 +419,15 @@ def job_stats(files: Sequence[str], tail: pa.Table | None, watermark: int | None
 
 def site_data_from_store(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
                          filters: Filters, prices: Prices, from_tail: Sequence[str] = (),
-                         rollups: Rollups | None = None) -> SiteData:
+                         rollups: Rollups | None = None, later: Callable[[], Tail] | None = None) -> SiteData:
     from hpc_aidc.report.site import SiteData, bucket_dim
+
+    first = store_report(files, tail, watermark, period, ("account",), prices, filters, from_tail, rollups, later)
+    if later is not None:
+        tail, from_tail = later()  # answered by now (cached)
 
     def report(*dims: str) -> Report:
         return store_report(files, tail, watermark, period, dims, prices, filters, from_tail, rollups)
 
-    return SiteData(report("account"), report("account", bucket_dim(period)), report("account", "user"),
+    return SiteData(first, report("account", bucket_dim(period)), report("account", "user"),
                     job_stats(files, tail, watermark, period, filters, TOP_JOBS, from_tail))

@@ -4,7 +4,9 @@ the store's files for the period's months and the viewer's accounts, plus the li
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,15 +27,18 @@ if TYPE_CHECKING:
 STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopped running
 
 
+# The live tail, once sacct has answered: every allocation not stored yet, and the jobs that ran more than
+# once and have a run in it (all their runs come from the tail: the stored ones may predate the final
+# summary, which Slurm writes onto every run).
+Tail = tuple["pa.Table", tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class StoreInputs:
     files: tuple[str, ...]
-    tail: pa.Table
     watermark: int
     note: str | None  # one line for stderr (stale store), or None
-    # jobs that ran more than once and have a run in the tail: all their runs come from the tail (the
-    # stored ones may predate the final summary, which Slurm writes onto every run)
-    from_tail: tuple[str, ...] = ()
+    later: Callable[[], Tail]  # the tail: waits for sacct the first time (the query reads the store meanwhile)
     rollups: Rollups | None = None  # the partitions' daily rollups, when all have them (store_rollup)
 
 
@@ -65,20 +70,23 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
     if listing.denied:
         call.cancel()
         return None
-    import duckdb  # noqa: F401  (imported while sacct answers: the query needs it next)
-    import pyarrow  # noqa: F401
     rollups = None
     if listing.days and state.days_zone == local_zone():  # the rollups' days are this machine's local days
         from hpc_aidc.report.store_query import Rollups
 
         rollups = Rollups(listing.days, listing.waits)
-    lines = source.lines_of(call, "The report store")
-    multi = multi_run_ids(lines)
-    if multi:
-        lines = with_every_run(lines, source.job_lines)
+
+    @functools.cache
+    def later() -> Tail:
+        lines = source.lines_of(call, "The report store")
+        multi = multi_run_ids(lines)
+        if multi:
+            lines = with_every_run(lines, source.job_lines)
+        return to_table(lines, finished_only=False), tuple(sorted(multi))
+
     note = None
     if period.now - wm > STALE_S:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(wm))
         note = (f"note: the report store was last brought up to date at {when}; what ended since comes from "
                 "Slurm (slower). Ask your admins to check `hpcai report ingest`.")
-    return StoreInputs(listing.files, to_table(lines, finished_only=False), wm, note, tuple(sorted(multi)), rollups)
+    return StoreInputs(listing.files, wm, note, later, rollups)
