@@ -1,8 +1,10 @@
-"""Reports from the accounting store: the rules of `aggregate.accumulate` (its docstring), written as one
-DuckDB query over the store's Parquet files plus the live tail (allocations not stored yet: running,
-pending, ended after the watermark). The two give equal reports (tests/report/test_store_*.py compare
-them on the same rows); `accumulate` stays the engine for sacct lines (--live, --from-file), this one
-serves the store, where a million rows must answer in a fraction of a second.
+"""Reports from the accounting store: the rules of `aggregate.accumulate` (its docstring), written as
+DuckDB queries over the store's daily rollups for the whole days of the period (store_rollup), its rows
+for the rest (the period's edges, jobs that ran more than once) and the live tail (allocations not
+stored yet: running, pending, ended after the watermark). The two give equal reports
+(tests/report/test_store_*.py compare them on the same rows); `accumulate` stays the engine for sacct
+lines (--live, --from-file), this one serves the store, where a million rows must answer in a fraction
+of a second.
 
 Pure apart from DuckDB reading the files it is given."""
 
