@@ -202,8 +202,7 @@ class StoreWriter:
             for section in sections:  # row groups never mix sections: statistics then skip whole sections
                 if section.num_rows:
                     out.write_table(section, row_group_size=ROW_GROUP)
-        atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None,
-                        durable=False)
+        _write_file(fd, name, buf, gid)
         for part in old:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(part, dir_fd=fd)
@@ -271,13 +270,17 @@ class StoreWriter:
                     mine = table.filter(pc.equal(table.column("account"), account)).drop_columns(["account"])
                     buf = io.BytesIO()
                     pq.write_table(mine, buf, compression="zstd", row_group_size=256 * 1024)
-                    atomic_write_at(fd, f"{kind}-{gen:08d}.parquet", buf.getvalue(), FILE_MODE,
-                                    (0, gid) if os.geteuid() == 0 else None, durable=False)
+                    _write_file(fd, f"{kind}-{gen:08d}.parquet", buf, gid)
                 for old in os.listdir(fd):
                     m = _ROLLUP.fullmatch(old)
                     if m and int(m.group(2)) != gen:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(old, dir_fd=fd)
+
+
+def _write_file(fd: int, name: str, buf: io.BytesIO, gid: int) -> None:
+    """A store file, whole, owned root:<the account's group> (when root) and FILE_MODE."""
+    atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None, durable=False)
 
 
 def month_end(month: str) -> int:

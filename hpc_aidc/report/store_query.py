@@ -19,7 +19,7 @@ from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import Acc, Filters, Report, check_dimensions, finish
 from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow
 from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets
-from hpc_aidc.report.store_rollup import midnight
+from hpc_aidc.report.store_rollup import PART_AGGREGATES, midnight
 from hpc_aidc.report.store_table import arrow_schema
 from hpc_aidc.site import Prices
 
@@ -84,22 +84,6 @@ _HEAD_AGGREGATES = """
   count(*) FILTER (head AND state = 'REQUEUED') AS requeues,
   count(*) FILTER (head AND state <> 'REQUEUED' AND NOT never_ran AND "end" IS NULL) AS running,
   histogram(state) FILTER (head AND state <> 'REQUEUED') AS states"""
-
-_PART_AGGREGATES = """
-  sum(gpus * secs)::DOUBLE AS gpu_s, sum(cpus * secs)::DOUBLE AS cpu_s, sum(nodes * secs)::DOUBLE AS node_s,
-  sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
-  sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL)::DOUBLE AS energy_gpu_s,
-  sum(e_cpu_j * frac) FILTER (counted) AS cpu_j,
-  sum(cpus * secs) FILTER (counted AND e_cpu_j IS NOT NULL)::DOUBLE AS energy_cpu_s,
-  sum(gpus * secs) FILTER (counted AND e_simulated)::DOUBLE AS simulated_gpu_s,
-  sum(e_util * gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_weighted,
-  sum(gpus * secs) FILTER (counted AND e_util IS NOT NULL)::DOUBLE AS util_gpu_s,
-  sum(e_idle_gpu_s * frac) FILTER (counted) AS idle_gpu_s,
-  sum(e_gpu_j * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS token_j,
-  sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
-  sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
-  sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
-"""
 
 # Exact queue-wait quantiles (aggregate.quantile's rule: linear between the order statistics around
 # (n - 1) q) over a multiset given as (wait, n) pairs: the raw rows' waits and the rollups'.
@@ -277,10 +261,6 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
         con.execute(f"CREATE TEMP TABLE rolled_waits AS SELECT {keys}, wait, sum(n) AS n FROM {_parquet(1)} "
                     f"{day_join} WHERE {_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn} GROUP BY ALL",
                     wparams)
-    else:
-        con.execute(f"CREATE TEMP TABLE rolled_waits AS SELECT {keys}, 0::BIGINT AS wait, 0::HUGEINT AS n FROM "
-                    "(SELECT ''::VARCHAR AS account, ''::VARCHAR AS \"user\", ''::VARCHAR AS partition, "
-                    "''::VARCHAR AS label) WHERE FALSE")
 
     # The tail: allocations not stored yet.
     if later is not None:
@@ -309,17 +289,18 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
     sql += _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days))
     con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
     if time_dim is None:  # a row is its own one part
-        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {_PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
+        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
         sums = [(*r[:len(dims)], *r[len(dims) + 4:]) for r in heads]
     else:
         heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM rows {head_join} WHERE head GROUP BY ALL"
                             ).fetchall()
         secs = _SECS.format(x="h.s", y="h.e", **days)
-        sums = con.execute(f"SELECT {keys}, {_PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
+        sums = con.execute(f"SELECT {keys}, {PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
                            f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
                            f"h.label FROM rows {part_join} WHERE NOT rows.never_ran) GROUP BY ALL").fetchall()
-    waits_sql = (f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL "
-                 f"UNION ALL SELECT {keys}, wait, n FROM rolled_waits")
+    waits_sql = f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL"
+    if rolled:
+        waits_sql += f" UNION ALL SELECT {keys}, wait, n FROM rolled_waits"
     quantiles = {tuple(str(v) for v in r[:len(dims)]): _quantiles(r[len(dims):])
                  for r in con.execute("WITH w AS (" + waits_sql + "),\n" + _QUANTILES.format(
                      keys=keys, comma=",", part=f"PARTITION BY {keys}")).fetchall()}

@@ -6,7 +6,7 @@ ingest changes the partition:
 
 - days:  per user, partition, state and local day, the jobs whose head falls in that day (their first
   second: start, or submit for jobs that never ran) and the sums of every job's part inside that day (the
-  report's pro-rating, store_query._PART_AGGREGATES, day by day);
+  report's pro-rating, PART_AGGREGATES, day by day);
 - waits: per user, partition and local day, how many jobs that started that day waited each number of
   seconds (exact, so quantiles over any set of days are exact).
 
@@ -29,8 +29,26 @@ if TYPE_CHECKING:
 DAYS = "days"
 WAITS = "waits"
 
-# A job's part in a local day g: the overlap of [start, end) with [g.s, g.e); sums as in
-# store_query._PART_AGGREGATES (frac: the share of the job's time; counted: its energy counts).
+# The sums of jobs' parts (a report's usage, energy and what it covers), over rows with `secs` inside a
+# bucket, `frac` = secs / the job's time, `counted`: its energy counts. Reports (store_query) and rollups
+# use this one definition.
+PART_AGGREGATES = """
+  sum(gpus * secs)::DOUBLE AS gpu_s, sum(cpus * secs)::DOUBLE AS cpu_s, sum(nodes * secs)::DOUBLE AS node_s,
+  sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
+  sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL)::DOUBLE AS energy_gpu_s,
+  sum(e_cpu_j * frac) FILTER (counted) AS cpu_j,
+  sum(cpus * secs) FILTER (counted AND e_cpu_j IS NOT NULL)::DOUBLE AS energy_cpu_s,
+  sum(gpus * secs) FILTER (counted AND e_simulated)::DOUBLE AS simulated_gpu_s,
+  sum(e_util * gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_weighted,
+  sum(gpus * secs) FILTER (counted AND e_util IS NOT NULL)::DOUBLE AS util_gpu_s,
+  sum(e_idle_gpu_s * frac) FILTER (counted) AS idle_gpu_s,
+  sum(e_gpu_j * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS token_j,
+  sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
+  sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
+  sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
+"""
+
+# A job's part in a local day g: the overlap of [start, end) with [g.s, g.e), summed by PART_AGGREGATES.
 _BUILD = """
 WITH r AS (
   SELECT account, "user", partition, state, cpus, gpus, nodes, submit, start, "end", e_known, e_gpu_j, e_cpu_j,
@@ -49,20 +67,7 @@ q AS (
          CASE WHEN "end" - start > 0 THEN secs / ("end" - start) ELSE 1.0 END AS frac
   FROM pieces),
 parts AS (
-  SELECT account, "user", partition, state, day,
-  sum(gpus * secs) AS gpu_s, sum(cpus * secs) AS cpu_s, sum(nodes * secs) AS node_s,
-  sum(e_gpu_j * frac) FILTER (counted) AS gpu_j,
-  sum(gpus * secs) FILTER (counted AND e_gpu_j IS NOT NULL) AS energy_gpu_s,
-  sum(e_cpu_j * frac) FILTER (counted) AS cpu_j,
-  sum(cpus * secs) FILTER (counted AND e_cpu_j IS NOT NULL) AS energy_cpu_s,
-  sum(gpus * secs) FILTER (counted AND e_simulated) AS simulated_gpu_s,
-  sum(e_util * gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_weighted,
-  sum(gpus * secs) FILTER (counted AND e_util IS NOT NULL) AS util_gpu_s,
-  sum(e_idle_gpu_s * frac) FILTER (counted) AS idle_gpu_s,
-  sum(e_gpu_j * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS token_j,
-  sum(e_tokens * frac) FILTER (counted AND e_tokens <> 0 AND e_gpu_j IS NOT NULL) AS tokens,
-  sum(e_gpu_j * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS sample_j,
-  sum(e_samples * frac) FILTER (counted AND e_samples <> 0 AND e_gpu_j IS NOT NULL) AS samples
+  SELECT account, "user", partition, state, day, {sums}
   FROM q GROUP BY ALL)
 SELECT account, "user", partition, state, day, coalesce(heads, 0) AS heads,
        parts.* EXCLUDE (account, "user", partition, state, day)
@@ -131,7 +136,7 @@ def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table]:
         con.register("grid", pa.table({"s": [d[0] for d in days], "e": [d[1] for d in days]},
                                       schema=pa.schema([("s", pa.int64()), ("e", pa.int64())])))
         params: list[Any] = [list(files)]
-        return (con.sql(_BUILD.format(parts=_PARTS), params=params).to_arrow_table(),
+        return (con.sql(_BUILD.format(parts=_PARTS, sums=PART_AGGREGATES), params=params).to_arrow_table(),
                 con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table())
     finally:
         con.close()
