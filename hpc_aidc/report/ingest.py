@@ -48,7 +48,7 @@ def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = to_table(lines, finished_only=True)
+    table = to_table(lines)
     if upto is not None:
         table = table.filter(pc.less_equal(table.column("end"), upto))
     if not table.num_rows:

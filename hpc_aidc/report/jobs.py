@@ -32,6 +32,12 @@ class AccountJobs:
     top: tuple[JobEnergyRow, ...]  # most energy first, at most TOP_JOBS
 
 
+def rank_key(job: JobEnergyRow) -> tuple[float, str, float, str]:
+    """Most energy first; the runs of one job (same id and energy: one summary on every run) by time, then
+    state, so reports from rows and from the store list them alike (store_query._JOBS orders the same)."""
+    return -job.kwh, job.job_id, job.hours, job.state
+
+
 def energy_jobs(rows: Iterable[JobRow]) -> list[JobEnergyRow]:
     """Jobs with a known energy (whole job), most energy first."""
     out = []
@@ -41,7 +47,7 @@ def energy_jobs(rows: Iterable[JobRow]) -> list[JobEnergyRow]:
             continue
         kwh = ((e.gpu_j or 0.0) + (e.cpu_j or 0.0)) / J_PER_KWH
         out.append(JobEnergyRow(r.job_id, r.user, r.name, r.state, r.gpus, r.elapsed_s / 3600.0, kwh))
-    return sorted(out, key=lambda j: (-j.kwh, j.job_id))
+    return sorted(out, key=rank_key)
 
 
 def account_jobs(rows: Iterable[JobRow], period: Period, filters: Filters) -> dict[str, AccountJobs]:

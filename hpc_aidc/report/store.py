@@ -2,7 +2,8 @@
 
     state.json                                   watermark, longest span, jobs awaiting energy (0644)
     jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
-    rollups/account=<account>/month=<YYYY-MM>/{days,waits}-<gen>.parquet    daily sums (store_rollup)
+    rollups/account=<account>/month=<YYYY-MM>/{days,waits,edges}-<gen>.parquet    daily sums, edge rows
+                                                                                   (store_rollup)
 
 `jobs/account=<a>`, `rollups/account=<a>` and everything below them belong to root and the Unix group named
 like the account (when there is one; else root's group), mode 0750/0640: a project's members read its rows,
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from hpc_aidc.errors import AccessError, ConfigError
 from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
+from hpc_aidc.report.store_rollup import EDGES, KINDS, Rollups
 from hpc_aidc.report.store_table import KEY, SCHEMA_VERSION, arrow_schema
 
 if TYPE_CHECKING:
@@ -49,8 +51,7 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
-_ROLLUP = re.compile(r"(days|waits)-([0-9]{8})\.parquet")
-DAYS, WAITS = "days", "waits"
+_ROLLUP = re.compile(r"(days|waits|edges)-([0-9]{8})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -266,8 +267,10 @@ class StoreWriter:
             gen = max(_gens(n)[1] for n in parts)
             gid = _group_id(account)
             with self.partition(account, month, ROLLUPS) as fd:
-                for kind, table in zip((DAYS, WAITS), tables, strict=True):
+                for kind, table in zip(KINDS, tables, strict=True):
                     mine = table.filter(pc.equal(table.column("account"), account)).drop_columns(["account"])
+                    if kind == EDGES:  # rows as the parts hold them
+                        mine = mine.select(arrow_schema().names).cast(arrow_schema())
                     buf = io.BytesIO()
                     pq.write_table(mine, buf, compression="zstd", row_group_size=256 * 1024)
                     _write_file(fd, f"{kind}-{gen:08d}.parquet", buf, gid)
@@ -346,13 +349,14 @@ def live_parts(names: list[str]) -> list[str]:
     return [n for (a, b), n in spans if not any(c <= a and b <= d and (c, d) != (a, b) for (c, d), _ in spans)]
 
 
-def current_rollups(names: list[str], parts: list[str]) -> tuple[str, str] | None:
-    """The partition's (days, waits) rollup files when they cover exactly its live `parts`, else None."""
+def current_rollups(names: list[str], parts: list[str]) -> tuple[str, ...] | None:
+    """The partition's rollup files (one of each store_rollup.KINDS) when they cover exactly its live
+    `parts`, else None (also for a partition rolled up before a kind existed: the ingest builds it)."""
     if not parts:
         return None
     gen = max(_gens(n)[1] for n in parts)
-    days, waits = f"{DAYS}-{gen:08d}.parquet", f"{WAITS}-{gen:08d}.parquet"
-    return (days, waits) if days in names and waits in names else None
+    files = tuple(f"{kind}-{gen:08d}.parquet" for kind in KINDS)
+    return files if all(f in names for f in files) else None
 
 
 def _fd_path(fd: int, name: str) -> str:
@@ -361,12 +365,11 @@ def _fd_path(fd: int, name: str) -> str:
 
 @dataclass(frozen=True)
 class Listing:
-    """What a reader found: part files, and each partition's current rollups (days, waits) when every
-    partition listed has them (else both empty: rollups are used for all partitions or none)."""
+    """What a reader found: part files, and the partitions' current rollups when every partition listed
+    has them (else None: rollups are used for all partitions or none)."""
 
     files: tuple[str, ...]
-    days: tuple[str, ...]
-    waits: tuple[str, ...]
+    rollups: Rollups | None
     denied: frozenset[str]  # accounts whose partitions this process may not read
 
 
@@ -376,10 +379,9 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
     try:
         names = os.listdir(jobs)
     except FileNotFoundError:
-        return Listing((), (), (), frozenset())
+        return Listing((), None, frozenset())
     files: list[str] = []
-    days: list[str] = []
-    waits: list[str] = []
+    rolled: list[tuple[str, ...]] = []
     complete = True
     denied: set[str] = set()
     for entry in sorted(names):
@@ -407,8 +409,7 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
             if rollups is None:
                 complete = complete and not parts
             else:
-                days.append(str(r / rollups[0]))
-                waits.append(str(r / rollups[1]))
-    if not complete:
-        days, waits = [], []
-    return Listing(tuple(files), tuple(days), tuple(waits), frozenset(denied))
+                rolled.append(tuple(str(r / name) for name in rollups))
+    by_kind = [tuple(paths) for paths in zip(*rolled, strict=True)]
+    found = Rollups(*by_kind) if complete and rolled else None
+    return Listing(tuple(files), found, frozenset(denied))

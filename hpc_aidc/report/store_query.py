@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import Acc, Filters, Report, check_dimensions, finish
-from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow
+from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow, rank_key
 from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets
-from hpc_aidc.report.store_rollup import PART_AGGREGATES, midnight
-from hpc_aidc.report.store_table import arrow_schema
+from hpc_aidc.report.store_rollup import PART_AGGREGATES, Rollups, midnight
+from hpc_aidc.report.store_table import COLUMNS, SQL_TYPES, TailRows, month_of
 from hpc_aidc.site import Prices
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from hpc_aidc.report.site import SiteData
     from hpc_aidc.report.store_source import Tail
 
@@ -85,19 +82,53 @@ _HEAD_AGGREGATES = """
   count(*) FILTER (head AND state <> 'REQUEUED' AND NOT never_ran AND "end" IS NULL) AS running,
   histogram(state) FILTER (head AND state <> 'REQUEUED') AS states"""
 
-# Exact queue-wait quantiles (aggregate.quantile's rule: linear between the order statistics around
-# (n - 1) q) over a multiset given as (wait, n) pairs: the raw rows' waits and the rollups'.
-_QUANTILES = """
-g AS (SELECT {keys}{comma} wait, sum(n) AS n FROM w GROUP BY ALL),
-c AS (SELECT *, sum(n) OVER ({part} ORDER BY wait) AS cum, sum(n) OVER ({part}) AS total FROM g),
-q AS (SELECT *, (total - 1)::DOUBLE * 0.5 AS p5, (total - 1)::DOUBLE * 0.9 AS p9 FROM c)
-SELECT {keys}{comma}
-  min(wait) FILTER (cum > floor(p5)) AS lo5, min(wait) FILTER (cum > least(floor(p5) + 1, total - 1)) AS hi5,
-  any_value(p5) AS p5,
-  min(wait) FILTER (cum > floor(p9)) AS lo9, min(wait) FILTER (cum > least(floor(p9) + 1, total - 1)) AS hi9,
-  any_value(p9) AS p9
-FROM q GROUP BY ALL
+# Exact queue-wait quantiles (aggregate.quantile's rule: linear between the order statistics of ranks
+# floor(p) and floor(p) + 1, p = (n - 1) q) of each group `g` (its keys joined by chr(31); chr(30): the
+# total), over two multisets of (wait, n) with each wait's running count `cum` (and `<name>_totals`):
+# `base`, what the store gives before the live tail comes (the rollups' waits and those of stored rows of
+# jobs that ran once), and `extra`, the few waits of the rows read after it. The k-th of both is the least
+# wait w with B(w) + X(w) > k (B, X: how many base, extra waits are <= w). With m extra waits in the
+# group, only base waits whose (cum - n, cum] meets (k - m, k] can be it (`near`: a handful a group). For
+# an extra wait below all of those, B(w) is 0 when the first near wait is the base's first, else <= k - m
+# (so it is not it); for one above them, B(w) is the cum of the last near wait below it (or that wait,
+# whose cum is > k, wins). So the base is read once, by a hash join, and the rest is a window over a few
+# rows a group.
+_CUMULATIVE = """
+CREATE TEMP TABLE {name} AS
+SELECT g, wait, n, sum(n) OVER (PARTITION BY g ORDER BY wait) AS cum
+FROM (SELECT concat_ws(chr(31), {keys}) AS g, wait, sum(n) AS n FROM {waits} GROUP BY ALL
+      UNION ALL SELECT chr(30) AS g, wait, sum(n) AS n FROM {waits} GROUP BY ALL)
 """
+
+_QUANTILES = """
+WITH t AS MATERIALIZED (
+  SELECT g, sum(bt) AS bt, sum(m) AS m FROM (
+    SELECT g, total AS bt, 0 AS m FROM base_totals UNION ALL SELECT g, 0, total FROM extra_totals) GROUP BY g),
+r AS MATERIALIZED (SELECT *, bt + m AS total, (bt + m - 1)::DOUBLE * 0.5 AS p5, (bt + m - 1)::DOUBLE * 0.9 AS p9
+                   FROM t),
+k AS MATERIALIZED (
+  SELECT g, m, unnest([0, 1, 2, 3]) AS which,
+         unnest([floor(p5), least(floor(p5) + 1, total - 1), floor(p9), least(floor(p9) + 1, total - 1)]) AS k
+  FROM r),
+near AS (
+  SELECT k.g, k.which, k.k, b.wait, b.cum AS cb, b.cum - b.n AS below, NULL::HUGEINT AS cx
+  FROM k JOIN base b ON b.g = k.g AND b.cum - b.n <= k.k AND b.cum > k.k - k.m
+  UNION ALL
+  SELECT k.g, k.which, k.k, x.wait, NULL, NULL, x.cum FROM k JOIN extra x ON x.g = k.g),
+c AS (
+  SELECT *, max(cb) OVER w AS bcum, max(cx) OVER w AS xcum,
+         coalesce(min(below) OVER (PARTITION BY g, which), 0) AS first_below FROM near
+  WINDOW w AS (PARTITION BY g, which ORDER BY wait RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))
+SELECT r.g, any_value(r.p5), any_value(r.p9), list(w ORDER BY which) FROM r JOIN (
+  SELECT g, which,
+         min(wait) FILTER ((bcum IS NOT NULL OR first_below = 0) AND coalesce(bcum, 0) + coalesce(xcum, 0) > k) AS w
+  FROM c GROUP BY ALL) USING (g) GROUP BY r.g
+"""
+
+def _cumulative(con: _Store, name: str, keys: str, waits: str) -> None:
+    """Tables `name` and `name_totals` (_CUMULATIVE) of the waits that the query `waits` gives."""
+    con.execute(_CUMULATIVE.format(name=name, keys=keys, waits=f"({waits})"))
+    con.execute(f"CREATE TEMP TABLE {name}_totals AS SELECT g, max(cum) AS total FROM {name} GROUP BY g")
 
 
 def _filter_sql(filters: Filters, params: list[Any]) -> str:
@@ -116,7 +147,7 @@ GroupSums = tuple[tuple[str, ...], Acc, Quantiles]
 class _Store:
     """A DuckDB connection whose errors (a damaged or foreign file in the store) are one-line errors."""
 
-    def __init__(self, tail: pa.Table | None) -> None:
+    def __init__(self) -> None:
         try:
             import duckdb
         except ImportError:
@@ -124,10 +155,18 @@ class _Store:
                               "Run `pip install 'hpc-aidc[report]'`, or add --live to read Slurm directly.") from None
         self._error = duckdb.Error
         self.con = duckdb.connect(config={"preserve_insertion_order": False})
-        self.con.register("tail", tail if tail is not None else tail_schema_only())
+        self.con.execute("SET parquet_metadata_cache = true")  # a report scans the same files more than once
+        self.load_tail(None)
 
-    def register(self, name: str, table: pa.Table) -> None:
-        self.con.register(name, table)
+    def load_tail(self, tail: TailRows | None) -> None:
+        """The table `tail`: the live tail's rows, from plain lists (one column per list, zipped by unnest)."""
+        columns = [*((name, SQL_TYPES[kind]) for name, kind in COLUMNS), ("account", "VARCHAR")]
+        self.load("tail", columns, [tail.columns[name] if tail is not None else [] for name, _ in columns])
+
+    def load(self, name: str, columns: Sequence[tuple[str, str]], values: Sequence[Sequence[object]]) -> None:
+        """A temporary table `name` of `columns` ((name, SQL type)) holding `values`, one list per column."""
+        select = ", ".join(f'unnest(${i}::{kind}[]) AS "{column}"' for i, (column, kind) in enumerate(columns, 1))
+        self.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {select}", [list(v) for v in values])
 
     def execute(self, sql: str, params: list[Any] | None = None) -> Any:
         try:
@@ -141,71 +180,90 @@ class _Store:
         self.con.close()
 
 
-def _connect(tail: pa.Table | None) -> _Store:
-    return _Store(tail)
-
-
-def _source(files: Sequence[str], tail: pa.Table | None, watermark: int | None, filters: Filters,
-            params: list[Any], columns: Sequence[str], from_tail: Sequence[str] = (),
-            window: tuple[int, int, int, int] | None = None) -> str:
+def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, filters: Filters,
+            params: list[Any], columns: Sequence[str], multi: Sequence[str] = (),
+            window: tuple[int, int, int, int] | None = None, edges: Sequence[str] = ()) -> str:
     """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
-    the store does not hold (not ended, or ended after the watermark), except the jobs in `from_tail`,
-    whose runs all come from the tail. With `window` (p0, d0, dn, p1): the period and the whole days
-    [d0, dn) inside it that rollups answer for, the store's rows that can count outside those days are
-    read (jobs that ran more than once, began before d0, or count in [dn, p1)), and every row gets `edge`:
-    true for rows of the rollups, whose parts inside the days count there."""
+    the store does not hold (not ended, or ended after the watermark; every run of the jobs in `multi`,
+    which _merge_tail reconciles with their stored runs). Each row gets `stored`: read from the files.
+
+    With `window` (p0, d0, dn, p1): the period and the whole days [d0, dn) inside it that rollups answer
+    for. Only the store's rows that can count outside those days are read (jobs that ran more than once,
+    began before d0, count in [dn, p1), or never ran and were submitted outside the days), and every row
+    gets `edge`: true for rows of the rollups, whose parts inside the days count there. With the rollups'
+    `edges` (every row that crossed a midnight or ran more than once), the parts are read only for the
+    rows that lie inside one partial day, and only the parts of those days' months."""
     where = _filter_sql(filters, params)
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
-    file_names = tail_names = names
-    outside = ["TRUE"]  # the store's rows to read, as conditions row-group statistics can skip on
+    file_names, tail_names = names + ", TRUE AS stored", names + ", FALSE AS stored"
+    scans: list[tuple[Sequence[str], list[str]]] = [(files, ["TRUE"])]  # (files, conditions to read them with)
     if window is not None:
         p0, d0, dn, p1 = (int(t) for t in window)
         file_names += ", NOT multi_run AS edge"
         tail_names += ", FALSE AS edge"
-        if d0 < dn:  # each a scan whose row-group statistics skip most of a part (store.read_order)
+        if d0 < dn:  # each condition a scan whose row-group statistics skip most of a part (store.read_order)
             outside = ["multi_run", f"NOT multi_run AND start < {d0}"]
             if dn < p1:  # usage in [dn, p1) of jobs begun inside the days
                 outside.append(f'NOT multi_run AND start >= {d0} AND start < {p1} AND "end" > {dn}')
             if p0 < d0 or dn < p1:  # jobs that never ran, submitted outside the days
                 outside.append(f"NOT multi_run AND start IS NULL AND submit >= {p0} AND submit < {p1} AND "
                                f"(submit < {d0} OR submit >= {dn})")
-    tail_jobs = "FALSE"
-    if from_tail:
-        params.append(sorted(from_tail))
-        tail_jobs = f"list_contains(${len(params)}, job_id_raw)"
+            scans = [(files, outside)]
+            if edges:
+                scans = [(edges, outside)]
+                begun = ('NOT multi_run AND coalesce(start, submit) >= {a} AND coalesce(start, submit) < {b} '
+                         'AND "end" < {c}')
+                for a, b, c in ((midnight(p0, after=False), d0, d0), (dn, p1, midnight(dn + 1, after=True))):
+                    if b > a and a < p1 and b > p0:  # a partial day: its rows that stayed inside it
+                        month = f"/month={month_of(a)}/"
+                        scans.append(([f for f in files if month in f], [begun.format(a=a, b=b, c=c)]))
     sources = []
-    if files:
-        params.append(list(files))
-        files_param = len(params)
-        sources += [f"SELECT {file_names} FROM {_parquet(files_param)} "
-                    f'WHERE {where} AND "end" >= $1 AND NOT {tail_jobs} AND {cond}' for cond in outside]
+    for paths, conditions in scans:
+        if paths:
+            params.append(list(paths))
+            sources += [f'SELECT {file_names} FROM {_parquet(len(params))} WHERE {where} AND "end" >= $1 AND {cond}'
+                        for cond in conditions]
     if tail is not None and tail.num_rows:
         params.append(watermark if watermark is not None else -1)
+        params.append(sorted(multi))
         sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND ("end" IS NULL OR "end" >= $1) AND '
-                       f'("end" IS NULL OR "end" > ${len(params)} OR {tail_jobs})')
+                       f'("end" IS NULL OR "end" > ${len(params) - 1} OR list_contains(${len(params)}, job_id_raw))')
     if not sources:
-        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND "end" >= $1 AND NOT {tail_jobs}')
+        sources.append(f'SELECT {tail_names} FROM tail WHERE {where} AND "end" >= $1 AND FALSE')  # binds the params
     return " UNION ALL ".join(sources)
+
+
+# What an energy summary gives a row (store_table.to_columns): a summary that Slurm writes onto every run of
+# a job, so the tail's newest run has the one every stored run of its job now carries.
+_SUMMARY_COLUMNS = ("comment_hash", "e_present", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens",
+                    "e_samples", "e_simulated")
+
+
+def _merge_tail(con: _Store, table: str, multi: Sequence[str], columns: Sequence[str]) -> None:
+    """The rows of `table` (stored and tail rows) as sacct would give every run of the jobs in `multi` (the tail's
+    jobs that ran more than once) today: a run the tail holds again replaces its stored row (a finished
+    job requeued since), and the stored runs take the summary and multi_run flag of the tail's newest run
+    (sacctmgr writes a summary onto every run of a job, after the store read them)."""
+    if not multi:
+        return
+    jobs = [sorted(multi)]
+    con.execute(f"DELETE FROM {table} s WHERE stored AND list_contains($1, job_id_raw) AND EXISTS (SELECT 1 FROM "
+                "tail t WHERE t.job_id_raw = s.job_id_raw AND t.submit = s.submit AND t.start IS NOT DISTINCT FROM "
+                "s.start)", jobs)
+    sets = [f"{c} = t.{c}" for c in _SUMMARY_COLUMNS if c in columns]
+    if "e_known" in columns:
+        sets.append(f"e_known = t.e_present AND (t.e_gpu_j IS NOT NULL OR ({table}.gpus = 0 AND "
+                    "t.e_cpu_j IS NOT NULL))")
+    if "multi_run" in columns:
+        sets.append("multi_run = TRUE")
+    con.execute(f"UPDATE {table} SET {', '.join(sets)} FROM (SELECT DISTINCT ON (job_id_raw) * FROM tail WHERE "
+                "list_contains($1, job_id_raw) ORDER BY job_id_raw, submit DESC, start DESC NULLS FIRST) t "
+                f"WHERE {table}.stored AND {table}.job_id_raw = t.job_id_raw", jobs)
 
 
 def _parquet(param: int) -> str:
     return (f"read_parquet(${param}, hive_partitioning = true, "
             "hive_types = {'account': VARCHAR, 'month': VARCHAR})")
-
-
-def tail_schema_only() -> pa.Table:
-    import pyarrow as pa
-
-    schema = arrow_schema().append(pa.field("account", pa.string()))
-    return schema.empty_table()
-
-
-@dataclass(frozen=True)
-class Rollups:
-    """The rollup files (store_rollup) of every partition a report reads."""
-
-    days: tuple[str, ...]
-    waits: tuple[str, ...]
 
 
 def whole_days(period: Period, rollups: Rollups | None) -> tuple[int, int]:
@@ -216,36 +274,45 @@ def whole_days(period: Period, rollups: Rollups | None) -> tuple[int, int]:
     return (d0, dn) if d0 < dn else (period.end, period.end)
 
 
-def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-               dimensions: Sequence[str], filters: Filters | None = None, from_tail: Sequence[str] = (),
+def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
+               dimensions: Sequence[str], filters: Filters | None = None, multi: Sequence[str] = (),
                rollups: Rollups | None = None, later: Callable[[], Tail] | None = None
                ) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
-    """Per-group sums and queue-wait quantiles (median, p90), and the same for the total. With `later`
-    (the tail and its multi-run jobs, once sacct answers) the store is read first, while sacct works."""
+    """Per-group sums and queue-wait quantiles (median, p90), and the same for the total.
+
+    With `later` (the tail and its multi-run jobs, once sacct answers), everything the tail cannot change is
+    summed while sacct works: the rollups, and the stored rows of jobs that ran once. What is left for
+    after it is small: the stored rows of jobs that ran more than once (whose runs the tail may add to,
+    and whose summary counts once over all of them) and the tail's own rows."""
     dims = check_dimensions(dimensions)
     time_dim = next((d for d in dims if d in TIME_DIMENSIONS), None)
-    con = _connect(None)
+    con = _Store()
     flt = filters or Filters()
     d0, dn = whole_days(period, rollups)
-    days = {"d0": d0, "dn": dn}
     key_of = {"account": "account", "user": '"user"', "partition": "partition"}
-    head_join = part_join = day_join = ""
+    day_join = ""
     if time_dim is not None:
-        import pyarrow as pa
-
         cal = buckets(period, time_dim)
-        con.register("buckets", pa.table({"label": list(cal.labels), "s": list(cal.starts), "e": list(cal.ends)}))
+        con.load("buckets", [("label", "VARCHAR"), ("s", "BIGINT"), ("e", "BIGINT")],
+                 [cal.labels, cal.starts, cal.ends])
         key_of[time_dim] = "label"
-        head_join = "JOIN buckets h ON h.s <= rows.a AND rows.a < h.e"
-        part_join = "JOIN buckets h ON h.s < rows.b AND h.e > rows.a"
         day_join = "JOIN buckets h ON h.s <= day AND day < h.e"
     keys = ", ".join(key_of[d] for d in dims)
+    summed = _Summing(con, period, (d0, dn), keys, time_dim is not None)
 
     # The store: its rows outside the whole days (the files are read once: each scan opens every file),
-    # and the rollups' sums and waits for those days.
+    # split into jobs that ran once (final now) and the others; the rollups' sums and waits for the days.
     params: list[Any] = [period.start]  # $1 of _source
     con.execute("CREATE TEMP TABLE src AS " + _source(files, None, watermark, flt, params, _USED,
-                                                        window=(period.start, d0, dn, period.end)), params)
+                                                        window=(period.start, d0, dn, period.end),
+                                                        edges=rollups.edges if rollups is not None else ()),
+                params)
+    known = [sorted(multi)]  # without `later`, the tail's multi-run jobs are known now
+    con.execute("CREATE TEMP TABLE more AS SELECT * FROM src WHERE multi_run OR list_contains($1, job_id_raw)", known)
+    con.execute("CREATE TEMP TABLE once AS SELECT * FROM src WHERE NOT (multi_run OR list_contains($1, job_id_raw))",
+                known)
+    heads, sums = summed.rows("once", repeats=False)
+    waits = [f"SELECT {keys}, wait, 1 AS n FROM once_waits"]
     rolled: list[Any] = []
     if d0 < dn and rollups is not None:
         rparams: list[Any] = [list(rollups.days)]
@@ -258,67 +325,41 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
             + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
             + f" FROM {_parquet(1)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
         wparams: list[Any] = [list(rollups.waits)]
-        con.execute(f"CREATE TEMP TABLE rolled_waits AS SELECT {keys}, wait, sum(n) AS n FROM {_parquet(1)} "
-                    f"{day_join} WHERE {_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn} GROUP BY ALL",
-                    wparams)
+        waits.append(f"SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} WHERE {_filter_sql(flt, wparams)} "
+                     f"AND day >= {d0} AND day < {dn}")
+        con.execute("CREATE TEMP TABLE rolled_waits AS " + waits.pop(), wparams)
+        waits.append(f"SELECT {keys}, wait, n FROM rolled_waits")
+    _cumulative(con, "base", keys, " UNION ALL ".join(waits))
 
     # The tail: allocations not stored yet.
     if later is not None:
-        tail, from_tail = later()
-    con.register("tail", tail if tail is not None else tail_schema_only())
-    if rollups is not None and from_tail and _stored_single_runs(con, files, from_tail, watermark):
-        con.close()  # their stored rows are in the rollups, but this report takes them from the tail
-        return query_sums(files, tail, watermark, period, dims, flt, from_tail)
-    if from_tail:
-        con.execute("DELETE FROM src WHERE list_contains($1, job_id_raw)", [sorted(from_tail)])
+        tail, multi = later()
+    con.load_tail(tail)
+    if later is not None and multi and _stale_runs(con, files, multi, period.start, rolled=bool(rolled)):
+        con.close()  # a stored run summed above belongs to a job the tail shows ran again: start over
+        return query_sums(files, tail, watermark, period, dims, flt, multi)
     if tail is not None and tail.num_rows:
         params = [period.start]
-        tail_rows = _source((), tail, watermark, flt, params, _USED, from_tail, window=(period.start, d0, dn,
-                                                                                        period.end))
-        con.execute("INSERT INTO src " + tail_rows, params)
-
-    params = [period.start, period.end, period.now]
-    repeats = [r[0] for r in con.execute(
-        "WITH " + _ROWS.format(src="(SELECT * FROM src WHERE multi_run)", **days) + _REPEATS, params).fetchall()]
-    sql = "WITH " + _ROWS.format(src="src", **days)
-    counted = "cand"
-    if repeats:
-        params.append(repeats)
-        counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
-                   "hash(job_id_raw, submit, start)) ELSE TRUE END")
-    sql += _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days))
-    con.execute("CREATE TEMP TABLE rows AS " + sql + "SELECT * FROM e", params)
-    if time_dim is None:  # a row is its own one part
-        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {PART_AGGREGATES} FROM rows GROUP BY ALL").fetchall()
-        sums = [(*r[:len(dims)], *r[len(dims) + 4:]) for r in heads]
-    else:
-        heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM rows {head_join} WHERE head GROUP BY ALL"
-                            ).fetchall()
-        secs = _SECS.format(x="h.s", y="h.e", **days)
-        sums = con.execute(f"SELECT {keys}, {PART_AGGREGATES} FROM (SELECT rows.* REPLACE ({secs} AS secs, "
-                           f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
-                           f"h.label FROM rows {part_join} WHERE NOT rows.never_ran) GROUP BY ALL").fetchall()
-    waits_sql = f"SELECT {keys}, wait, 1 AS n FROM rows {head_join} WHERE wait IS NOT NULL"
-    if rolled:
-        waits_sql += f" UNION ALL SELECT {keys}, wait, n FROM rolled_waits"
-    quantiles = {tuple(str(v) for v in r[:len(dims)]): _quantiles(r[len(dims):])
-                 for r in con.execute("WITH w AS (" + waits_sql + "),\n" + _QUANTILES.format(
-                     keys=keys, comma=",", part=f"PARTITION BY {keys}")).fetchall()}
-    total_sql = waits_sql.replace(f"SELECT {keys}, wait", "SELECT wait")
-    total_rows = con.execute("WITH w AS (" + total_sql + "),\n" + _QUANTILES.format(keys="", comma="", part="")
-                             ).fetchall()
-    total_quantiles = _quantiles(total_rows[0]) if total_rows else (None, None)
+        tail_sql = _source((), tail, watermark, flt, params, _USED, multi, window=(period.start, d0, dn, period.end))
+        con.execute("INSERT INTO more " + tail_sql, params)
+    _merge_tail(con, "more", multi, _USED)
+    more_heads, more_sums = summed.rows("more", repeats=True)
+    _cumulative(con, "extra", keys, "SELECT *, 1 AS n FROM more_waits")
+    quantiles: dict[str, Quantiles] = {}
+    for g, p5, p9, (lo5, hi5, lo9, hi9) in con.execute(_QUANTILES).fetchall():
+        quantiles[g] = _quantiles((lo5, hi5, p5, lo9, hi9, p9))
     con.close()
+
     n = len(dims)
     accs: dict[tuple[str, ...], Acc] = {}
-    for row in [*heads, *rolled]:
+    for row in [*heads, *more_heads, *rolled]:
         acc = accs.setdefault(tuple(str(v) for v in row[:n]), Acc())
         acc.jobs += int(row[n] or 0)
         acc.requeues += int(row[n + 1] or 0)
         acc.running += int(row[n + 2] or 0)
         for state, count in (row[n + 3] or {}).items():
             acc.states[str(state)] = acc.states.get(str(state), 0) + int(count)
-    for row in [*sums, *((*r[:n], *r[n + 4:]) for r in rolled)]:
+    for row in [*sums, *more_sums, *((*r[:n], *r[n + 4:]) for r in rolled)]:
         acc = accs.setdefault(tuple(str(v) for v in row[:n]), Acc())
         for name, value in zip(_SUMS, row[n:], strict=True):
             setattr(acc, name, getattr(acc, name) + float(value or 0.0))
@@ -326,8 +367,49 @@ def query_sums(files: Sequence[str], tail: pa.Table | None, watermark: int | Non
     for acc in accs.values():
         acc.states = dict(sorted(acc.states.items()))
         total.merge(acc)
-    lines = [(key, accs[key], quantiles.get(key, (None, None))) for key in sorted(accs)]
-    return lines, (total, total_quantiles)
+    lines = [(key, accs[key], quantiles.get("\x1f".join(key), (None, None))) for key in sorted(accs)]
+    return lines, (total, quantiles.get("\x1e", (None, None)))
+
+
+class _Summing:
+    """The report's rules (_ROWS, _COUNTED) over a table of rows: per-group heads and sums, and the waits
+    of the rows whose queue wait counts (table `<name>_waits`)."""
+
+    def __init__(self, con: _Store, period: Period, days: tuple[int, int], keys: str, buckets: bool) -> None:
+        self.con, self.period, self.keys, self.buckets = con, period, keys, buckets
+        self.days = {"d0": days[0], "dn": days[1]}
+
+    def rows(self, table: str, *, repeats: bool) -> tuple[list[Any], list[Any]]:
+        con, keys, days = self.con, self.keys, self.days
+        params: list[Any] = [self.period.start, self.period.end, self.period.now]
+        counted = "cand"
+        found = con.execute("WITH " + _ROWS.format(src=f"(SELECT * FROM {table} WHERE multi_run)", **days) + _REPEATS,
+                            params).fetchall() if repeats else []
+        if found:
+            params.append([r[0] for r in found])
+            counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
+                       "hash(job_id_raw, submit, start)) ELSE TRUE END")
+        rows = f"{table}_rows"
+        con.execute(f"CREATE TEMP TABLE {rows} AS WITH " + _ROWS.format(src=table, **days)
+                    + _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days)) + "SELECT * FROM e",
+                    params)
+        head_join = "JOIN buckets h ON h.s <= r.a AND r.a < h.e" if self.buckets else ""
+        n = len(keys.split(", "))
+        if not self.buckets:  # a row is its own one part
+            heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES}, {PART_AGGREGATES} FROM {rows} GROUP BY ALL"
+                                ).fetchall()
+            sums = [(*r[:n], *r[n + 4:]) for r in heads]
+        else:
+            heads = con.execute(f"SELECT {keys}, {_HEAD_AGGREGATES} FROM {rows} r {head_join} WHERE head GROUP BY ALL"
+                                ).fetchall()
+            secs = _SECS.format(x="h.s", y="h.e", **days)
+            sums = con.execute(f"SELECT {keys}, {PART_AGGREGATES} FROM (SELECT r.* REPLACE ({secs} AS secs, "
+                               f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
+                               f"h.label FROM {rows} r JOIN buckets h ON h.s < r.b AND h.e > r.a "
+                               "WHERE NOT r.never_ran) GROUP BY ALL").fetchall()
+        con.execute(f"CREATE TEMP TABLE {table}_waits AS SELECT {keys}, wait FROM {rows} r {head_join} "
+                    "WHERE wait IS NOT NULL")
+        return heads, sums
 
 
 def _quantiles(row: Sequence[Any]) -> Quantiles:
@@ -338,79 +420,84 @@ def _quantiles(row: Sequence[Any]) -> Quantiles:
     return out[0], out[1]
 
 
-def _stored_single_runs(con: _Store, files: Sequence[str], jobs: Sequence[str], watermark: int | None) -> bool:
-    """Whether any of `jobs` has a stored row the rollups hold (a job that ran once when stored). A job with
-    a REQUEUED or NODE_FAIL run that ended by the watermark had all its runs stored as multi_run; only the
-    others (requeued after they finished, in the last minutes) are looked up in the files."""
-    if not files:
+def _stale_runs(con: _Store, files: Sequence[str], multi: Sequence[str], since: int, *, rolled: bool) -> bool:
+    """Whether a stored run of the tail's jobs that ran more than once (`multi`) was summed as a job that ran
+    once (in the rollups, or in table `once`): a job requeued after it had finished, stored before. A job
+    with a stored multi_run row in table `more` has every stored run so (the ingest reads every run of such a
+    job again); for the others, the rows `once` holds, or with rollups their accounts' files (rows ended
+    from `since` on), are looked up."""
+    jobs = [sorted(multi)]
+    if not rolled:
+        return bool(con.execute("SELECT count(*) FROM once WHERE list_contains($1, job_id_raw)", jobs).fetchall()[0][0])
+    rows = con.execute("SELECT DISTINCT job_id_raw, account FROM tail WHERE list_contains($1, job_id_raw) AND "
+                       "job_id_raw NOT IN (SELECT job_id_raw FROM more WHERE multi_run)", jobs).fetchall()
+    dirs = {f"/account={r[1]}/" for r in rows}
+    own = [f for f in files if any(d in f for d in dirs)]
+    if not own:
         return False
-    rows = con.execute("SELECT DISTINCT job_id_raw FROM tail WHERE list_contains($1, job_id_raw) AND job_id_raw NOT "
-                       "IN (SELECT job_id_raw FROM tail WHERE \"end\" <= $2 AND state IN ('REQUEUED', 'NODE_FAIL'))",
-                       [sorted(jobs), watermark if watermark is not None else -1]).fetchall()
-    jobs = [r[0] for r in rows]
-    if not jobs:
-        return False
-    rows = con.execute("SELECT count(*) FROM read_parquet($1) WHERE NOT multi_run AND list_contains($2, job_id_raw)",
-                       [list(files), sorted(jobs)]).fetchall()
-    return bool(rows[0][0])
+    found = con.execute('SELECT count(*) FROM read_parquet($1) WHERE NOT multi_run AND "end" >= $3 AND '
+                        "list_contains($2, job_id_raw)", [own, sorted({r[0] for r in rows}), since]).fetchall()
+    return bool(found[0][0])
 
 
-def store_report(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
+def store_report(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
                  dimensions: Sequence[str], prices: Prices, filters: Filters | None = None,
-                 from_tail: Sequence[str] = (), rollups: Rollups | None = None,
+                 multi: Sequence[str] = (), rollups: Rollups | None = None,
                  later: Callable[[], Tail] | None = None) -> Report:
     dims = check_dimensions(dimensions)
-    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, from_tail, rollups,
-                                             later)
+    lines, (total, total_waits) = query_sums(files, tail, watermark, period, dims, filters, multi, rollups, later)
     return Report(period, dims, tuple(finish(key, acc, prices, q) for key, acc, q in lines),
                   finish(("total",) + ("",) * (len(dims) - 1), total, prices, total_waits), prices.currency)
 
 
 
 _JOBS = """
-, j AS (
+WITH j AS (
   SELECT account, job_id, "user", name, state, gpus, elapsed_s, e_present AND (e_gpu_j IS NOT NULL OR
          e_cpu_j IS NOT NULL) AS has_energy, (coalesce(e_gpu_j, 0) + coalesce(e_cpu_j, 0)) / 3.6e6 AS kwh
   FROM src WHERE start IS NOT NULL AND start < $2 AND ("end" IS NULL OR "end" >= $1)),
 ranked AS (
-  SELECT *, row_number() OVER (PARTITION BY account ORDER BY kwh DESC, job_id) AS rank FROM j WHERE has_energy)
+  SELECT *, row_number() OVER (PARTITION BY account ORDER BY kwh DESC, job_id, elapsed_s, state) AS rank
+  FROM j WHERE has_energy)
 SELECT account, NULL, NULL, NULL, NULL, NULL, NULL, count(*), count(*) FILTER (has_energy) FROM j GROUP BY account
 UNION ALL
 SELECT account, job_id, "user", name, state, gpus, elapsed_s, kwh, NULL FROM ranked WHERE rank <= $3
 """
 
 
-def job_stats(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-              filters: Filters, top: int, from_tail: Sequence[str] = ()) -> dict[str, AccountJobs]:
+def job_stats(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
+              filters: Filters, top: int, multi: Sequence[str] = ()) -> dict[str, AccountJobs]:
     """Per account: allocations that ran in the period, how many have a known energy, and the `top` with
     the most energy (as `site.energy_jobs` picks them from rows)."""
-    params: list[Any] = [period.start, period.end, top]
-    con = _connect(tail)
-    src = _source(files, tail, watermark, filters, params,
-                  ("job_id", "job_id_raw", "user", "name", "state", "gpus", "elapsed_s", "start", "end",
-                   "e_present", "e_gpu_j", "e_cpu_j"), from_tail)
-    rows = con.execute("WITH src AS (" + src + ")" + _JOBS, params).fetchall()
+    columns = ("job_id", "job_id_raw", "user", "name", "state", "gpus", "elapsed_s", "submit", "start", "end",
+               "e_present", "e_gpu_j", "e_cpu_j")
+    params: list[Any] = [period.start]
+    con = _Store()
+    con.load_tail(tail)
+    con.execute("CREATE TEMP TABLE src AS " + _source(files, tail, watermark, filters, params, columns, multi), params)
+    _merge_tail(con, "src", multi, columns)
+    rows = con.execute(_JOBS, [period.start, period.end, top]).fetchall()
     con.close()
     counts = {r[0]: (int(r[7]), int(r[8])) for r in rows if r[1] is None}
     tops: dict[str, list[JobEnergyRow]] = {}
     for account, job_id, user, name, state, gpus, elapsed, kwh, _ in rows:
         if job_id is not None:
             tops.setdefault(account, []).append(JobEnergyRow(job_id, user, name, state, gpus, elapsed / 3600.0, kwh))
-    return {a: AccountJobs(n, k, tuple(sorted(tops.get(a, []), key=lambda j: (-j.kwh, j.job_id))))
+    return {a: AccountJobs(n, k, tuple(sorted(tops.get(a, []), key=rank_key)))
             for a, (n, k) in counts.items()}
 
 
-def site_data_from_store(files: Sequence[str], tail: pa.Table | None, watermark: int | None, period: Period,
-                         filters: Filters, prices: Prices, from_tail: Sequence[str] = (),
+def site_data_from_store(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
+                         filters: Filters, prices: Prices, multi: Sequence[str] = (),
                          rollups: Rollups | None = None, later: Callable[[], Tail] | None = None) -> SiteData:
     from hpc_aidc.report.site import SiteData, bucket_dim
 
-    first = store_report(files, tail, watermark, period, ("account",), prices, filters, from_tail, rollups, later)
+    first = store_report(files, tail, watermark, period, ("account",), prices, filters, multi, rollups, later)
     if later is not None:
-        tail, from_tail = later()  # answered by now (cached)
+        tail, multi = later()  # answered by now (cached)
 
     def report(*dims: str) -> Report:
-        return store_report(files, tail, watermark, period, dims, prices, filters, from_tail, rollups)
+        return store_report(files, tail, watermark, period, dims, prices, filters, multi, rollups)
 
     return SiteData(first, report("account", bucket_dim(period)), report("account", "user"),
-                    job_stats(files, tail, watermark, period, filters, TOP_JOBS, from_tail))
+                    job_stats(files, tail, watermark, period, filters, TOP_JOBS, multi))

@@ -1,14 +1,18 @@
 """Daily rollups of a store partition, so a report over whole days reads a few thousand sums instead of a
 million rows (sreport's answer too; slurmdbd rolls up hourly).
 
-Each partition (account, month) gets two tables next to its parts, built from all of them whenever the
+Each partition (account, month) gets three tables next to its parts, built from all of them whenever the
 ingest changes the partition:
 
 - days:  per user, partition, state and local day, the jobs whose head falls in that day (their first
   second: start, or submit for jobs that never ran) and the sums of every job's part inside that day (the
   report's pro-rating, PART_AGGREGATES, day by day);
 - waits: per user, partition and local day, how many jobs that started that day waited each number of
-  seconds (exact, so quantiles over any set of days are exact).
+  seconds (exact, so quantiles over any set of days are exact);
+- edges: the rows a report over whole days may still need (its rollups cannot place their heads, nor
+  count their summaries once): jobs that ran more than once, and jobs that crossed a local midnight
+  (from start, or submit for jobs that never ran, to end). A few percent of the rows: with these, a
+  report reads parts only for the partial days at its ends, and only their months' parts.
 
 Rows of jobs that ran more than once (multi_run) are left out: their summary may sit on several runs and
 counts once per report, so reports always read them raw. A report uses the rollups of the whole local
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +33,17 @@ if TYPE_CHECKING:
 
 DAYS = "days"
 WAITS = "waits"
+EDGES = "edges"
+KINDS = (DAYS, WAITS, EDGES)
+
+
+@dataclass(frozen=True)
+class Rollups:
+    """The rollup files of every partition a report reads, one of each kind a partition."""
+
+    days: tuple[str, ...]
+    waits: tuple[str, ...]
+    edges: tuple[str, ...]
 
 # The sums of jobs' parts (a report's usage, energy and what it covers), over rows with `secs` inside a
 # bucket, `frac` = secs / the job's time, `counted`: its energy counts. Reports (store_query) and rollups
@@ -119,12 +135,20 @@ def local_days(first: int, last: int) -> list[tuple[int, int]]:
     return out
 
 
+# The rows that cross a local midnight g.e (from the day g of their start, or submit) or ran more than once.
+_EDGES = """
+SELECT p.* EXCLUDE (month) FROM {parts} p
+LEFT JOIN grid g ON g.s <= coalesce(p.start, p.submit) AND coalesce(p.start, p.submit) < g.e
+WHERE p.multi_run OR p."end" >= g.e
+ORDER BY p.account, p.multi_run DESC, p."end"
+"""
+
 _PARTS = "read_parquet($1, hive_partitioning = true, hive_types = {'account': VARCHAR, 'month': VARCHAR})"
 
 
-def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table]:
-    """The days and waits tables (with an `account` column) of the partitions whose parts are `files`
-    (paths in the store's account=/month= tree)."""
+def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """The days, waits and edges tables (with an `account` column) of the partitions whose parts are
+    `files` (paths in the store's account=/month= tree)."""
     import duckdb
     import pyarrow as pa
 
@@ -137,6 +161,7 @@ def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table]:
                                       schema=pa.schema([("s", pa.int64()), ("e", pa.int64())])))
         params: list[Any] = [list(files)]
         return (con.sql(_BUILD.format(parts=_PARTS, sums=PART_AGGREGATES), params=params).to_arrow_table(),
-                con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table())
+                con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table(),
+                con.sql(_EDGES.format(parts=_PARTS), params=params).to_arrow_table())
     finally:
         con.close()

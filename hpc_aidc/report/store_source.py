@@ -9,28 +9,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hpc_aidc.report import source
 from hpc_aidc.report.aggregate import Filters
-from hpc_aidc.report.ingest import with_every_run
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.store import list_store, read_state
-from hpc_aidc.report.store_rollup import local_zone
-from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
-
-if TYPE_CHECKING:
-    import pyarrow as pa
-
-    from hpc_aidc.report.store_query import Rollups
+from hpc_aidc.report.store_rollup import Rollups, local_zone
+from hpc_aidc.report.store_table import TailRows, month_of, multi_run_ids, tail_rows
 
 STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopped running
 
 
 # The live tail, once sacct has answered: every allocation not stored yet, and the jobs that ran more than
-# once and have a run in it (all their runs come from the tail: the stored ones may predate the final
-# summary, which Slurm writes onto every run).
-Tail = tuple["pa.Table", tuple[str, ...]]
+# once and have a run in it (their stored runs may predate the final summary, which Slurm writes onto
+# every run: the query gives them the tail's, store_query._merge_tail).
+Tail = tuple[TailRows, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -70,19 +63,13 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
     if listing.denied:
         call.cancel()
         return None
-    rollups = None
-    if listing.days and state.days_zone == local_zone():  # the rollups' days are this machine's local days
-        from hpc_aidc.report.store_query import Rollups
-
-        rollups = Rollups(listing.days, listing.waits)
+    # the rollups' days must be this machine's local days
+    rollups = listing.rollups if state.days_zone == local_zone() else None
 
     @functools.cache
     def later() -> Tail:
         lines = source.lines_of(call, "The report store")
-        multi = multi_run_ids(lines)
-        if multi:
-            lines = with_every_run(lines, source.job_lines)
-        return to_table(lines, finished_only=False), tuple(sorted(multi))
+        return tail_rows(lines), tuple(sorted(multi_run_ids(lines)))
 
     note = None
     if period.now - wm > STALE_S:

@@ -15,10 +15,11 @@ def at(text: str) -> int:
 
 
 def summary(gpu_j: float | None, *, cpu_j: float | None = None, util: float | None = 50.0,
-            idle_gpu_s: float | None = 0.0, tokens: float | None = None, gpus: int = 4, simulated: bool = False) -> str:
+            idle_gpu_s: float | None = 0.0, tokens: float | None = None, gpus: int = 4, simulated: bool = False,
+            runs: int = 1) -> str:
     return encode(Totals(nodes=("n1",), gpus=gpus, gpu_j=gpu_j, cpu_j=cpu_j, duration_s=1.0, power_mean_w=None,
                          power_max_w=None, util_mean=util, idle_gpu_s=idle_gpu_s, tokens=tokens, samples=None,
-                         source="counter", simulated=simulated, approximate=False))
+                         source="counter", simulated=simulated, approximate=False, runs=runs))
 
 
 def job(job_id: str, *, start: str | None, end: str | None, account: str = "physics", user: str = "alice",

@@ -21,9 +21,10 @@ from hpc_aidc.report.period import Period
 from hpc_aidc.report.rows import format_row
 from hpc_aidc.report.site import site_data
 from hpc_aidc.report.store import StoreState, StoreWriter, list_store, live_parts, read_state
-from hpc_aidc.report.store_query import Rollups, site_data_from_store, store_report
+from hpc_aidc.report.store_query import site_data_from_store, store_report
+from hpc_aidc.report.store_rollup import Rollups
 from hpc_aidc.report.store_source import months_between
-from hpc_aidc.report.store_table import to_table
+from hpc_aidc.report.store_table import multi_run_ids, tail_rows
 from hpc_aidc.site import Prices
 
 PRICES = Prices(gpu_hour=2.0, kwh=0.3)
@@ -48,9 +49,10 @@ def assert_same(a: Report, b: Report) -> None:
 
 
 def _rollups(root: Path, months: list[str]) -> Rollups:
-    listing = list_store(root, None, months)
-    assert listing.days and len(listing.days) == len(listing.waits), "every partition has its rollups"
-    return Rollups(listing.days, listing.waits)
+    rollups = list_store(root, None, months).rollups
+    assert rollups is not None and rollups.days, "every partition has its rollups"
+    assert len(rollups.days) == len(rollups.waits) == len(rollups.edges)
+    return rollups
 
 
 def _store(tmp_path: Path, lines: Sequence[str], upto: int | None = None) -> tuple[Path, list[str]]:
@@ -70,6 +72,11 @@ def _store(tmp_path: Path, lines: Sequence[str], upto: int | None = None) -> tup
     files, denied = list(listing.files), listing.denied
     assert not denied
     return root, files
+
+
+def _window(lines: Sequence[str], since: int) -> list[str]:
+    """The lines of allocations that ended from `since` on or have not ended (sacct's window from then)."""
+    return [ln for ln in lines if (end := _end(ln)) is None or end >= since]
 
 
 def _end(line: str) -> int | None:
@@ -102,18 +109,20 @@ def test_store_plus_tail_equals_sacct(cut_store: tuple[Path, list[str]], lines: 
     watermark = WATERMARK
     root, files = cut_store
     rollups = _rollups(root, MONTHS) if rolled else None
-    tail = to_table(lines, finished_only=False)
+    window = _window(lines, watermark)  # what the report's sacct call gives: nothing ended before the watermark
+    tail, multi = tail_rows(window), tuple(sorted(multi_run_ids(window)))
+    assert multi, "jobs that ran more than once cross the watermark"
     if rolled:  # as the CLI calls it: the tail given once sacct answers, after the store is read
-        got = store_report(files, None, watermark, period, dims, PRICES, rollups=rollups, later=lambda: (tail, ()))
+        got = store_report(files, None, watermark, period, dims, PRICES, rollups=rollups, later=lambda: (tail, multi))
     else:
-        got = store_report(files, tail, watermark, period, dims, PRICES)
+        got = store_report(files, tail, watermark, period, dims, PRICES, multi=multi)
     assert_same(build_report(lines, period, dims, PRICES), got)
 
 
 def test_filters_and_tail_only(tmp_path: Path, lines: list[str]) -> None:
     period = PERIODS[1]
     filters = Filters(frozenset({"proj00", "proj03"}), frozenset(), frozenset({"gpu"}))
-    tail = to_table(lines, finished_only=False)
+    tail = tail_rows(lines)
     assert_same(build_report(lines, period, ("account",), PRICES, filters),
                 store_report([], tail, None, period, ("account",), PRICES, filters))
     root, files = _store(tmp_path, lines)
@@ -127,7 +136,7 @@ def test_filters_and_tail_only(tmp_path: Path, lines: list[str]) -> None:
 def test_site_data_from_store_equals_lines(tmp_path: Path, lines: list[str]) -> None:
     period = PERIODS[0]
     root, files = _store(tmp_path, lines, upto=OCT[0] + 15 * 86400)
-    tail = to_table(lines, finished_only=False)
+    tail = tail_rows(lines)
     a = site_data(lines, period, Filters(), PRICES)
     b = site_data_from_store(files, None, OCT[0] + 15 * 86400, period, Filters(), PRICES,
                              rollups=_rollups(root, MONTHS), later=lambda: (tail, ()))
@@ -287,13 +296,15 @@ def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
         assert st.st_mode & 0o007 == 0
 
 
-def test_stored_run_with_an_old_summary_is_read_from_the_tail(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_tail", [(2,), (1, 2)], ids=["window", "every-run"])
+def test_a_stored_run_takes_the_final_summary_from_the_tail(tmp_path: Path, in_tail: tuple[int, ...]) -> None:
     """Run 1 ended on a node failure and was stored with its own summary; run 2 ended after the watermark
-    and Slurm wrote the job's final summary (runs=2) onto both runs: the report reads both from the tail
-    (the stored run is stale) and counts the final summary once, as sacct's lines give it."""
+    and Slurm wrote the job's final summary (runs=2) onto both runs. The report's sacct call gives run 2
+    (and run 1 again where its window reaches back): the stored run takes the final summary, which counts
+    once, as sacct's lines of both runs give it, with no second sacct call."""
     run1_old = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL",
                    comment=summary(3.6e6))
-    final = summary(9 * 3.6e6) + " runs=2"
+    final = summary(9 * 3.6e6, runs=2)
     run1 = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL", comment=final)
     run2 = job("900", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:00", comment=final)
     root = tmp_path / "s"
@@ -302,11 +313,16 @@ def test_stored_run_with_an_old_summary_is_read_from_the_tail(tmp_path: Path) ->
     files = list(list_store(root, None, ["2026-10"]).files)
     watermark = at("2026-10-05T11:30")
     period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
-    tail_lines = [run1, run2]  # store_source.with_every_run: every run of a job that ran more than once
-    report = store_report(files, to_table(tail_lines, finished_only=False), watermark, period, ("account",), PRICES,
-                          from_tail=["900"], rollups=_rollups(root, ["2026-10"]))
-    assert_same(build_report([run1, run2], period, ("account",), PRICES), report)
-    assert report.total.energy_kwh == pytest.approx(9.0)
+    tail_lines = [{1: run1, 2: run2}[i] for i in in_tail]
+    multi = tuple(multi_run_ids(tail_lines))
+    assert multi == ("900",)
+    for rollups in (None, _rollups(root, ["2026-10"])):
+        report = store_report(files, None, watermark, period, ("account",), PRICES, rollups=rollups,
+                              later=lambda: (tail_rows(tail_lines), multi))
+        assert_same(build_report([run1, run2], period, ("account",), PRICES), report)
+        assert report.total.energy_kwh == pytest.approx(9.0)
+    data = site_data_from_store(files, tail_rows(tail_lines), watermark, period, Filters(), PRICES, multi)
+    assert data.jobs == site_data([run1, run2], period, Filters(), PRICES).jobs
 
 
 def test_a_damaged_or_old_store_is_one_clean_error(tmp_path: Path) -> None:
@@ -328,13 +344,19 @@ def test_rollups_cover_exactly_the_parts_or_are_not_used(tmp_path: Path) -> None
     root = tmp_path / "s"
     with StoreWriter(root).locked() as w:
         ingest_file(w, StoreState(), [job("1", start="2026-10-05T10:00", end="2026-10-05T11:00")])
-    assert list_store(root, None, ["2026-10"]).days
+    assert list_store(root, None, ["2026-10"]).rollups is not None
     rollups = next((root / "rollups").rglob("days-*.parquet"))
     rollups.rename(rollups.with_name("days-00000000.parquet"))  # older than the part
-    assert list_store(root, None, ["2026-10"]).days == ()
+    assert list_store(root, None, ["2026-10"]).rollups is None
     with StoreWriter(root).locked() as w:
         ingest_file(w, read_state(root) or StoreState(), [])  # no rows: only the rollups
-    assert len(list_store(root, None, ["2026-10"]).days) == 1
+    rolled = list_store(root, None, ["2026-10"]).rollups
+    assert rolled is not None and len(rolled.days) == 1
+    next((root / "rollups").rglob("edges-*.parquet")).unlink()  # a store rolled up before edges existed
+    assert list_store(root, None, ["2026-10"]).rollups is None
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, read_state(root) or StoreState(), [])
+    assert list_store(root, None, ["2026-10"]).rollups is not None
     assert not list((root / "jobs").rglob("days-*"))  # the rows' tree holds rows only: one schema for other engines
 
 
@@ -355,7 +377,9 @@ def test_a_new_time_zone_rebuilds_the_rollups(tmp_path: Path, monkeypatch: pytes
         time.tzset()
     state = read_state(root)
     assert state is not None and state.days_zone == "Asia/Kolkata"
-    days = list_store(root, None, ["2026-10"]).days
+    rollups = list_store(root, None, ["2026-10"]).rollups
+    assert rollups is not None
+    days = rollups.days
     from datetime import datetime
 
     import pyarrow.parquet as pq
@@ -364,20 +388,53 @@ def test_a_new_time_zone_rebuilds_the_rollups(tmp_path: Path, monkeypatch: pytes
     assert pq.read_table(days[0])["day"].to_pylist() == [kolkata_midnight]  # rebuilt, not kept
 
 
-def test_a_finished_job_requeued_after_it_was_stored_is_counted_once(tmp_path: Path) -> None:
-    """Stored as a job that ran once (so in the rollups); then requeued after it had finished, its runs
-    come from the tail: the rollups must not count the stored run too."""
-    run1 = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=summary(3.6e6))
-    run2 = job("950", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:30",
-               comment=summary(2 * 3.6e6) + " runs=2")
+@pytest.mark.parametrize("in_tail", [(2,), (1, 2)], ids=["window", "every-run"])
+def test_a_finished_job_requeued_after_it_was_stored_is_counted_once(tmp_path: Path, in_tail: tuple[int, ...]
+                                                                      ) -> None:
+    """Stored as a job that ran once (so in the rollups); then requeued after it had finished: the rollups
+    must not count the stored run with its old summary too (the report reads rows instead)."""
+    run1_old = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=summary(3.6e6))
+    final = summary(2 * 3.6e6, runs=2)
+    run1 = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=final)
+    run2 = job("950", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:30", comment=final)
     other = job("951", start="2026-10-05T09:00", end="2026-10-05T10:00", comment=summary(3.6e6))
     root = tmp_path / "s"
     with StoreWriter(root).locked() as w:
-        ingest_file(w, StoreState(), [run1, other])
+        ingest_file(w, StoreState(), [run1_old, other])
     files = list(list_store(root, None, ["2026-10"]).files)
     period = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-06T00:00"))
-    tail = to_table([run1, run2], finished_only=False)
+    tail_lines = [{1: run1, 2: run2}[i] for i in in_tail]
+    tail, multi = tail_rows(tail_lines), tuple(multi_run_ids(tail_lines))
     report = store_report(files, None, at("2026-10-05T11:10"), period, ("account",), PRICES,
-                          rollups=_rollups(root, ["2026-10"]), later=lambda: (tail, ("950",)))
+                          rollups=_rollups(root, ["2026-10"]), later=lambda: (tail, multi))
     assert_same(build_report([run1, run2, other], period, ("account",), PRICES), report)
-    assert report.total.jobs == 3
+    assert report.total.jobs == 3 and report.total.energy_kwh == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_queue_wait_quantiles_of_two_multisets_are_exact(seed: int) -> None:
+    """The store's quantile query over waits summed before the tail (`base`) and after it (`extra`) gives
+    aggregate.quantile of all of them, per group and in total: groups with no extra waits, only extra waits,
+    extra waits below, inside and above the base's, ties."""
+    import random
+
+    from hpc_aidc.report.aggregate import quantile
+    from hpc_aidc.report.store_query import _QUANTILES, _cumulative, _quantiles, _Store
+
+    rng = random.Random(seed)
+    base = [(rng.choice("ab"), rng.randint(0, 60)) for _ in range(rng.choice([1, 2, 3, 50, 400]))]
+    extra = [(rng.choice("abc"), rng.randint(-5, 70)) for _ in range(rng.choice([0, 1, 2, 9, 300]))]
+    con = _Store()
+    for name, pairs in (("base_w", base), ("extra_w", extra)):
+        con.load(name, [("account", "VARCHAR"), ("wait", "BIGINT")], [[a for a, _ in pairs], [w for _, w in pairs]])
+    _cumulative(con, "base", "account", "SELECT *, 1 AS n FROM base_w")
+    _cumulative(con, "extra", "account", "SELECT *, 1 AS n FROM extra_w")
+    got = {g: _quantiles((w[0], w[1], p5, w[2], w[3], p9)) for g, p5, p9, w in con.execute(_QUANTILES).fetchall()}
+    con.close()
+    want = {}
+    for g in {a for a, _ in base + extra} | {"\x1e"}:
+        waits = sorted(w for a, w in base + extra if g in ("\x1e", a))
+        want[g] = (quantile(waits, 0.5), quantile(waits, 0.9))
+    assert got.keys() == want.keys()
+    for g, (median, p90) in want.items():
+        assert got[g] == (pytest.approx(median), pytest.approx(p90)), g
