@@ -8,9 +8,12 @@ sacct and are recomputed on decode. Unknown keys are ignored so newer writers st
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from hpc_aidc.errors import EnergyError
-from hpc_aidc.monitor.summary import Totals
+
+if TYPE_CHECKING:
+    from hpc_aidc.monitor.summary import Totals
 
 TAG = "hpcai-energy-v1"
 _TAG_RE = re.compile(r"(?:^|\s)hpcai-energy-v1(?:\s|$)")
@@ -68,6 +71,8 @@ def contains_summary(text: str) -> bool:
 
 def decode(text: str) -> Totals:
     """The Totals in an AdminComment (other text around the tagged part is ignored)."""
+    from hpc_aidc.monitor.summary import Totals  # here: reports read most summaries without it (report.energy)
+
     match = _TAG_RE.search(text.lower())
     if match is None:
         raise EnergyError(

@@ -5,7 +5,6 @@ read in parallel chunks (one per core) and merge."""
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +92,8 @@ def accumulate_file(path: Path, period: Period, dimensions: Sequence[str], filte
     except OSError as exc:
         raise ConfigError(f"Expected a readable sacct-format file at {path}. Got {exc.strerror}. "
                           "Check the path given to --from-file.") from None
+    import multiprocessing  # only here: a report from the store or sacct needs none
+
     dims = tuple(dimensions)
     count = workers if workers is not None else int(os.environ.get(WORKERS_ENV, "0") or 0) or (os.cpu_count() or 1)
     if count <= 1 or size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():

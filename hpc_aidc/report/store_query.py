@@ -125,9 +125,10 @@ SELECT r.g, any_value(r.p5), any_value(r.p9), list(w ORDER BY which) FROM r JOIN
   FROM c GROUP BY ALL) USING (g) GROUP BY r.g
 """
 
-def _cumulative(con: _Store, name: str, keys: str, waits: str) -> None:
-    """Tables `name` and `name_totals` (_CUMULATIVE) of the waits that the query `waits` gives."""
-    con.execute(_CUMULATIVE.format(name=name, keys=keys, waits=f"({waits})"))
+def _cumulative(con: _Store, name: str, keys: str, waits: str, params: list[Any] | None = None) -> None:
+    """Tables `name` and `name_totals` (_CUMULATIVE) of the (keys, wait, n) rows of the query `waits`."""
+    con.execute(f"CREATE TEMP TABLE {name}_w AS SELECT {keys}, wait, sum(n) AS n FROM ({waits}) GROUP BY ALL", params)
+    con.execute(_CUMULATIVE.format(name=name, keys=keys, waits=f"{name}_w"))
     con.execute(f"CREATE TEMP TABLE {name}_totals AS SELECT g, max(cum) AS total FROM {name} GROUP BY g")
 
 
@@ -312,7 +313,7 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
     con.execute("CREATE TEMP TABLE once AS SELECT * FROM src WHERE NOT (multi_run OR list_contains($1, job_id_raw))",
                 known)
     heads, sums = summed.rows("once", repeats=False)
-    waits = [f"SELECT {keys}, wait, 1 AS n FROM once_waits"]
+    waits, wparams = f"SELECT {keys}, wait, 1 AS n FROM once_waits", []
     rolled: list[Any] = []
     if d0 < dn and rollups is not None:
         rparams: list[Any] = [list(rollups.days)]
@@ -324,12 +325,10 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
             f"SELECT {keys}, state, sum(heads) AS h, "
             + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
             + f" FROM {_parquet(1)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
-        wparams: list[Any] = [list(rollups.waits)]
-        waits.append(f"SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} WHERE {_filter_sql(flt, wparams)} "
-                     f"AND day >= {d0} AND day < {dn}")
-        con.execute("CREATE TEMP TABLE rolled_waits AS " + waits.pop(), wparams)
-        waits.append(f"SELECT {keys}, wait, n FROM rolled_waits")
-    _cumulative(con, "base", keys, " UNION ALL ".join(waits))
+        wparams = [list(rollups.waits)]
+        waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} WHERE "
+                  f"{_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
+    _cumulative(con, "base", keys, waits, wparams)
 
     # The tail: allocations not stored yet.
     if later is not None:
@@ -344,7 +343,7 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
         con.execute("INSERT INTO more " + tail_sql, params)
     _merge_tail(con, "more", multi, _USED)
     more_heads, more_sums = summed.rows("more", repeats=True)
-    _cumulative(con, "extra", keys, "SELECT *, 1 AS n FROM more_waits")
+    _cumulative(con, "extra", keys, f"SELECT {keys}, wait, 1 AS n FROM more_waits")
     quantiles: dict[str, Quantiles] = {}
     for g, p5, p9, (lo5, hi5, lo9, hi9) in con.execute(_QUANTILES).fetchall():
         quantiles[g] = _quantiles((lo5, hi5, p5, lo9, hi9, p9))

@@ -425,10 +425,10 @@ def test_queue_wait_quantiles_of_two_multisets_are_exact(seed: int) -> None:
     base = [(rng.choice("ab"), rng.randint(0, 60)) for _ in range(rng.choice([1, 2, 3, 50, 400]))]
     extra = [(rng.choice("abc"), rng.randint(-5, 70)) for _ in range(rng.choice([0, 1, 2, 9, 300]))]
     con = _Store()
-    for name, pairs in (("base_w", base), ("extra_w", extra)):
+    for name, pairs in (("base_in", base), ("extra_in", extra)):
         con.load(name, [("account", "VARCHAR"), ("wait", "BIGINT")], [[a for a, _ in pairs], [w for _, w in pairs]])
-    _cumulative(con, "base", "account", "SELECT *, 1 AS n FROM base_w")
-    _cumulative(con, "extra", "account", "SELECT *, 1 AS n FROM extra_w")
+    _cumulative(con, "base", "account", "SELECT *, 1 AS n FROM base_in")
+    _cumulative(con, "extra", "account", "SELECT *, 1 AS n FROM extra_in")
     got = {g: _quantiles((w[0], w[1], p5, w[2], w[3], p9)) for g, p5, p9, w in con.execute(_QUANTILES).fetchall()}
     con.close()
     want = {}
