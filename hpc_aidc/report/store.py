@@ -4,12 +4,15 @@
     jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
     rollups/account=<account>/month=<YYYY-MM>/{days,waits,edges}-<gen>.parquet    daily sums, edge rows
                                                                                    (store_rollup)
+    all/month=<YYYY-MM>/{days,waits,edges}-<digest>.parquet    the same for every account (root's only)
 
 `jobs/account=<a>`, `rollups/account=<a>` and everything below them belong to root and the Unix group named
 like the account (when there is one; else root's group), mode 0750/0640: a project's members read its rows,
-nobody else can, whatever path they try. Only the ingest writes (as root, under a lock), each file whole
-(temporary file + rename), so a reader sees the old or the new file, never half of one; a reader that lists a
-part the ingest has just merged away retries once.
+nobody else can, whatever path they try. `all/` (every account's rollups of a month in one file of each
+kind, named by a digest of the partitions' generations they sum, so that a report over every account opens
+three files a month, not three per account) is root's alone. Only the ingest writes (as root, under a
+lock), each file whole (temporary file + rename), so a reader sees the old or the new file, never half of
+one; a reader that lists a part the ingest has just merged away retries once.
 
 Upsert: rows are keyed by store_table.KEY. A row whose key is stored with the same summary and
 state is skipped; one that changed (a summary that arrived late) replaces the stored row; new rows go
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import io
 import json
 import os
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 STATE = "state.json"
 JOBS = "jobs"
 ROLLUPS = "rollups"  # a tree of its own, so engines reading jobs/ see one schema
+ALL = "all"  # every account's rollups of a month together (root's alone)
 LOCK = ".ingest.lock"
 MAX_PARTS = 8
 ROW_GROUP = 4096  # rows: small enough that a report over whole days skips most of a part (read_order)
@@ -52,6 +57,7 @@ FILE_MODE = 0o640
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
 _ROLLUP = re.compile(r"(days|waits|edges)-([0-9]{8})\.parquet")
+_ALL_ROLLUP = re.compile(r"(days|waits|edges)-([0-9a-f]{16})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,47 @@ class StoreWriter:
                     stale.setdefault(month, []).append((account, parts))
         for month, partitions in stale.items():  # one query a month: most ingests change one month
             self._roll_up(month, partitions)
+        for month, gens in self._generations().items():
+            if not all_rollups(_listing(self.root / ALL / f"month={month}"), gens):
+                self._roll_up_all_accounts(month, gens)
         return sum(len(p) for p in stale.values())
+
+    def _generations(self) -> dict[str, dict[str, int]]:
+        """Per month, each account's last part generation (of the partitions that have parts)."""
+        out: dict[str, dict[str, int]] = {}
+        for account, month in self._partitions():
+            parts = live_parts(_listing(self.root / JOBS / account_dir_name(account) / f"month={month}"))
+            if parts:
+                out.setdefault(month, {})[account] = max(_gens(n)[1] for n in parts)
+        return out
+
+    def _roll_up_all_accounts(self, month: str, gens: dict[str, int]) -> None:
+        """all/month=<month>: each kind of the accounts' (current) rollups in one file with an account column."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        digest = month_digest(gens)
+        fds = [os.open(self.root, DIR_FLAGS)]
+        try:
+            fds.append(_mkdir_at(fds[-1], ALL, 0, DIR_MODE))
+            fds.append(_mkdir_at(fds[-1], f"month={month}", 0, DIR_MODE))
+            for kind in KINDS:
+                tables = []
+                for account, gen in sorted(gens.items()):
+                    folder = self.root / ROLLUPS / account_dir_name(account) / f"month={month}"
+                    t = pq.read_table(folder / f"{kind}-{gen:08d}.parquet")
+                    tables.append(t.append_column("account", pa.array([account] * t.num_rows, pa.string())))
+                buf = io.BytesIO()
+                pq.write_table(pa.concat_tables(tables), buf, compression="zstd", row_group_size=256 * 1024)
+                _write_file(fds[-1], f"{kind}-{digest}.parquet", buf, 0)
+            for old in os.listdir(fds[-1]):
+                m = _ALL_ROLLUP.fullmatch(old)
+                if m and m.group(2) != digest:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old, dir_fd=fds[-1])
+        finally:
+            for fd in reversed(fds):
+                os.close(fd)
 
     def _merge(self, fd: int, parts: list[str], gid: int) -> str:
         """All of a partition's parts as one, named by their whole generation range (it supersedes them)."""
@@ -247,8 +293,9 @@ class StoreWriter:
 
     def drop_rollups(self) -> None:
         """Remove every rollup (they are built again from the parts)."""
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.root / ROLLUPS)
+        for tree in (ROLLUPS, ALL):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.root / tree)
 
     def _roll_up(self, month: str, partitions: list[tuple[str, list[str]]]) -> None:
         """Write the rollups (store_rollup) of a month's partitions over their parts, each named by its
@@ -359,6 +406,19 @@ def current_rollups(names: list[str], parts: list[str]) -> tuple[str, ...] | Non
     return files if all(f in names for f in files) else None
 
 
+def month_digest(gens: dict[str, int]) -> str:
+    """What names a month's all/ rollups: the accounts and the last part generation each one's sum."""
+    text = "".join(f"{account}:{gen}\n" for account, gen in sorted(gens.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def all_rollups(names: list[str], gens: dict[str, int]) -> tuple[str, ...] | None:
+    """A month's all/ rollup files (one of each kind) when they sum exactly the partitions of `gens`."""
+    digest = month_digest(gens)
+    files = tuple(f"{kind}-{digest}.parquet" for kind in KINDS)
+    return files if all(f in names for f in files) else None
+
+
 def _fd_path(fd: int, name: str) -> str:
     return f"/proc/self/fd/{fd}/{name}"
 
@@ -374,7 +434,8 @@ class Listing:
 
 
 def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -> Listing:
-    """The store's files of the given months for `accounts` (None: every account)."""
+    """The store's files of the given months for `accounts` (None: every account; then, for root, the
+    rollups of all/ when they are current for every month read)."""
     jobs = root / JOBS
     try:
         names = os.listdir(jobs)
@@ -382,6 +443,7 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
         return Listing((), None, frozenset())
     files: list[str] = []
     rolled: list[tuple[str, ...]] = []
+    gens: dict[str, dict[str, int]] = {}
     complete = True
     denied: set[str] = set()
     for entry in sorted(names):
@@ -401,6 +463,8 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
                 break
             parts = live_parts(listing)
             files += [str(d / n) for n in parts]
+            if parts:
+                gens.setdefault(month, {})[account] = max(_gens(n)[1] for n in parts)
             r = root / ROLLUPS / entry / f"month={month}"
             try:
                 rollups = current_rollups(_listing(r), parts)
@@ -410,6 +474,27 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
                 complete = complete and not parts
             else:
                 rolled.append(tuple(str(r / name) for name in rollups))
-    by_kind = [tuple(paths) for paths in zip(*rolled, strict=True)]
-    found = Rollups(*by_kind) if complete and rolled else None
+    found = None
+    if complete and rolled:
+        found = _all_accounts(root, gens) if accounts is None and not denied else None
+        if found is None:
+            days, waits, edges = (tuple(paths) for paths in zip(*rolled, strict=True))
+            found = Rollups(days, waits, edges)
     return Listing(tuple(files), found, frozenset(denied))
+
+
+def _all_accounts(root: Path, gens: dict[str, dict[str, int]]) -> Rollups | None:
+    """The all/ rollups of the months in `gens`, when every one of them is current and readable."""
+    by_kind: list[list[str]] = [[] for _ in KINDS]
+    for month, month_gens in sorted(gens.items()):
+        d = root / ALL / f"month={month}"
+        try:
+            names = all_rollups(os.listdir(d), month_gens)
+        except (FileNotFoundError, PermissionError):
+            return None
+        if names is None:
+            return None
+        for paths, name in zip(by_kind, names, strict=True):
+            paths.append(str(d / name))
+    days, waits, edges = (tuple(paths) for paths in by_kind)
+    return Rollups(days, waits, edges, whole=True)

@@ -183,7 +183,7 @@ class _Store:
 
 def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, filters: Filters,
             params: list[Any], columns: Sequence[str], multi: Sequence[str] = (),
-            window: tuple[int, int, int, int] | None = None, edges: Sequence[str] = ()) -> str:
+            window: tuple[int, int, int, int] | None = None, edges: Rollups | None = None) -> str:
     """The SQL of the report's rows: the store's files (rows ended from $1 on) and the tail's rows that
     the store does not hold (not ended, or ended after the watermark; every run of the jobs in `multi`,
     which _merge_tail reconciles with their stored runs). Each row gets `stored`: read from the files.
@@ -197,7 +197,7 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
     where = _filter_sql(filters, params)
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     file_names, tail_names = names + ", TRUE AS stored", names + ", FALSE AS stored"
-    scans: list[tuple[Sequence[str], list[str]]] = [(files, ["TRUE"])]  # (files, conditions to read them with)
+    scans: list[tuple[Sequence[str], list[str], bool]] = [(files, ["TRUE"], False)]  # (files, conditions, whole)
     if window is not None:
         p0, d0, dn, p1 = (int(t) for t in window)
         file_names += ", NOT multi_run AS edge"
@@ -209,21 +209,21 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
             if p0 < d0 or dn < p1:  # jobs that never ran, submitted outside the days
                 outside.append(f"NOT multi_run AND start IS NULL AND submit >= {p0} AND submit < {p1} AND "
                                f"(submit < {d0} OR submit >= {dn})")
-            scans = [(files, outside)]
-            if edges:
-                scans = [(edges, outside)]
+            scans = [(files, outside, False)]
+            if edges is not None and edges.edges:
+                scans = [(edges.edges, outside, edges.whole)]
                 begun = ('NOT multi_run AND coalesce(start, submit) >= {a} AND coalesce(start, submit) < {b} '
                          'AND "end" < {c}')
                 for a, b, c in ((midnight(p0, after=False), d0, d0), (dn, p1, midnight(dn + 1, after=True))):
                     if b > a and a < p1 and b > p0:  # a partial day: its rows that stayed inside it
                         month = f"/month={month_of(a)}/"
-                        scans.append(([f for f in files if month in f], [begun.format(a=a, b=b, c=c)]))
+                        scans.append(([f for f in files if month in f], [begun.format(a=a, b=b, c=c)], False))
     sources = []
-    for paths, conditions in scans:
+    for paths, conditions, whole in scans:
         if paths:
             params.append(list(paths))
-            sources += [f'SELECT {file_names} FROM {_parquet(len(params))} WHERE {where} AND "end" >= $1 AND {cond}'
-                        for cond in conditions]
+            sources += [f'SELECT {file_names} FROM {_parquet(len(params), whole)} WHERE {where} AND "end" >= $1 AND '
+                        f"{cond}" for cond in conditions]
     if tail is not None and tail.num_rows:
         params.append(watermark if watermark is not None else -1)
         params.append(sorted(multi))
@@ -262,7 +262,11 @@ def _merge_tail(con: _Store, table: str, multi: Sequence[str], columns: Sequence
                 f"WHERE {table}.stored AND {table}.job_id_raw = t.job_id_raw", jobs)
 
 
-def _parquet(param: int) -> str:
+def _parquet(param: int, whole: bool = False) -> str:
+    """The files of parameter `param`: in the account=/month= tree, or (`whole`) all/ files with an account
+    column (store.ALL)."""
+    if whole:
+        return f"read_parquet(${param})"
     return (f"read_parquet(${param}, hive_partitioning = true, "
             "hive_types = {'account': VARCHAR, 'month': VARCHAR})")
 
@@ -306,7 +310,7 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
     params: list[Any] = [period.start]  # $1 of _source
     con.execute("CREATE TEMP TABLE src AS " + _source(files, None, watermark, flt, params, _USED,
                                                         window=(period.start, d0, dn, period.end),
-                                                        edges=rollups.edges if rollups is not None else ()),
+                                                        edges=rollups),
                 params)
     known = [sorted(multi)]  # without `later`, the tail's multi-run jobs are known now
     con.execute("CREATE TEMP TABLE more AS SELECT * FROM src WHERE multi_run OR list_contains($1, job_id_raw)", known)
@@ -324,9 +328,10 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
             + ", ".join(f"sum({name})" for name in _SUMS) + " FROM ("
             f"SELECT {keys}, state, sum(heads) AS h, "
             + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
-            + f" FROM {_parquet(1)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
+            + f" FROM {_parquet(1, rollups.whole)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL",
+            rparams).fetchall()
         wparams = [list(rollups.waits)]
-        waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1)} {day_join} WHERE "
+        waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1, rollups.whole)} {day_join} WHERE "
                   f"{_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
     _cumulative(con, "base", keys, waits, wparams)
 

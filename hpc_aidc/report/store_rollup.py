@@ -39,11 +39,13 @@ KINDS = (DAYS, WAITS, EDGES)
 
 @dataclass(frozen=True)
 class Rollups:
-    """The rollup files of every partition a report reads, one of each kind a partition."""
+    """The rollup files of every partition a report reads, one of each kind a partition; or with `whole`,
+    one of each kind a month for every account (store.ALL: an `account` column, no account= directory)."""
 
     days: tuple[str, ...]
     waits: tuple[str, ...]
     edges: tuple[str, ...]
+    whole: bool = False
 
 # The sums of jobs' parts (a report's usage, energy and what it covers), over rows with `secs` inside a
 # bucket, `frac` = secs / the job's time, `counted`: its energy counts. Reports (store_query) and rollups

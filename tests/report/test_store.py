@@ -24,7 +24,7 @@ from hpc_aidc.report.store import StoreState, StoreWriter, list_store, live_part
 from hpc_aidc.report.store_query import site_data_from_store, store_report
 from hpc_aidc.report.store_rollup import Rollups
 from hpc_aidc.report.store_source import months_between
-from hpc_aidc.report.store_table import multi_run_ids, tail_rows
+from hpc_aidc.report.store_table import multi_run_ids, tail_rows, to_table
 from hpc_aidc.site import Prices
 
 PRICES = Prices(gpu_hour=2.0, kwh=0.3)
@@ -48,10 +48,14 @@ def assert_same(a: Report, b: Report) -> None:
                 assert vx == vy, (x.key, name)
 
 
-def _rollups(root: Path, months: list[str]) -> Rollups:
-    rollups = list_store(root, None, months).rollups
+def _rollups(root: Path, months: list[str], *, whole: bool = False) -> Rollups:
+    """The rollups a report reads: per account (as a project's member does), or with `whole` those of all/
+    (root reading every account)."""
+    accounts = None if whole else frozenset(d.name.split("=", 1)[1] for d in (root / "jobs").iterdir())
+    rollups = list_store(root, accounts, months).rollups
     assert rollups is not None and rollups.days, "every partition has its rollups"
     assert len(rollups.days) == len(rollups.waits) == len(rollups.edges)
+    assert rollups.whole == whole
     return rollups
 
 
@@ -103,12 +107,12 @@ def cut_store(tmp_path_factory: pytest.TempPathFactory, lines: list[str]) -> tup
 @pytest.mark.parametrize("dims", [("account",), ("account", "day"), ("user", "week"), ("partition", "month"),
                                   ("account", "user")])
 @pytest.mark.parametrize("period", PERIODS, ids=["month", "days-cut", "edge-now"])
-@pytest.mark.parametrize("rolled", [False, True], ids=["rows", "rollups"])
+@pytest.mark.parametrize("rolled", [None, "accounts", "all"], ids=["rows", "rollups", "all-rollups"])
 def test_store_plus_tail_equals_sacct(cut_store: tuple[Path, list[str]], lines: list[str], dims: tuple[str, ...],
-                                      period: Period, rolled: bool) -> None:
+                                      period: Period, rolled: str | None) -> None:
     watermark = WATERMARK
     root, files = cut_store
-    rollups = _rollups(root, MONTHS) if rolled else None
+    rollups = _rollups(root, MONTHS, whole=rolled == "all") if rolled else None
     window = _window(lines, watermark)  # what the report's sacct call gives: nothing ended before the watermark
     tail, multi = tail_rows(window), tuple(sorted(multi_run_ids(window)))
     assert multi, "jobs that ran more than once cross the watermark"
@@ -139,7 +143,7 @@ def test_site_data_from_store_equals_lines(tmp_path: Path, lines: list[str]) -> 
     tail = tail_rows(lines)
     a = site_data(lines, period, Filters(), PRICES)
     b = site_data_from_store(files, None, OCT[0] + 15 * 86400, period, Filters(), PRICES,
-                             rollups=_rollups(root, MONTHS), later=lambda: (tail, ()))
+                             rollups=_rollups(root, MONTHS, whole=True), later=lambda: (tail, ()))
     for x, y in ((a.by_account, b.by_account), (a.over_time, b.over_time), (a.by_user, b.by_user)):
         assert_same(x, y)
     assert a.jobs.keys() == b.jobs.keys()
@@ -316,7 +320,7 @@ def test_a_stored_run_takes_the_final_summary_from_the_tail(tmp_path: Path, in_t
     tail_lines = [{1: run1, 2: run2}[i] for i in in_tail]
     multi = tuple(multi_run_ids(tail_lines))
     assert multi == ("900",)
-    for rollups in (None, _rollups(root, ["2026-10"])):
+    for rollups in (None, _rollups(root, ["2026-10"]), _rollups(root, ["2026-10"], whole=True)):
         report = store_report(files, None, watermark, period, ("account",), PRICES, rollups=rollups,
                               later=lambda: (tail_rows(tail_lines), multi))
         assert_same(build_report([run1, run2], period, ("account",), PRICES), report)
@@ -406,7 +410,7 @@ def test_a_finished_job_requeued_after_it_was_stored_is_counted_once(tmp_path: P
     tail_lines = [{1: run1, 2: run2}[i] for i in in_tail]
     tail, multi = tail_rows(tail_lines), tuple(multi_run_ids(tail_lines))
     report = store_report(files, None, at("2026-10-05T11:10"), period, ("account",), PRICES,
-                          rollups=_rollups(root, ["2026-10"]), later=lambda: (tail, multi))
+                          rollups=_rollups(root, ["2026-10"], whole=True), later=lambda: (tail, multi))
     assert_same(build_report([run1, run2, other], period, ("account",), PRICES), report)
     assert report.total.jobs == 3 and report.total.energy_kwh == pytest.approx(3.0)
 
@@ -438,3 +442,33 @@ def test_queue_wait_quantiles_of_two_multisets_are_exact(seed: int) -> None:
     assert got.keys() == want.keys()
     for g, (median, p90) in want.items():
         assert got[g] == (pytest.approx(median), pytest.approx(p90)), g
+
+
+def test_all_accounts_rollups_are_roots_and_used_only_when_current(tmp_path: Path) -> None:
+    """all/ holds every account's rollups of a month in one file of each kind, for root alone; a report
+    over every account reads them only while they sum exactly the partitions' current parts."""
+    root = tmp_path / "s"
+    rows = [job("1", start="2026-10-05T10:00", end="2026-10-05T11:00", account="physics"),
+            job("2", start="2026-10-06T10:00", end="2026-10-07T11:00", account="climate")]
+    with StoreWriter(root).locked() as w:
+        ingest_file(w, StoreState(), rows)
+    listing = list_store(root, None, ["2026-10"])
+    assert listing.rollups is not None and listing.rollups.whole and len(listing.rollups.days) == 1
+    for path in (root / "all", root / "all" / "month=2026-10", Path(listing.rollups.days[0])):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (0, 0) and st.st_mode & 0o027 == 0, path
+    period = Period(at("2026-10-01T00:00"), at("2026-11-01T00:00"), at("2026-11-01T00:00"))
+    files = list(listing.files)
+    whole = store_report(files, None, None, period, ("account",), PRICES, rollups=listing.rollups)
+    assert_same(build_report(rows, period, ("account",), PRICES), whole)
+    # a new part in one partition: all/ no longer sums it, the accounts' own rollups serve until rebuilt
+    with StoreWriter(root).locked() as w:
+        w.upsert("physics", "2026-10", to_table([job("3", start="2026-10-08T10:00", end="2026-10-08T11:00")]
+                                                ).drop_columns(["account"]))
+    stale = list_store(root, None, ["2026-10"])
+    assert stale.rollups is None  # the physics partition's own rollups are stale too: rows
+    with StoreWriter(root).locked() as w:
+        w.roll_up_all()
+    fresh = list_store(root, None, ["2026-10"])
+    assert fresh.rollups is not None and fresh.rollups.whole and fresh.rollups.days != listing.rollups.days
+    assert len(list((root / "all" / "month=2026-10").iterdir())) == 3  # the old ones are gone
