@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from hpc_aidc.errors import AccessError, ConfigError
 from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
 from hpc_aidc.report.store_rollup import EDGES, KINDS, Rollups
-from hpc_aidc.report.store_table import KEY, SCHEMA_VERSION, arrow_schema
+from hpc_aidc.report.store_table import KEY, SCHEMA_VERSION, arrow_schema, edge_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -316,8 +316,9 @@ class StoreWriter:
             with self.partition(account, month, ROLLUPS) as fd:
                 for kind, table in zip(KINDS, tables, strict=True):
                     mine = table.filter(pc.equal(table.column("account"), account)).drop_columns(["account"])
-                    if kind == EDGES:  # rows as the parts hold them
-                        mine = mine.select(arrow_schema().names).cast(arrow_schema())
+                    if kind == EDGES:  # rows as the parts hold them, but the summary's text
+                        schema = edge_schema()
+                        mine = mine.select(schema.names).cast(schema)
                     buf = io.BytesIO()
                     pq.write_table(mine, buf, compression="zstd", row_group_size=256 * 1024)
                     _write_file(fd, f"{kind}-{gen:08d}.parquet", buf, gid)

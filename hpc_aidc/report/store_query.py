@@ -197,33 +197,40 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
     where = _filter_sql(filters, params)
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     file_names, tail_names = names + ", TRUE AS stored", names + ", FALSE AS stored"
-    scans: list[tuple[Sequence[str], list[str], bool]] = [(files, ["TRUE"], False)]  # (files, conditions, whole)
+    # (files, conditions, their reader, one scan): parts in a scan per condition (row-group statistics skip
+    # most of a part for each, store.read_order), the few edge rows in one
+    scans: list[tuple[Sequence[str], list[str], bool, bool]] = [(files, ["TRUE"], False, False)]
     if window is not None:
         p0, d0, dn, p1 = (int(t) for t in window)
         file_names += ", NOT multi_run AS edge"
         tail_names += ", FALSE AS edge"
-        if d0 < dn:  # each condition a scan whose row-group statistics skip most of a part (store.read_order)
+        if d0 < dn:
             outside = ["multi_run", f"NOT multi_run AND start < {d0}"]
             if dn < p1:  # usage in [dn, p1) of jobs begun inside the days
                 outside.append(f'NOT multi_run AND start >= {d0} AND start < {p1} AND "end" > {dn}')
             if p0 < d0 or dn < p1:  # jobs that never ran, submitted outside the days
                 outside.append(f"NOT multi_run AND start IS NULL AND submit >= {p0} AND submit < {p1} AND "
                                f"(submit < {d0} OR submit >= {dn})")
-            scans = [(files, outside, False)]
+            scans = [(files, outside, False, False)]
             if edges is not None and edges.edges:
-                scans = [(edges.edges, outside, edges.whole)]
+                scans = [(edges.edges, outside, edges.whole, True)]
                 begun = ('NOT multi_run AND coalesce(start, submit) >= {a} AND coalesce(start, submit) < {b} '
                          'AND "end" < {c}')
                 for a, b, c in ((midnight(p0, after=False), d0, d0), (dn, p1, midnight(dn + 1, after=True))):
                     if b > a and a < p1 and b > p0:  # a partial day: its rows that stayed inside it
                         month = f"/month={month_of(a)}/"
-                        scans.append(([f for f in files if month in f], [begun.format(a=a, b=b, c=c)], False))
+                        scans.append(([f for f in files if month in f], [begun.format(a=a, b=b, c=c)], False, False))
     sources = []
-    for paths, conditions, whole in scans:
-        if paths:
+    for paths, conditions, whole, one_scan in scans:
+        if paths and one_scan:
             params.append(list(paths))
-            sources += [f'SELECT {file_names} FROM {_parquet(len(params), whole)} WHERE {where} AND "end" >= $1 AND '
-                        f"{cond}" for cond in conditions]
+            either = " OR ".join(f"({cond})" for cond in conditions)
+            sources.append(f'SELECT {file_names} FROM {_parquet(len(params), whole)} WHERE {where} AND "end" >= $1 AND '
+                           f"({either})")
+        elif paths:
+            params.append(list(paths))
+            sources += [f'SELECT {file_names} FROM {_parquet(len(params))} WHERE {where} AND "end" >= $1 AND {cond}'
+                        for cond in conditions]
     if tail is not None and tail.num_rows:
         params.append(watermark if watermark is not None else -1)
         params.append(sorted(multi))

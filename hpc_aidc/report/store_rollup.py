@@ -137,9 +137,10 @@ def local_days(first: int, last: int) -> list[tuple[int, int]]:
     return out
 
 
-# The rows that cross a local midnight g.e (from the day g of their start, or submit) or ran more than once.
+# The rows that cross a local midnight g.e (from the day g of their start, or submit) or ran more than once,
+# without the summary's text (its numbers are columns; the text is most of a row's bytes).
 _EDGES = """
-SELECT p.* EXCLUDE (month) FROM {parts} p
+SELECT p.* EXCLUDE (month, admin_comment) FROM {parts} p
 LEFT JOIN grid g ON g.s <= coalesce(p.start, p.submit) AND coalesce(p.start, p.submit) < g.e
 WHERE p.multi_run OR p."end" >= g.e
 ORDER BY p.account, p.multi_run DESC, p."end"

@@ -91,6 +91,12 @@ def arrow_schema() -> pa.Schema:
     return pa.schema([(name, getattr(pa, kind)()) for name, kind in COLUMNS])
 
 
+def edge_schema() -> pa.Schema:
+    """The rollups' edge rows (store_rollup): the store's columns but admin_comment (its numbers are columns)."""
+    schema = arrow_schema()
+    return schema.remove(schema.get_field_index("admin_comment"))
+
+
 _RUNS = re.compile(r" runs=([0-9]+)")
 
 

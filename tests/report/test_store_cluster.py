@@ -178,18 +178,23 @@ def test_bob_cannot_read_physics_rows(jobs: dict[str, object], store: Path, hpca
     part = next(physics.rglob("*.parquet"))
     rolled = store / "rollups" / "account=physics"
     days = next(rolled.rglob("days-*.parquet"))  # daily sums per user: as private as the rows
+    every = next((store / "all").rglob("edges-*.parquet"))  # every account's edge rows: root's alone
     assert part.stat().st_mode & 0o007 == 0 and physics.stat().st_mode & 0o007 == 0
     assert days.stat().st_mode & 0o007 == 0 and rolled.stat().st_mode & 0o007 == 0
+    assert every.stat().st_gid == 0 and every.stat().st_mode & 0o007 == 0
     python = str(REPO / ".venv/bin/python")
     for argv in (["cat", str(part)], ["ls", str(physics)], ["find", str(store), "-name", "*.parquet"],
-                 ["cat", str(days)], ["ls", str(rolled)],
+                 ["cat", str(days)], ["ls", str(rolled)], ["cat", str(every)], ["ls", str(every.parent)],
                  [python, "-c", f"import pyarrow.parquet as pq; print(pq.read_table('{part}'))"],
                  [python, "-c",
                   f"import duckdb; print(duckdb.sql(\"select * from read_parquet('{store}/jobs/*/*/*.parquet', "
                   "hive_partitioning=true) where account='physics'\").fetchall())"],
                  [python, "-c",
                   f"import duckdb; print(duckdb.sql(\"select * from read_parquet('{store}/rollups/*/*/*.parquet', "
-                  "hive_partitioning=true, union_by_name=true) where account='physics'\").fetchall())"]):
+                  "hive_partitioning=true, union_by_name=true) where account='physics'\").fetchall())"],
+                 [python, "-c",
+                  f"import duckdb; print(duckdb.sql(\"select * from read_parquet('{store}/all/*/*.parquet', "
+                  "union_by_name=true) where account='physics'\").fetchall())"]):
         proc = _sh(*argv, user="bob", check=False)
         assert "physics" not in proc.stdout and "alice" not in proc.stdout, (argv, proc.stdout)
         # refused, or (find, a glob over the store) nothing of physics listed
