@@ -2,15 +2,15 @@
 
     state.json                                   watermark, longest span, jobs awaiting energy (0644)
     jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
-    rollups/account=<account>/month=<YYYY-MM>/{days,waits,edges}-<gen>.parquet    daily sums, edge rows
-                                                                                   (store_rollup)
-    all/month=<YYYY-MM>/{days,waits,edges}-<digest>.parquet    the same for every account (root's only)
+    rollups/account=<account>/month=<YYYY-MM>/{days,waits,edges,months}-<gen>.parquet    sums by day and
+                                                        month, queue waits, edge rows (store_rollup)
+    all/month=<YYYY-MM>/{days,waits,edges,months}-<digest>.parquet    the same for every account (root's)
 
 `jobs/account=<a>`, `rollups/account=<a>` and everything below them belong to root and the Unix group named
 like the account (when there is one; else root's group), mode 0750/0640: a project's members read its rows,
 nobody else can, whatever path they try. `all/` (every account's rollups of a month in one file of each
 kind, named by a digest of the partitions' generations they sum, so that a report over every account opens
-three files a month, not three per account) is root's alone. Only the ingest writes (as root, under a
+a file of each kind a month, not one per account) is root's alone. Only the ingest writes (as root, under a
 lock), each file whole (temporary file + rename), so a reader sees the old or the new file, never half of
 one; a reader that lists a part the ingest has just merged away retries once.
 
@@ -56,8 +56,8 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 _ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
-_ROLLUP = re.compile(r"(days|waits|edges)-([0-9]{8})\.parquet")
-_ALL_ROLLUP = re.compile(r"(days|waits|edges)-([0-9a-f]{16})\.parquet")
+_ROLLUP = re.compile(r"(days|waits|edges|months)-([0-9]{8})\.parquet")
+_ALL_ROLLUP = re.compile(r"(days|waits|edges|months)-([0-9a-f]{16})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -479,8 +479,8 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
     if complete and rolled:
         found = _all_accounts(root, gens) if accounts is None and not denied else None
         if found is None:
-            days, waits, edges = (tuple(paths) for paths in zip(*rolled, strict=True))
-            found = Rollups(days, waits, edges)
+            days, waits, edges, by_month = (tuple(paths) for paths in zip(*rolled, strict=True))
+            found = Rollups(days, waits, edges, by_month)
     return Listing(tuple(files), found, frozenset(denied))
 
 
@@ -497,5 +497,5 @@ def _all_accounts(root: Path, gens: dict[str, dict[str, int]]) -> Rollups | None
             return None
         for paths, name in zip(by_kind, names, strict=True):
             paths.append(str(d / name))
-    days, waits, edges = (tuple(paths) for paths in by_kind)
-    return Rollups(days, waits, edges, whole=True)
+    days, waits, edges, months = (tuple(paths) for paths in by_kind)
+    return Rollups(days, waits, edges, months, whole=True)

@@ -18,7 +18,7 @@ from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import Acc, Filters, Report, check_dimensions, finish
 from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow, rank_key
 from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets
-from hpc_aidc.report.store_rollup import PART_AGGREGATES, Rollups, midnight
+from hpc_aidc.report.store_rollup import PART_AGGREGATES, Rollups, midnight, month_start
 from hpc_aidc.report.store_table import COLUMNS, SQL_TYPES, TailRows, month_of
 from hpc_aidc.site import Prices
 
@@ -286,6 +286,15 @@ def whole_days(period: Period, rollups: Rollups | None) -> tuple[int, int]:
     return (d0, dn) if d0 < dn else (period.end, period.end)
 
 
+def whole_months(d0: int, dn: int) -> tuple[int, int]:
+    """The local months [m0, mn) inside the local days [d0, dn); (dn, dn): none."""
+    m0 = month_start(d0)
+    if m0 < d0:
+        m0 = month_start(m0 + 32 * 86400)
+    mn = month_start(dn)
+    return (m0, mn) if m0 < mn else (dn, dn)
+
+
 def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
                dimensions: Sequence[str], filters: Filters | None = None, multi: Sequence[str] = (),
                rollups: Rollups | None = None, later: Callable[[], Tail] | None = None
@@ -327,16 +336,20 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
     waits, wparams = f"SELECT {keys}, wait, 1 AS n FROM once_waits", []
     rolled: list[Any] = []
     if d0 < dn and rollups is not None:
-        rparams: list[Any] = [list(rollups.days)]
-        where = _filter_sql(flt, rparams) + f" AND day >= {d0} AND day < {dn}"
+        # the whole months among the days from `months`, the other days from `days` (none with day buckets)
+        m0, mn = whole_months(d0, dn) if time_dim in (None, "month") else (dn, dn)
+        rparams: list[Any] = [list(rollups.days), list(rollups.months)]
+        where = _filter_sql(flt, rparams)
+        part_sums = ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
         rolled = con.execute(
             f"SELECT {keys}, sum(h) FILTER (state <> 'REQUEUED'), sum(h) FILTER (state = 'REQUEUED'), 0, "
             "map_from_entries(list((state, h)) FILTER (state <> 'REQUEUED' AND h > 0)), "
             + ", ".join(f"sum({name})" for name in _SUMS) + " FROM ("
-            f"SELECT {keys}, state, sum(heads) AS h, "
-            + ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
-            + f" FROM {_parquet(1, rollups.whole)} {day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL",
-            rparams).fetchall()
+            f"SELECT {keys}, state, sum(heads) AS h, {part_sums} FROM ("
+            f"SELECT * FROM {_parquet(1, rollups.whole)} WHERE day >= {d0} AND day < {dn} AND "
+            f"(day < {m0} OR day >= {mn}) UNION ALL BY NAME "
+            f"SELECT * FROM {_parquet(2, rollups.whole)} WHERE day >= {m0} AND day < {mn}) "
+            f"{day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
         wparams = [list(rollups.waits)]
         waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1, rollups.whole)} {day_join} WHERE "
                   f"{_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")

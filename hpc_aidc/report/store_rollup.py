@@ -9,6 +9,8 @@ ingest changes the partition:
   report's pro-rating, PART_AGGREGATES, day by day);
 - waits: per user, partition and local day, how many jobs that started that day waited each number of
   seconds (exact, so quantiles over any set of days are exact);
+- months: the days' sums per local month (the month's first midnight in `day`), so a report over whole
+  months reads one row where days has thirty;
 - edges: the rows a report over whole days may still need (its rollups cannot place their heads, nor
   count their summaries once): jobs that ran more than once, and jobs that crossed a local midnight
   (from start, or submit for jobs that never ran, to end). A few percent of the rows: with these, a
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 DAYS = "days"
 WAITS = "waits"
 EDGES = "edges"
-KINDS = (DAYS, WAITS, EDGES)
+MONTHS = "months"
+KINDS = (DAYS, WAITS, EDGES, MONTHS)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Rollups:
     days: tuple[str, ...]
     waits: tuple[str, ...]
     edges: tuple[str, ...]
+    months: tuple[str, ...]
     whole: bool = False
 
 # The sums of jobs' parts (a report's usage, energy and what it covers), over rows with `secs` inside a
@@ -146,12 +150,23 @@ WHERE p.multi_run OR p."end" >= g.e
 ORDER BY p.account, p.multi_run DESC, p."end"
 """
 
+# The days' sums per local month (g.m: the first midnight of the day's month).
+_MONTHS = """
+SELECT account, "user", partition, state, g.m AS day, sum(heads)::BIGINT AS heads, {sums}
+FROM days_table JOIN grid g ON g.s = days_table.day GROUP BY ALL ORDER BY account, day, "user", partition, state
+"""
+
 _PARTS = "read_parquet($1, hive_partitioning = true, hive_types = {'account': VARCHAR, 'month': VARCHAR})"
 
 
-def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """The days, waits and edges tables (with an `account` column) of the partitions whose parts are
-    `files` (paths in the store's account=/month= tree)."""
+def month_start(day: int) -> int:
+    """The local midnight that begins the month of the local day starting at `day`."""
+    return int(time.mktime(date.fromtimestamp(day).replace(day=1).timetuple()))
+
+
+def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+    """The days, waits, edges and months tables (with an `account` column) of the partitions whose parts
+    are `files` (paths in the store's account=/month= tree)."""
     import duckdb
     import pyarrow as pa
 
@@ -160,11 +175,15 @@ def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table, pa.Table]:
         lo, hi = con.execute(f'SELECT min(coalesce(start, submit)), max("end") FROM {_PARTS}', [list(files)]
                              ).fetchall()[0]
         days = local_days(int(lo), int(hi)) if lo is not None and hi is not None else []
-        con.register("grid", pa.table({"s": [d[0] for d in days], "e": [d[1] for d in days]},
-                                      schema=pa.schema([("s", pa.int64()), ("e", pa.int64())])))
+        con.register("grid", pa.table({"s": [d[0] for d in days], "e": [d[1] for d in days],
+                                       "m": [month_start(d[0]) for d in days]},
+                                      schema=pa.schema([("s", pa.int64()), ("e", pa.int64()), ("m", pa.int64())])))
         params: list[Any] = [list(files)]
-        return (con.sql(_BUILD.format(parts=_PARTS, sums=PART_AGGREGATES), params=params).to_arrow_table(),
-                con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table(),
-                con.sql(_EDGES.format(parts=_PARTS), params=params).to_arrow_table())
+        days_table = con.sql(_BUILD.format(parts=_PARTS, sums=PART_AGGREGATES), params=params).to_arrow_table()
+        con.register("days_table", days_table)
+        sums = ", ".join(f"sum({name}) AS {name}" for name in days_table.column_names[6:])
+        return (days_table, con.sql(_WAITS.format(parts=_PARTS), params=params).to_arrow_table(),
+                con.sql(_EDGES.format(parts=_PARTS), params=params).to_arrow_table(),
+                con.sql(_MONTHS.format(sums=sums)).to_arrow_table())
     finally:
         con.close()

@@ -22,7 +22,7 @@ from hpc_aidc.report.rows import format_row
 from hpc_aidc.report.site import site_data
 from hpc_aidc.report.store import StoreState, StoreWriter, list_store, live_parts, read_state
 from hpc_aidc.report.store_query import site_data_from_store, store_report
-from hpc_aidc.report.store_rollup import Rollups
+from hpc_aidc.report.store_rollup import KINDS, Rollups
 from hpc_aidc.report.store_source import months_between
 from hpc_aidc.report.store_table import multi_run_ids, tail_rows, to_table
 from hpc_aidc.site import Prices
@@ -54,7 +54,7 @@ def _rollups(root: Path, months: list[str], *, whole: bool = False) -> Rollups:
     accounts = None if whole else frozenset(d.name.split("=", 1)[1] for d in (root / "jobs").iterdir())
     rollups = list_store(root, accounts, months).rollups
     assert rollups is not None and rollups.days, "every partition has its rollups"
-    assert len(rollups.days) == len(rollups.waits) == len(rollups.edges)
+    assert len(rollups.days) == len(rollups.waits) == len(rollups.edges) == len(rollups.months)
     assert rollups.whole == whole
     return rollups
 
@@ -471,4 +471,4 @@ def test_all_accounts_rollups_are_roots_and_used_only_when_current(tmp_path: Pat
         w.roll_up_all()
     fresh = list_store(root, None, ["2026-10"])
     assert fresh.rollups is not None and fresh.rollups.whole and fresh.rollups.days != listing.rollups.days
-    assert len(list((root / "all" / "month=2026-10").iterdir())) == 3  # the old ones are gone
+    assert len(list((root / "all" / "month=2026-10").iterdir())) == len(KINDS)  # the old ones are gone
