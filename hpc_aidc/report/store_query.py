@@ -96,8 +96,7 @@ _HEAD_AGGREGATES = """
 _CUMULATIVE = """
 CREATE TEMP TABLE {name} AS
 SELECT g, wait, n, sum(n) OVER (PARTITION BY g ORDER BY wait) AS cum
-FROM (SELECT concat_ws(chr(31), {keys}) AS g, wait, sum(n) AS n FROM {waits} GROUP BY ALL
-      UNION ALL SELECT chr(30) AS g, wait, sum(n) AS n FROM {waits} GROUP BY ALL)
+FROM (SELECT g, wait, n FROM {name}_w UNION ALL SELECT chr(30) AS g, wait, sum(n) AS n FROM {name}_w GROUP BY wait)
 """
 
 _QUANTILES = """
@@ -127,8 +126,9 @@ SELECT r.g, any_value(r.p5), any_value(r.p9), list(w ORDER BY which) FROM r JOIN
 
 def _cumulative(con: _Store, name: str, keys: str, waits: str, params: list[Any] | None = None) -> None:
     """Tables `name` and `name_totals` (_CUMULATIVE) of the (keys, wait, n) rows of the query `waits`."""
-    con.execute(f"CREATE TEMP TABLE {name}_w AS SELECT {keys}, wait, sum(n) AS n FROM ({waits}) GROUP BY ALL", params)
-    con.execute(_CUMULATIVE.format(name=name, keys=keys, waits=f"{name}_w"))
+    con.execute(f"CREATE TEMP TABLE {name}_w AS SELECT concat_ws(chr(31), {keys}) AS g, wait, sum(n) AS n "
+                f"FROM ({waits}) GROUP BY ALL", params)
+    con.execute(_CUMULATIVE.format(name=name))
     con.execute(f"CREATE TEMP TABLE {name}_totals AS SELECT g, max(cum) AS total FROM {name} GROUP BY g")
 
 
@@ -338,18 +338,24 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
     if d0 < dn and rollups is not None:
         # the whole months among the days from `months`, the other days from `days` (none with day buckets)
         m0, mn = whole_months(d0, dn) if time_dim in (None, "month") else (dn, dn)
-        rparams: list[Any] = [list(rollups.days), list(rollups.months)]
+        rparams: list[Any] = []
+        rows = []
+        if d0 < m0 or mn < dn:
+            rparams.append(list(rollups.days))
+            rows.append(f"SELECT * FROM {_parquet(len(rparams), rollups.whole)} WHERE day >= {d0} AND day < {dn} "
+                        f"AND (day < {m0} OR day >= {mn})")
+        if m0 < mn:
+            rparams.append(list(rollups.months))
+            rows.append(f"SELECT * FROM {_parquet(len(rparams), rollups.whole)} WHERE day >= {m0} AND day < {mn}")
         where = _filter_sql(flt, rparams)
         part_sums = ", ".join(f"sum({name})::DOUBLE AS {name}" for name in _SUMS)
         rolled = con.execute(
             f"SELECT {keys}, sum(h) FILTER (state <> 'REQUEUED'), sum(h) FILTER (state = 'REQUEUED'), 0, "
             "map_from_entries(list((state, h)) FILTER (state <> 'REQUEUED' AND h > 0)), "
             + ", ".join(f"sum({name})" for name in _SUMS) + " FROM ("
-            f"SELECT {keys}, state, sum(heads) AS h, {part_sums} FROM ("
-            f"SELECT * FROM {_parquet(1, rollups.whole)} WHERE day >= {d0} AND day < {dn} AND "
-            f"(day < {m0} OR day >= {mn}) UNION ALL BY NAME "
-            f"SELECT * FROM {_parquet(2, rollups.whole)} WHERE day >= {m0} AND day < {mn}) "
-            f"{day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL", rparams).fetchall()
+            f"SELECT {keys}, state, sum(heads) AS h, {part_sums} FROM ({' UNION ALL BY NAME '.join(rows)}) "
+            f"{day_join} WHERE {where} GROUP BY ALL) GROUP BY ALL",
+            rparams).fetchall()
         wparams = [list(rollups.waits)]
         waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1, rollups.whole)} {day_join} WHERE "
                   f"{_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
