@@ -19,9 +19,9 @@ from hpc_aidc.cli.train_options import load_config, train_options
 @click.pass_context
 def plan(ctx: click.Context, /, nodes: int, gpus_per_node: int | None, partition: str | None, as_json: bool,
          **opts: Any) -> None:
-    """Estimate per-GPU memory (model states, gradients with DeepSpeed's fp32 copies, communication
-    buckets, activations, CUDA/NCCL runtime) and host memory per node, and suggest the smallest ZeRO stage
-    and node count that fit."""
+    """Estimate per-GPU memory at its peak (model states, gradients with DeepSpeed's fp32 copies,
+    communication buckets, activations, CUDA/NCCL runtime) and host memory per node, and suggest the
+    smallest ZeRO stage and node count that fit."""
     from hpc_aidc.errors import SpecError
     from hpc_aidc.render.table import format_table
     from hpc_aidc.spec.memory import FRAGMENTATION, GPU_USABLE, RUNTIME_GIB, estimate, host_gib_per_node, suggest
@@ -49,6 +49,7 @@ def plan(ctx: click.Context, /, nodes: int, gpus_per_node: int | None, partition
                          "optimizer_gib": e.optimizer_gib, "activations_gib": e.activations_gib,
                          "buffers_gib": e.buffers_gib, "runtime_gib": e.runtime_gib,
                          "allocated_gib": e.allocated_gib, "total_gib": e.total_gib, "cpu_gib": e.cpu_gib,
+                         "peak": e.peak,
                          "host_gib_per_node": host_node,
                          "fits": (memory is None or e.fits(memory)) and (host is None or host_node <= host)})
     best = suggest(config, gpus, memory, part.nodes, host, base) if memory else None
@@ -61,12 +62,15 @@ def plan(ctx: click.Context, /, nodes: int, gpus_per_node: int | None, partition
     click.echo(f"{config.model.n_params / 1e6:,.1f}M parameters, {config.train.precision}, micro-batch "
                f"{config.train.micro_batch}, {nodes} node(s) x {gpus} GPU(s) = {dp} data-parallel ranks")
     click.echo(format_table(
-        ["ZERO", "OFFLOAD", "PARAMS", "GRADS", "OPTIM", "ACTIV", "BUFFERS", "TOTAL GiB/GPU", "HOST GiB/NODE", "FITS"],
+        ["ZERO", "OFFLOAD", "PARAMS", "GRADS", "OPTIM", "ACTIV", "BUFFERS", "PEAK", "TOTAL GiB/GPU", "HOST GiB/NODE",
+         "FITS"],
         [(r["zero"], r["offload"], f"{r['params_gib']:.2f}", f"{r['grads_gib']:.2f}", f"{r['optimizer_gib']:.2f}",
-          f"{r['activations_gib']:.2f}", f"{r['buffers_gib']:.2f}", f"{r['total_gib']:.2f}",
+          f"{r['activations_gib']:.2f}", f"{r['buffers_gib']:.2f}", r["peak"], f"{r['total_gib']:.2f}",
           f"{r['host_gib_per_node']:.1f}", "yes" if r["fits"] else "no") for r in rows],
-        right=(2, 3, 4, 5, 6, 7, 8)))
+        right=(2, 3, 4, 5, 6, 8, 9)))
     within_host = f" and {host:.0f} GiB host memory per node" if host else ""
+    click.echo("PEAK: the moment the parts are taken at (A: the backward pass starts, B: during it, C: the "
+               "optimizer step)")
     click.echo(f"TOTAL: allocations x {1 + FRAGMENTATION:.2f} (fragmentation) + {RUNTIME_GIB} GiB CUDA/NCCL "
                f"runtime; fits: within {GPU_USABLE:.0%} of the GPU{within_host}")
     if memory:

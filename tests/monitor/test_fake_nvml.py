@@ -134,9 +134,12 @@ def test_real_nvml_has_devices_and_counters() -> None:
             "n = open_nvml({}); ds = n.devices(None)\n"
             "print(n.simulated, len(ds), [n.counter_mj(h) is not None for _, h in ds], "
             "[n.sample(h).power_w > 0 for _, h in ds])")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCAI_") and k != "LD_LIBRARY_PATH"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.startswith("False ") and "True" in out.stdout
+    # LD_LIBRARY_PATH stays: in containers the driver's libnvidia-ml.so.1 may be found only through it
+    # (/usr/local/nvidia/lib64); the first field printed says the library that answered is no fake.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPCAI_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("False ") and "True" in out.stdout, out.stdout
 
 
 ScenarioEnv = Callable[[Scenario], dict[str, str]]

@@ -118,3 +118,35 @@ def test_loss_is_computed_in_fp32_on_bf16_logits() -> None:
     assert loss.dtype == torch.float32
     exact = torch.nn.functional.cross_entropy(logits.to(torch.bfloat16).float().reshape(-1, 50304), targets.reshape(-1))
     assert torch.equal(loss, exact)
+
+
+@pytest.mark.parametrize(("precision", "checkpointing"), [("bf16", False), ("bf16", True), ("fp32", False)])
+def test_the_planner_counts_what_the_model_keeps_for_backward(precision: str, checkpointing: bool) -> None:
+    """spec.memory's activations are the tensors autograd saves (parameters aside): every block's 16 d
+    values per token in the training precision and the norms' and attention's fp32 statistics, the head's
+    norm, and the loss's fp32 log-probabilities (4 bytes per logit; the backward pass adds their two
+    gradients, 8 more); with recomputation only each segment's input."""
+    from hpc_aidc.spec.memory import activation_bytes
+
+    config = parse_train_config({"model": {"n_layer": 3, "n_head": 4, "d_model": 64, "vocab_size": 512,
+                                           "seq_len": 32, "activation_checkpointing": checkpointing},
+                                 "train": {"micro_batch": 2, "precision": precision}})
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if precision == "bf16" else torch.float32)  # as the trainer builds it
+    try:
+        model = GPT(config.model)
+    finally:
+        torch.set_default_dtype(previous)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randint(0, 512, (2, 33), generator=torch.Generator().manual_seed(0)))
+    logits = 2 * 32 * 512
+    assert activation_bytes(config) - 8 * logits == pytest.approx(sum(saved.values()), rel=0.01)
