@@ -360,6 +360,9 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
         waits += (f" UNION ALL SELECT {keys}, wait, n FROM {_parquet(1, rollups.whole)} {day_join} WHERE "
                   f"{_filter_sql(flt, wparams)} AND day >= {d0} AND day < {dn}")
     _cumulative(con, "base", keys, waits, wparams)
+    # The stored runs of jobs that ran more than once, as if the tail had none of their jobs (the usual
+    # case: then the tail's rows are summed alone; else these are summed again with the tail's).
+    more_heads, more_sums = summed.rows("more", repeats=True)
 
     # The tail: allocations not stored yet.
     if later is not None:
@@ -368,13 +371,18 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
     if later is not None and multi and _stale_runs(con, files, multi, period.start, rolled=bool(rolled)):
         con.close()  # a stored run summed above belongs to a job the tail shows ran again: start over
         return query_sums(files, tail, watermark, period, dims, flt, multi)
-    if tail is not None and tail.num_rows:
-        params = [period.start]
-        tail_sql = _source((), tail, watermark, flt, params, _USED, multi, window=(period.start, d0, dn, period.end))
-        con.execute("INSERT INTO more " + tail_sql, params)
-    _merge_tail(con, "more", multi, _USED)
-    more_heads, more_sums = summed.rows("more", repeats=True)
-    _cumulative(con, "extra", keys, f"SELECT {keys}, wait, 1 AS n FROM more_waits")
+    params = [period.start]
+    con.execute("CREATE TEMP TABLE fresh AS " + _source((), tail, watermark, flt, params, _USED, multi,
+                                                         window=(period.start, d0, dn, period.end)), params)
+    extra = ["more_waits"]
+    if con.execute("SELECT count(*) FROM fresh WHERE job_id_raw IN (SELECT job_id_raw FROM more)").fetchall()[0][0]:
+        con.execute("INSERT INTO more SELECT * FROM fresh")
+        _merge_tail(con, "more", multi, _USED)
+        more_heads, more_sums = summed.rows("more", repeats=True)
+    else:
+        fresh_heads, fresh_sums = summed.rows("fresh", repeats=True)
+        more_heads, more_sums, extra = [*more_heads, *fresh_heads], [*more_sums, *fresh_sums], [*extra, "fresh_waits"]
+    _cumulative(con, "extra", keys, " UNION ALL ".join(f"SELECT {keys}, wait, 1 AS n FROM {t}" for t in extra))
     quantiles: dict[str, Quantiles] = {}
     for g, p5, p9, (lo5, hi5, lo9, hi9) in con.execute(_QUANTILES).fetchall():
         quantiles[g] = _quantiles((lo5, hi5, p5, lo9, hi9, p9))
@@ -420,7 +428,7 @@ class _Summing:
             counted = (f"cand AND CASE WHEN multi_run THEN NOT list_contains(${len(params)}, "
                        "hash(job_id_raw, submit, start)) ELSE TRUE END")
         rows = f"{table}_rows"
-        con.execute(f"CREATE TEMP TABLE {rows} AS WITH " + _ROWS.format(src=table, **days)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {rows} AS WITH " + _ROWS.format(src=table, **days)
                     + _COUNTED.format(counted=counted, secs=_SECS.format(x="$1", y="$2", **days)) + "SELECT * FROM e",
                     params)
         head_join = "JOIN buckets h ON h.s <= r.a AND r.a < h.e" if self.buckets else ""
@@ -437,7 +445,7 @@ class _Summing:
                                f"CASE WHEN stop - start > 0 THEN ({secs}) / (stop - start) ELSE 1.0 END AS frac), "
                                f"h.label FROM {rows} r JOIN buckets h ON h.s < r.b AND h.e > r.a "
                                "WHERE NOT r.never_ran) GROUP BY ALL").fetchall()
-        con.execute(f"CREATE TEMP TABLE {table}_waits AS SELECT {keys}, wait FROM {rows} r {head_join} "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_waits AS SELECT {keys}, wait FROM {rows} r {head_join} "
                     "WHERE wait IS NOT NULL")
         return heads, sums
 
