@@ -301,10 +301,11 @@ def query_sums(files: Sequence[str], tail: TailRows | None, watermark: int | Non
                ) -> tuple[list[GroupSums], tuple[Acc, Quantiles]]:
     """Per-group sums and queue-wait quantiles (median, p90), and the same for the total.
 
-    With `later` (the tail and its multi-run jobs, once sacct answers), everything the tail cannot change is
-    summed while sacct works: the rollups, and the stored rows of jobs that ran once. What is left for
-    after it is small: the stored rows of jobs that ran more than once (whose runs the tail may add to,
-    and whose summary counts once over all of them) and the tail's own rows."""
+    With `later` (the tail and its multi-run jobs, once sacct answers), the store is summed while sacct
+    works: the rollups, the stored rows of jobs that ran once (the tail cannot change them), and those of
+    jobs that ran more than once as if the tail had none of their runs. After it, the tail's rows are
+    summed alone, or, when they share a job with those stored runs (whose summary counts once over all
+    runs), together with them again."""
     dims = check_dimensions(dimensions)
     time_dim = next((d for d in dims if d in TIME_DIMENSIONS), None)
     con = _Store()
