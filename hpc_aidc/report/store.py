@@ -229,29 +229,24 @@ class StoreWriter:
         A month the watermark has passed by a day gets no new rows: its parts become one (a reader pays
         per file it opens; a year of daily ingests would otherwise be up to MAX_PARTS files a partition)."""
         stale: dict[str, list[tuple[str, list[str]]]] = {}
+        gens: dict[str, dict[str, int]] = {}  # per month, each account's last part generation
         for account, month in self._partitions():
             with self.partition(account, month) as fd:
                 parts = live_parts(os.listdir(fd))
                 if len(parts) > 1 and watermark is not None and watermark > month_end(month) + 86400:
                     parts = [self._merge(fd, parts, _group_id(account))]
-                if parts and current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) /
-                                                      f"month={month}"), parts) is None:
+                if not parts:
+                    continue
+                gens.setdefault(month, {})[account] = last_gen(parts)
+                if current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) / f"month={month}"),
+                                   parts) is None:
                     stale.setdefault(month, []).append((account, parts))
         for month, partitions in stale.items():  # one query a month: most ingests change one month
             self._roll_up(month, partitions)
-        for month, gens in self._generations().items():
-            if not all_rollups(_listing(self.root / ALL / f"month={month}"), gens):
-                self._roll_up_all_accounts(month, gens)
+        for month, month_gens in gens.items():
+            if not all_rollups(_listing(self.root / ALL / f"month={month}"), month_gens):
+                self._roll_up_all_accounts(month, month_gens)
         return sum(len(p) for p in stale.values())
-
-    def _generations(self) -> dict[str, dict[str, int]]:
-        """Per month, each account's last part generation (of the partitions that have parts)."""
-        out: dict[str, dict[str, int]] = {}
-        for account, month in self._partitions():
-            parts = live_parts(_listing(self.root / JOBS / account_dir_name(account) / f"month={month}"))
-            if parts:
-                out.setdefault(month, {})[account] = max(_gens(n)[1] for n in parts)
-        return out
 
     def _roll_up_all_accounts(self, month: str, gens: dict[str, int]) -> None:
         """all/month=<month>: each kind of the accounts' (current) rollups in one file with an account column."""
@@ -287,7 +282,7 @@ class StoreWriter:
         import pyarrow.parquet as pq
 
         table = pa.concat_tables(pq.read_table(_fd_path(fd, n), schema=arrow_schema()) for n in parts)
-        name = f"part-{_gens(parts[0])[0]:08d}-{max(_gens(n)[1] for n in parts):08d}.parquet"
+        name = f"part-{_gens(parts[0])[0]:08d}-{last_gen(parts):08d}.parquet"
         self._replace(fd, parts, table, name, gid)
         return name
 
@@ -311,7 +306,7 @@ class StoreWriter:
                  for n in parts]
         tables = build(files)
         for account, parts in partitions:
-            gen = max(_gens(n)[1] for n in parts)
+            gen = last_gen(parts)
             gid = _group_id(account)
             with self.partition(account, month, ROLLUPS) as fd:
                 for kind, table in zip(KINDS, tables, strict=True):
@@ -385,6 +380,11 @@ def _gens(name: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def last_gen(parts: list[str]) -> int:
+    """The newest generation a partition's parts hold: what its rollups are named by."""
+    return max(_gens(n)[1] for n in parts)
+
+
 def _next_gen(parts: list[str]) -> int:
     return max((_gens(n)[1] for n in parts), default=0) + 1
 
@@ -402,7 +402,7 @@ def current_rollups(names: list[str], parts: list[str]) -> tuple[str, ...] | Non
     `parts`, else None (also for a partition rolled up before a kind existed: the ingest builds it)."""
     if not parts:
         return None
-    gen = max(_gens(n)[1] for n in parts)
+    gen = last_gen(parts)
     files = tuple(f"{kind}-{gen:08d}.parquet" for kind in KINDS)
     return files if all(f in names for f in files) else None
 
@@ -465,7 +465,7 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
             parts = live_parts(listing)
             files += [str(d / n) for n in parts]
             if parts:
-                gens.setdefault(month, {})[account] = max(_gens(n)[1] for n in parts)
+                gens.setdefault(month, {})[account] = last_gen(parts)
             r = root / ROLLUPS / entry / f"month={month}"
             try:
                 rollups = current_rollups(_listing(r), parts)
