@@ -15,7 +15,7 @@ from hpc_aidc.report.aggregate import Filters
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.store import list_store, read_state
 from hpc_aidc.report.store_rollup import Rollups, local_zone
-from hpc_aidc.report.store_table import TailRows, month_of, multi_run_ids, tail_rows
+from hpc_aidc.report.store_table import TailRows, month_of, tail_rows
 
 STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopped running
 
@@ -68,8 +68,8 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
 
     @functools.cache
     def later() -> Tail:
-        lines = source.lines_of(call, "The report store")
-        return tail_rows(lines), tuple(sorted(multi_run_ids(lines)))
+        rows = tail_rows(source.lines_of(call, "The report store"))
+        return rows, rows.multi_run_jobs()
 
     note = None
     if period.now - wm > STALE_S:

@@ -167,6 +167,11 @@ class TailRows:
     def num_rows(self) -> int:
         return len(self.columns["account"])
 
+    def multi_run_jobs(self) -> tuple[str, ...]:
+        """Raw ids of the jobs that ran more than once (their rows' multi_run), sorted."""
+        return tuple(sorted({str(j) for j, m in zip(self.columns["job_id_raw"], self.columns["multi_run"],
+                                                   strict=True) if m}))
+
 
 def tail_rows(lines: Sequence[str]) -> TailRows:
     """The tail's rows from sacct report lines: running and pending allocations too, and `multi_run` set on
