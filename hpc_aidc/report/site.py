@@ -1,5 +1,5 @@
 """The static report site: an overview of every project and one page per project, rendered from the
-Jinja2 templates in the repository's site/ directory (StrictUndefined, autoescaped) with inline SVG
+Jinja2 templates shipped as package data (site/ of the checkout) (StrictUndefined, autoescaped) with inline SVG
 charts. Fully offline: one CSS file, no JavaScript, no CDN. `site_pages` is pure (it returns the
 pages as text); `build_site` writes them."""
 
@@ -28,12 +28,14 @@ TEMPLATES_ENV = "HPCAI_REPORT_TEMPLATES"
 
 
 def templates_dir() -> Path:
-    """site/ of the checkout (or $HPCAI_REPORT_TEMPLATES)."""
+    """The report website's templates and assets that ship with hpc-aidc (or $HPCAI_REPORT_TEMPLATES)."""
+    from hpc_aidc.assets import asset_path
+
     env = os.environ.get(TEMPLATES_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "site"
+    path = Path(env) if env else asset_path("report_site")
     if not (path / "templates").is_dir():
         raise ConfigError(f"Expected the report site templates in {path}/templates. Got no such directory. "
-                          f"Set {TEMPLATES_ENV} to the site/ directory of hpc-aidc.")
+                          f"Set {TEMPLATES_ENV} to a folder with templates/ and assets/ (site/ of hpc-aidc).")
     return path
 
 

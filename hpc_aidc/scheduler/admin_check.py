@@ -2,7 +2,9 @@
 
 `admin_problems` is pure: it compares the facts with what the profile and SECURITY.md ask for and returns
 one line per problem, each with its fix. `gather_facts` collects them: `scontrol show config` (the live
-controller) or a slurm.conf file, and fstat of the energy store, its accounting box and /etc/hpcai."""
+controller) or a slurm.conf file, fstat of the energy store, its accounting box and /etc/hpcai, and (live
+only) slurmctld's log since its last start: a PrologSlurmctld/EpilogSlurmctld it could not execute is logged
+once there and then silently never run (daemon_log.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpc_aidc.scheduler.daemon_log import LogScan, scan_log
 from hpc_aidc.scheduler.site_check import expand_prolog
 from hpc_aidc.scheduler.slurm_cli import run_slurm
 from hpc_aidc.site import SiteProfile
@@ -52,6 +55,7 @@ class AdminFacts:
     job_submit_lua: str | None = None               # the installed job_submit.lua (None: missing)
     job_submit_lua_path: str = "job_submit.lua"
     slurm_group: str | None = None                  # SlurmUser's primary group
+    ctld_log: LogScan | None = None                 # slurmctld's log since its start (None: a slurm.conf file)
 
 
 def parse_slurm_conf(text: str) -> dict[str, str]:
@@ -145,6 +149,23 @@ def admin_problems(site: SiteProfile, facts: AdminFacts, expected_lua: str | Non
         problems.append(f"PrivateData lacks {','.join(missing)}: users see other projects' jobs and usage; fix: "
                         f"PrivateData={','.join(PRIVATE_DATA)} in slurm.conf and slurmdbd.conf")
     problems += _path_problems(site, facts)
+    problems += _log_problems(facts)
+    return problems
+
+
+def _log_problems(facts: AdminFacts) -> list[str]:
+    """Each `Invalid EpilogSlurmctld(...)` line slurmctld logged since it started: that script never runs."""
+    if facts.ctld_log is None:
+        return []
+    user = facts.config.get("slurmuser", "slurm").split("(", 1)[0] or "slurm"
+    problems: list[str] = []
+    for bad in facts.ctld_log.invalid:
+        daemons = "slurmctld" if bad.setting.endswith("Slurmctld") else "slurmctld and the slurmds"
+        problems.append(f"{facts.ctld_log.path}: {bad.line.strip()}: slurmctld found {bad.setting} unusable "
+                        f"and runs none until restarted; fix: {bad.setting} must name an existing script "
+                        f"executable by root and {user}, with every folder above it enterable by them (see "
+                        f"`namei -l {bad.path}`), then restart {daemons} (`scontrol reconfigure` does not check "
+                        "it again)")
     return problems
 
 
@@ -200,10 +221,14 @@ def gather_facts(site: SiteProfile, slurm_conf: Path | None = None) -> AdminFact
     if slurm_conf is not None:
         config = parse_slurm_conf(slurm_conf.read_text())
         source, conf_dir = str(slurm_conf), slurm_conf.parent
+        ctld_log: LogScan | None = None
     else:
         config = parse_show_config(run_slurm(["scontrol", "show", "config"]).stdout)
-        source = "scontrol show config"
         conf_dir = Path(config.get("slurm_conf", "/etc/slurm/slurm.conf")).parent
+        ctld_log = scan_log(config.get("slurmctldlogfile"), "slurmctld")
+        # An unreadable log (not root, or not the controller's host) is no problem, but it is said.
+        source = "scontrol show config" + (f" (slurmctld log not checked: {ctld_log.skipped})"
+                                           if ctld_log.skipped else "")
     lua_path = conf_dir / "job_submit.lua"
     try:
         lua: str | None = lua_path.read_text()
@@ -218,4 +243,4 @@ def gather_facts(site: SiteProfile, slurm_conf: Path | None = None) -> AdminFact
     names = [store, f"{store}/accounting", f"{store}/accounting/spool", "/etc/hpcai/site.toml", "/etc/hpcai/energy.env"]
     return AdminFacts(config=config, source=source, prolog_scripts=expand_prolog(config.get("prolog", "")),
                       paths={p: _path_facts(p) for p in names}, job_submit_lua=lua,
-                      job_submit_lua_path=str(lua_path), slurm_group=slurm_group)
+                      job_submit_lua_path=str(lua_path), slurm_group=slurm_group, ctld_log=ctld_log)

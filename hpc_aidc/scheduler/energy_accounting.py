@@ -17,11 +17,29 @@ from hpc_aidc.monitor.finish import combine_ended_run, job_totals
 from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
 
 SLURM_TIMEOUT_S = 10.0
-JOB_FIELDS = ("jobid", "user", "account", "state", "elapsed", "nnodes", "admincomment")
+# admincomment last: it is free text and may hold the separator
+JOB_FIELDS = ("jobid", "jobidraw", "user", "account", "state", "elapsed", "nnodes", "admincomment")
+
+
+def records_job_id(job_id: str, raw: str | None) -> str:
+    """The id a job's energy records are stored under: Slurm's own id of the allocation (sacct's
+    JobIDRaw), the $SLURM_JOB_ID that prolog, epilogs and the batch script see. For an array task it is
+    not the display id (task 2_0 may be job 3); `job_id` serves only when accounting gave no raw id."""
+    return raw if raw and raw.isdigit() else job_id
+
+
+def pick_job_row(rows: Sequence[dict[str, str]], job_id: str) -> dict[str, str]:
+    """The row `job_id` names among sacct's (`-j 2` lists every task of array 2, and job 2 is one of
+    them): the one shown as `job_id`, else the one whose raw id it is, else the last."""
+    for key in ("jobid", "jobidraw"):
+        found = [r for r in rows if r.get(key) == job_id]
+        if found:
+            return found[-1]
+    return rows[-1]
 
 
 def job_with_comment(job_id: str, timeout: float = 60.0) -> dict[str, str]:
-    """One sacct call: the job's allocation line with its AdminComment."""
+    """One sacct call: the job's allocation line with its raw id and AdminComment."""
     out = run_slurm(["sacct", "-j", parse_job_id(job_id), "-X", "-n", "-P", "-o", ",".join(JOB_FIELDS)],
                     timeout=timeout, check=False)
     if out.returncode != 0:
@@ -31,7 +49,8 @@ def job_with_comment(job_id: str, timeout: float = 60.0) -> dict[str, str]:
     if not lines:
         raise JobNotFoundError(f"Expected job {job_id} in Slurm accounting. Got no such job. "
                                "Check the id with `hpcai jobs`.")
-    return dict(zip(JOB_FIELDS, lines[-1].split("|", len(JOB_FIELDS) - 1), strict=False))
+    return pick_job_row([dict(zip(JOB_FIELDS, line.split("|", len(JOB_FIELDS) - 1), strict=False))
+                         for line in lines], job_id)
 
 
 def set_admin_comment(job_id: str, text: str) -> None:

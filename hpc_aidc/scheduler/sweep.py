@@ -142,7 +142,8 @@ def _latest_runs(array_job: str) -> dict[int, AccountingRecord]:
 
 
 def _energy_kwh(store: Path, job_id: str, admin_comment: str | None) -> float | None:
-    """The trial's GPU energy over all its runs: the summary in accounting, else its energy records."""
+    """The trial's GPU energy over all its runs: the summary in accounting, else its energy records
+    (`job_id`: the id they are stored under, the task's raw id)."""
     from hpc_aidc.monitor import acct, records
     from hpc_aidc.monitor.summary import combine_runs
 
@@ -161,6 +162,8 @@ def _read_json(path: Path) -> Any:
 
 def sweep_results(user_dir: Path, energy_store: Path, sweep_id: str) -> tuple[dict[str, Any], list[TrialResult]]:
     """(the sweep's record, one result per trial in task order)."""
+    from hpc_aidc.scheduler.energy_accounting import records_job_id
+
     folder = sweep_folder(user_dir, sweep_id)
     record = _read_json(folder / SWEEP_FILE)
     if not isinstance(record, dict) or "array_job_id" not in record:
@@ -182,5 +185,6 @@ def sweep_results(user_dir: Path, energy_store: Path, sweep_id: str) -> tuple[di
             index=index, job_id=job_id, overrides=overrides, state=run.state if run else "PENDING",
             summary=_read_json(trial_dir / "summary.json"), events=tuple(events),
             gpu_hours=run.gpus * run.elapsed_s / 3600 if run and started else 0.0,
-            kwh=_energy_kwh(energy_store, job_id, run.admin_comment if run and started else None)))
+            kwh=_energy_kwh(energy_store, records_job_id(job_id, run.job_id_raw if run and started else None),
+                            run.admin_comment if run and started else None)))
     return {**record, "folder": str(folder)}, results

@@ -4,6 +4,11 @@ DEV_CLUSTER="devcluster"
 DEV_STATE="${HPCAI_DEVCLUSTER_STATE:-/var/lib/hpcai-devcluster}"
 DEV_RUN="/run/hpcai-devcluster"
 DEV_JOBS="/srv/hpcai/jobs"
+# The admin kit is installed as on a real cluster (`hpcai admin install`): root-owned scripts under the
+# prefix, run by the prefix's venv (scripts/bootstrap.sh makes it), so slurm.conf names nothing in the checkout.
+DEV_PREFIX="${HPCAI_DEV_PREFIX:-/opt/hpcai}"
+DEV_PYTHON="${HPCAI_DEV_PYTHON:-$DEV_PREFIX/venv/bin/python}"
+DEV_ENERGY_LOG="/var/log/hpcai/energy.log"
 SLURM_USER="slurm"
 DB_PASS="devcluster-only"
 DEV_USERS=(alice bob)
@@ -42,4 +47,21 @@ render() {
   if [ -f "$out" ] && [ "$(cat "$out")" = "$text" ]; then return 0; fi
   printf '%s\n' "$text" >"$out.tmp" && mv "$out.tmp" "$out"
   CONFIG_CHANGED=1
+}
+
+# check_ctld_scripts: slurmctld (Slurm 22.05) checks PrologSlurmctld and EpilogSlurmctld once, at start, as
+# SlurmUser. One it cannot execute (missing, not executable, a 0700 folder above it) gets a single line,
+#   error: Invalid EpilogSlurmctld(`/root/x/epilog_slurmctld.sh`): Permission denied
+# and is then silently never run. Fail with those lines, counting only those since slurmctld's last start
+# (`slurmctld version ... started`): a problem fixed and restarted away does not fail forever.
+check_ctld_scripts() {
+  local logfile="$DEV_STATE/log/slurmctld.log" start bad
+  [ -r "$logfile" ] || die "cannot read $logfile to check slurmctld's Prolog/Epilog scripts"
+  start="$(grep -an ' slurmctld version [^ ]* started' "$logfile" | tail -n 1 | cut -d: -f1 || true)"
+  bad="$(tail -n "+${start:-1}" "$logfile" \
+    | grep -aE 'Invalid (Prolog|Epilog|PrologSlurmctld|EpilogSlurmctld)\(' || true)"
+  [ -z "$bad" ] || die "slurmctld will not run a script slurm.conf names (since its start, $logfile):
+$bad
+fix: the script must be executable by root and $SLURM_USER, with every folder above it enterable (namei -l PATH),
+then restart slurmctld (scontrol reconfigure does not check it again)"
 }

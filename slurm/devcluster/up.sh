@@ -58,7 +58,7 @@ write_configs() {
   done
   render "$HERE/slurm.conf.in" /etc/slurm/slurm.conf \
     "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@CLUSTER@=$DEV_CLUSTER" \
-    "@LIBEXEC@=$HERE"
+    "@PREFIX@=$DEV_PREFIX"
   render "$HERE/gres.conf.in" /etc/slurm/gres.conf "@STATE@=$DEV_STATE"
   SLURM_CONFIG_CHANGED=$CONFIG_CHANGED
   CONFIG_CHANGED=0
@@ -186,20 +186,21 @@ ensure_project_groups() {
   done
 }
 
-setup_energy() {
-  # The energy store (users' own samplers may create job dirs, not list them), its accounting drop box
-  # for EpilogSlurmctld (SlurmUser's group reads it), the simulated NVML and the prolog/epilog settings.
-  local store="$DEV_STATE/energy" fake="$DEV_STATE/fake-nvml" src="$HERE/../../tests/monitor/fake_nvml/fake_nvml.c"
-  local python
-  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
-  # The prolog samples every job (energy_prolog = true), so only root writes the store: 0711 lets users
-  # reach their own jobs' records without listing or creating anything. The accounting box is shared by
-  # root (node epilogs) and the SlurmUser (EpilogSlurmctld, its spool), and nobody else.
-  mkdir -p "$store/accounting/spool" "$fake"
-  chown root:root "$store"
-  chmod 0711 "$store"
-  chown "root:$(id -gn "$SLURM_USER")" "$store/accounting" "$store/accounting/spool"
-  chmod 2770 "$store/accounting" "$store/accounting/spool"
+install_admin_kit() {
+  # The Slurm-side scripts, /etc/hpcai/energy.env, the energy store, its log and the audit folder, laid down
+  # by the same command real admins run, before slurmctld starts (it checks EpilogSlurmctld only at start).
+  local out
+  [ -x "$DEV_PYTHON" ] || die "no Python at $DEV_PYTHON to install hpc-aidc's admin kit with (run scripts/bootstrap.sh)"
+  out="$(cd / && "$DEV_PYTHON" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin install \
+    --prefix "$DEV_PREFIX" --python "$DEV_PYTHON" --energy-log "$DEV_ENERGY_LOG" --energy-interval 1 2>&1)" ||
+    die "hpcai admin install failed: $out"
+  printf '%s\n' "$out" >"$DEV_STATE/log/admin-install.log"
+}
+
+setup_fake_nvml() {
+  # No GPUs here: the energy scripts and samplers read a simulated NVML (a small C library) instead.
+  local fake="$DEV_STATE/fake-nvml" src="$HERE/../../tests/monitor/fake_nvml/fake_nvml.c"
+  mkdir -p "$fake"
   chmod 755 "$fake"
   if [ -f "$src" ] && { [ ! -f "$fake/libnvidia-ml.so.1" ] || [ "$src" -nt "$fake/libnvidia-ml.so.1" ]; }; then
     command -v gcc >/dev/null || die "gcc is needed to build the simulated NVML ($src)"
@@ -207,25 +208,12 @@ setup_energy() {
     mv "$fake/libnvidia-ml.so.1.tmp" "$fake/libnvidia-ml.so.1"
   fi
   install -m 644 "$HERE/../energy/devcluster-fake-nvml.scenario" "$fake/scenario"
-  [ -x "$python" ] || python="$(command -v python3)"
-  touch "$DEV_STATE/log/energy.log"
-  chown "$SLURM_USER:" "$DEV_STATE/log/energy.log"
-  chmod 664 "$DEV_STATE/log/energy.log"
-  mkdir -p /etc/hpcai
-  printf '%s\n' "# Settings for slurm/energy/*.sh on the dev cluster. Written by slurm/devcluster/up.sh." \
-    "HPCAI_PYTHON=$python" "HPCAI_ENERGY_INTERVAL=1" \
-    "HPCAI_ENERGY_LOG=$DEV_STATE/log/energy.log" "HPCAI_SITE=/etc/hpcai/site.toml" >/etc/hpcai/energy.env.tmp
-  mv /etc/hpcai/energy.env.tmp /etc/hpcai/energy.env
-  chmod 644 /etc/hpcai/energy.env
 }
 
 setup_audit() {
   # The submission audit log (slurm/audit): SlurmUser's EpilogSlurmctld appends to it; nobody else may write
-  # the file or its directory (no append, truncation, replacement or removal); root and SlurmUser's group read.
+  # the file or its directory (`hpcai admin install` made the folder); root and SlurmUser's group read.
   local dir="$DEV_STATE/audit"
-  mkdir -p "$dir"
-  chown "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir"
-  chmod 0750 "$dir"
   if [ -e "$dir/submissions.jsonl" ]; then
     chown "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir/submissions.jsonl"
     chmod 0640 "$dir/submissions.jsonl"
@@ -236,10 +224,9 @@ write_job_submit_policy() {
   # The site policy for slurmctld (JobSubmitPlugins=lua), rendered from the site profile by hpc-aidc
   # (`hpcai admin policy`). slurmctld reloads job_submit.lua by itself when it changes: only a changed
   # slurm.conf restarts it (below).
-  local python out
-  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
-  [ -x "$python" ] || die "the project's .venv is needed to render job_submit.lua (run scripts/bootstrap.sh)"
-  out="$(cd / && "$python" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin policy \
+  local out
+  [ -x "$DEV_PYTHON" ] || die "no Python at $DEV_PYTHON to render job_submit.lua with (run scripts/bootstrap.sh)"
+  out="$(cd / && "$DEV_PYTHON" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin policy \
     --out /etc/slurm/job_submit.lua 2>&1)" || die "could not render /etc/slurm/job_submit.lua: $out"
 }
 
@@ -264,8 +251,7 @@ start_daemon() {
 start_monitoring() {
   # node_exporter serves the textfile directory the per-node metrics writers (`hpcai admin metrics`,
   # root, like the prolog) fill; Prometheus scrapes it. All on loopback; data under $DEV_MONITORING.
-  local python i user
-  python="$(cd "$HERE/../.." && pwd)/.venv/bin/python"
+  local python="$DEV_PYTHON" i user
   mkdir -p "$DEV_MONITORING/textfile" "$DEV_MONITORING/tsdb"
   chown root:root "$DEV_MONITORING/textfile"
   chmod 0755 "$DEV_MONITORING/textfile"
@@ -314,6 +300,8 @@ ensure_project_groups
 ensure_hosts
 write_configs
 write_site_profile
+setup_fake_nvml
+install_admin_kit
 write_job_submit_policy
 start_munge
 start_mariadb
@@ -324,8 +312,8 @@ start_slurmctld
 start_slurmd
 wait_nodes_idle
 start_watchdog
-setup_energy
 setup_audit
 start_monitoring
+check_ctld_scripts
 log "dev cluster up in $((SECONDS - start)) s"
 sinfo -o '%P %D %T %G %N'

@@ -4,13 +4,16 @@ fix; the prolog.d glob counts for `hpcai site check` too."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import RECORDED, REPO, RunHpcai, assert_clean_error
 from site_fixture import site_doc
 
+from hpc_aidc.scheduler import admin_check
 from hpc_aidc.scheduler.admin_check import AdminFacts, PathFacts, admin_problems, parse_show_config, parse_slurm_conf
+from hpc_aidc.scheduler.daemon_log import LogScan, invalid_scripts
 from hpc_aidc.scheduler.site_check import ClusterFacts, runs_energy_prolog
 from hpc_aidc.site import SiteProfile, parse_site
 
@@ -77,12 +80,60 @@ def test_each_problem_is_one_line_with_its_fix(change: dict[str, object], needle
     assert needle in problems[0] and "fix: " in problems[0] and "\n" not in problems[0]
 
 
+CTLD_LOG = "/var/log/slurm/slurmctld.log"
+# Recorded from Slurm 22.05.8 (tests/recorded/slurmctld_invalid_scripts.log) and the issue's report.
+INVALID_LINES = (
+    "[2026-12-07T08:28:29.111] slurmctld version 22.05.8 started on cluster ctldexp",
+    "[2026-12-07T08:28:29.113] error: Invalid PrologSlurmctld(`/tmp/ctldexp/missing.sh`): No such file or directory",
+    "[2026-12-07T08:28:29.113] error: Invalid EpilogSlurmctld(`/root/ctldexp_hidden/epi.sh`): Permission denied",
+)
+
+
+def test_each_invalid_script_line_since_the_start_is_a_problem() -> None:
+    scan = LogScan(CTLD_LOG, invalid_scripts(INVALID_LINES))
+    problems = admin_problems(site(), facts(config=conf(slurmuser="slurm(64030)"), ctld_log=scan), "LUA")
+    assert len(problems) == 2, problems
+    for problem, line in zip(problems, INVALID_LINES[1:], strict=True):
+        assert problem.startswith(f"{CTLD_LOG}: {line}: slurmctld found ") and "\n" not in problem
+        assert "fix: " in problem and "executable by root and slurm, with every folder above it enterable" in problem
+        assert problem.endswith("then restart slurmctld (`scontrol reconfigure` does not check it again)")
+    assert "namei -l /root/ctldexp_hidden/epi.sh" in problems[1]
+    node = LogScan(CTLD_LOG, invalid_scripts(["[t] error: Invalid Epilog(/opt/e.sh): Permission denied"]))
+    assert "then restart slurmctld and the slurmds" in admin_problems(site(), facts(ctld_log=node), "LUA")[0]
+
+
+def test_a_clean_or_unread_log_is_no_problem() -> None:
+    restarted = LogScan(CTLD_LOG, invalid_scripts((*INVALID_LINES, INVALID_LINES[0])))
+    skipped = LogScan(CTLD_LOG, skipped=f"cannot read {CTLD_LOG}: Permission denied")
+    assert admin_problems(site(), facts(ctld_log=restarted), "LUA") == []
+    assert admin_problems(site(), facts(ctld_log=skipped), "LUA") == []
+
+
+def test_gather_facts_reads_slurmctlds_log_live_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log = tmp_path / "slurmctld.log"
+    shown = (RECORDED / "scontrol_config_admin.txt").read_text().replace(
+        "/var/lib/hpcai-devcluster/log/slurmctld.log", str(log))
+    monkeypatch.setattr(admin_check, "run_slurm",
+                        lambda argv: subprocess.CompletedProcess(argv, 0, stdout=shown, stderr=""))
+    unread = admin_check.gather_facts(site())
+    assert unread.source == (f"scontrol show config (slurmctld log not checked: cannot read {log}: "
+                             "No such file or directory)")
+    log.write_text("\n".join(INVALID_LINES) + "\n")
+    live = admin_check.gather_facts(site())
+    assert live.source == "scontrol show config" and live.ctld_log is not None
+    assert [bad.setting for bad in live.ctld_log.invalid] == ["PrologSlurmctld", "EpilogSlurmctld"]
+    written = tmp_path / "slurm.conf"
+    written.write_text(f"SlurmctldLogFile={log}\n")
+    assert admin_check.gather_facts(site(), written).ctld_log is None  # a file to check, not a running slurmctld
+
+
 def test_parsers_on_recorded_and_written_config() -> None:
     shown = parse_show_config((RECORDED / "scontrol_config_admin.txt").read_text())
     assert shown["jobsubmitplugins"] == "lua" and shown["prolog"].endswith("prolog.d/*")
     assert "gres/gpu" in shown["accountingstoragetres"] and shown["prologslurmctld"] == ""
     written = parse_slurm_conf((REPO / "slurm/devcluster/slurm.conf.in").read_text())
-    assert written["prolog"] == "@LIBEXEC@/../prolog.d/*" and written["schedulerparameters"] == "nohold_on_prolog_fail"
+    assert written["prolog"] == "@PREFIX@/slurm/prolog.d/*"
+    assert written["schedulerparameters"] == "nohold_on_prolog_fail"
     assert written["nodename"] == "n1"  # the first of repeated keys
 
 
@@ -102,6 +153,10 @@ def test_bad_slurm_conf_path(hpcai: RunHpcai, tmp_path: Path) -> None:
 def test_the_dev_cluster_passes(hpcai: RunHpcai, tmp_path: Path) -> None:
     live = hpcai("admin", "check")
     assert live.returncode == 0 and live.stdout.strip().endswith(": OK"), live.stdout + live.stderr
+    assert "not checked" not in live.stdout  # root reads slurmctld's log: no Invalid EpilogSlurmctld since start
+    unread = hpcai("admin", "check", user="alice")  # slurmctld.log is slurm's 0600: said, never a problem
+    assert "(slurmctld log not checked: cannot read " in unread.stdout and "Permission denied" in unread.stdout
+    assert "  - /var/lib/hpcai-devcluster/log/slurmctld.log" not in unread.stdout and "Traceback" not in unread.stderr
     site = hpcai("site", "check")
     assert site.returncode == 0, site.stdout
     broken = tmp_path / "slurm.conf"

@@ -128,7 +128,7 @@ def test_command_exit_statuses(hpcai: RunHpcai, nvml_env: Callable[[Scenario], d
 
 FAKE = Path("/var/lib/hpcai-devcluster/fake-nvml")
 ENERGY_STORE = Path("/var/lib/hpcai-devcluster/energy")
-LOG = Path("/var/lib/hpcai-devcluster/log/energy.log")
+LOG = Path("/var/log/hpcai/energy.log")  # the dev cluster's HPCAI_ENERGY_LOG
 
 
 def _sh(*argv: str) -> str:

@@ -142,6 +142,30 @@ def test_job_without_nvml_runs_and_its_energy_is_unavailable(
     assert shown.returncode == 0 and "GPU energy   unavailable" in shown.stdout
 
 
+def test_array_task_energy_shows_from_its_records_without_admin_comment(
+        site_store: tuple[Path, Scenario], hpcai: RunHpcai) -> None:
+    """An array task's records are under its raw id ($SLURM_JOB_ID), not its display id: `show 2_0` finds
+    them when AdminComment has no summary (not stored yet, or never)."""
+    store, _ = site_store
+    array = _sbatch("alice", "-N1", "-A", "physics", "--gres=gpu:h100:1", "--array=0-1", "--wrap", "sleep 2")
+    task = f"{array}_0"
+    stored = acct.decode(_admin_comment(task))  # EpilogSlurmctld is done with it: nothing writes it again
+    raw = subprocess.run(["sacct", "-j", task, "-X", "-n", "-P", "-o", "jobidraw"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert raw.isdigit() and (store / raw / "r0").is_dir() and not (store / task).exists()
+    subprocess.run(["sacctmgr", "-i", "modify", "job", "where", f"jobid={raw}", "set", "AdminComment="],
+                   capture_output=True, check=True)
+    _wait(lambda: not _comment(task), 30, f"the AdminComment of {task} was not blanked")
+
+    for asked in (task, raw):
+        shown = hpcai("energy", "show", asked, user="alice")
+        assert shown.returncode == 0, shown.stderr
+        assert f"Job {task} " in shown.stdout and "from energy records (not in accounting yet)" in shown.stdout
+        as_json = json.loads(hpcai("energy", "show", asked, "--json", user="alice").stdout)
+        assert as_json["job"]["jobidraw"] == raw and [r["run"] for r in as_json["runs"]] == [0]
+        assert as_json["totals"]["gpu_j"] == pytest.approx(stored.gpu_j, rel=1e-6)
+
+
 def test_show_unknown_job_is_one_clean_line(cluster: None, hpcai: RunHpcai) -> None:
     assert_clean_error(hpcai("energy", "show", "99999999"), "Expected job 99999999")
 

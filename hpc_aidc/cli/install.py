@@ -1,0 +1,163 @@
+"""`hpcai admin install | uninstall`: the Slurm-side kit under a root-owned prefix (hpc_aidc.install)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+from pathlib import Path, PurePosixPath
+
+import click
+
+from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.errors import ConfigError
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise ConfigError(f"Expected to run as root ({what} lays down files root runs). Got uid {os.geteuid()}. "
+                          "Run it with sudo, or add --dry-run to see what it would do.")
+
+
+def _absolute(value: Path, option: str) -> PurePosixPath:
+    if not value.is_absolute():
+        raise ConfigError(f"Expected an absolute path for {option}. Got {value} instead. Write it from /.")
+    return PurePosixPath(os.path.normpath(value))
+
+
+def _refuse_untrusted(paths: list[str]) -> None:
+    from hpc_aidc.install.trust import untrusted_links
+
+    found = []
+    for path in paths:
+        found += [str(u) for u in untrusted_links(path) if str(u) not in found]
+    if found:
+        raise ConfigError("Expected every folder and file root would run from to be root's and writable by root "
+                          f"alone. Got: {'; '.join(found)}. Fix their owner and mode (chown root, chmod go-w), or "
+                          "pick another --prefix or --python.")
+
+
+@click.command()
+@click.option("--prefix", type=click.Path(path_type=Path), default=Path("/opt/hpcai"), show_default=True,
+              help="Root-owned folder for the Slurm-side scripts (PREFIX/slurm) and reference monitoring files.")
+@click.option("--etc", "etc", type=click.Path(path_type=Path), default=Path("/etc/hpcai"), show_default=True,
+              help="Folder of energy.env, the settings the scripts source.")
+@click.option("--python", "python", default=None,
+              help="Interpreter the scripts run, with hpc-aidc installed [the one running hpcai].")
+@click.option("--venv", "venv_from", default=None, metavar="SPEC",
+              help="Create PREFIX/venv and pip-install SPEC into it (a wheel path or requirement, extras "
+                   "allowed, e.g. 'dist/hpc_aidc-0.1.0-py3-none-any.whl[energy]'); the scripts run its Python.")
+@click.option("--site-profile", type=click.Path(path_type=Path), default=None,
+              help="Site profile the scripts read [the profile hpcai loaded, normally /etc/hpcai/site.toml].")
+@click.option("--energy-log", type=click.Path(path_type=Path), default=Path("/var/log/hpcai/energy.log"),
+              show_default=True, help="Log of the energy and audit scripts (readable by root and SlurmUser).")
+@click.option("--energy-interval", type=float, default=1.0, show_default=True, help="Seconds between samples.")
+@click.option("--slurm-user", default="slurm", show_default=True, help="slurm.conf's SlurmUser.")
+@click.option("--slurm-conf", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Check that this slurm.conf runs the installed scripts (exit 1 when it does not).")
+@click.option("--dry-run", is_flag=True, help="Show every folder and file with its mode; change nothing.")
+@json_option
+@click.pass_context
+def install(ctx: click.Context, prefix: Path, etc: Path, python: str | None, venv_from: str | None,
+            site_profile: Path | None, energy_log: Path, energy_interval: float, slurm_user: str,
+            slurm_conf: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Install the Slurm-side kit: prolog.d (GPU health, energy), epilog, EpilogSlurmctld (audit, energy),
+    /etc/hpcai/energy.env, the energy store and log with their modes; print the slurm.conf lines.
+
+    Idempotent (a second run changes nothing); refuses when the prefix, a folder above it or the Python
+    root would run is writable by anyone but root. `hpcai admin uninstall` rolls it back."""
+    from hpc_aidc.assets import asset_path
+    from hpc_aidc.install.apply import apply_plan
+    from hpc_aidc.install.interpreter import import_paths, make_venv
+    from hpc_aidc.install.plan import MONITORING_FILES, SLURM_SCRIPTS, InstallSpec, install_plan, slurm_conf_lines
+
+    if not dry_run:
+        _require_root("admin install")
+    site = site_from(ctx)
+    root = _absolute(prefix, "--prefix")
+    etc_dir = _absolute(etc, "--etc")
+    log = _absolute(energy_log, "--energy-log")
+    if not energy_interval >= 0.1:
+        raise ConfigError(f"Expected --energy-interval >= 0.1 seconds. Got {energy_interval} instead. Use 1.")
+    profile = site_profile or (Path(site.source) if site.source.startswith("/") else None)
+    if profile is None:
+        raise ConfigError(f"Expected a site profile file. Got {site.source}. Pass --site-profile "
+                          "/etc/hpcai/site.toml (root-owned).")
+    try:
+        slurm = pwd.getpwnam(slurm_user)
+    except KeyError:
+        raise ConfigError(f"Expected the SlurmUser {slurm_user!r} to exist. Got no such user. Pass --slurm-user "
+                          "(slurm.conf's SlurmUser).") from None
+    if python is not None and venv_from is not None:
+        raise ConfigError("Expected --python or --venv. Got both. Pick one.")
+    _refuse_untrusted([str(root), str(etc_dir), str(log.parent), str(profile), str(site.energy_store)])
+    if venv_from is not None and not dry_run:
+        python = make_venv(Path(root) / "venv", venv_from)
+    interpreter = python or (str(Path(root) / "venv" / "bin" / "python") if venv_from else sys.executable)
+    if venv_from is None or not dry_run:
+        _refuse_untrusted(import_paths(interpreter))
+    spec = InstallSpec(prefix=root, etc=etc_dir, python=interpreter, site_profile=_absolute(profile, "--site-profile"),
+                       energy_store=PurePosixPath(site.energy_store), energy_prolog=site.energy_prolog,
+                       energy_log=log, energy_interval=energy_interval,
+                       audit_log=PurePosixPath(site.audit_log) if site.audit_log else None,
+                       slurm_uid=slurm.pw_uid, slurm_gid=slurm.pw_gid)
+    scripts = {rel: asset_path("slurm", rel).read_bytes() for rel in SLURM_SCRIPTS}
+    monitoring = {rel: asset_path("monitoring", rel).read_bytes() for rel in MONITORING_FILES}
+    plan = install_plan(spec, scripts, monitoring)
+    changes = apply_plan(root, plan, dry_run)
+    conf_lines = slurm_conf_lines(root)
+    problems = _check_slurm_conf(slurm_conf, root) if slurm_conf is not None else []
+    if as_json:
+        echo_json({"prefix": str(root), "python": interpreter, "dry_run": dry_run,
+                   "entries": [{"path": str(e.path), "kind": "dir" if e.is_dir else "file", "mode": f"{e.mode:04o}",
+                                "uid": e.uid, "gid": e.gid} for e in plan],
+                   "changes": [{"action": c.action, "path": c.path} for c in changes],
+                   "slurm_conf": conf_lines, "slurm_conf_problems": problems})
+    else:
+        entries = {str(e.path): e for e in plan}
+        for change in changes:
+            entry = entries.get(change.path)
+            click.echo(f"{change.action:<9} {entry.describe()}" if entry else change.line())
+        click.echo("slurm.conf (then restart slurmctld and the slurmd):")
+        for key, value in conf_lines.items():
+            click.echo(f"  {key}={value}")
+        if slurm_conf is not None:
+            click.echo(f"{slurm_conf}: " + ("runs the installed scripts" if not problems else f"{len(problems)} "
+                                            "problem(s)"))
+            for line in problems:
+                click.echo(f"  - {line}")
+    if problems:
+        sys.exit(1)
+
+
+def _check_slurm_conf(path: Path, root: PurePosixPath) -> list[str]:
+    from hpc_aidc.install.plan import slurm_conf_mismatches
+    from hpc_aidc.scheduler.admin_check import parse_slurm_conf
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Expected a readable slurm.conf at {path}. Got {exc.strerror}. "
+                          "Check --slurm-conf.") from None
+    return slurm_conf_mismatches(parse_slurm_conf(text), root)
+
+
+@click.command()
+@click.option("--prefix", type=click.Path(path_type=Path), default=Path("/opt/hpcai"), show_default=True,
+              help="The prefix `hpcai admin install` used.")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed or restored; change nothing.")
+@json_option
+def uninstall(prefix: Path, dry_run: bool, as_json: bool) -> None:
+    """Roll back `hpcai admin install`: remove what it made (files changed since are kept), restore what it
+    replaced, give folders it changed their owner and mode back. Data (energy store, logs) stays unless empty."""
+    from hpc_aidc.install.apply import uninstall as undo
+
+    if not dry_run:
+        _require_root("admin uninstall")
+    changes = undo(_absolute(prefix, "--prefix"), dry_run)
+    if as_json:
+        echo_json({"prefix": str(prefix), "dry_run": dry_run,
+                   "changes": [{"action": c.action, "path": c.path, "detail": c.detail} for c in changes]})
+        return
+    for change in changes:
+        click.echo(change.line())
