@@ -5,6 +5,7 @@ and the test suite refuses to run the cluster tests against a stale copy."""
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,10 @@ from pathlib import Path
 def source_hash(root: Path) -> str:
     digest = hashlib.sha256()
     files = [root / "pyproject.toml"]
-    files += [p for p in (root / "hpc_aidc").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    # os.walk, not rglob: hpc_aidc/share/* are links to folders, and their files go into the wheel too
+    for folder, dirs, names in os.walk(root / "hpc_aidc", followlinks=True):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        files += [Path(folder) / name for name in names]
     for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

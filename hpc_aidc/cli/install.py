@@ -67,8 +67,8 @@ def install(ctx: click.Context, prefix: Path, etc: Path, python: str | None, ven
     Idempotent (a second run changes nothing); refuses when the prefix, a folder above it or the Python
     root would run is writable by anyone but root. `hpcai admin uninstall` rolls it back."""
     from hpc_aidc.assets import asset_path
-    from hpc_aidc.install.apply import apply_plan
-    from hpc_aidc.install.interpreter import import_paths, make_venv
+    from hpc_aidc.install.apply import apply_plan, record_tree
+    from hpc_aidc.install.interpreter import bare_paths, import_paths, make_venv, requirement_from
     from hpc_aidc.install.plan import MONITORING_FILES, SLURM_SCRIPTS, InstallSpec, install_plan, slurm_conf_lines
 
     if not dry_run:
@@ -83,6 +83,8 @@ def install(ctx: click.Context, prefix: Path, etc: Path, python: str | None, ven
     if profile is None:
         raise ConfigError(f"Expected a site profile file. Got {site.source}. Pass --site-profile "
                           "/etc/hpcai/site.toml (root-owned).")
+    store = _absolute(Path(site.energy_store), "the site profile's energy_store")
+    audit = _absolute(Path(site.audit_log), "the site profile's audit_log") if site.audit_log else None
     try:
         slurm = pwd.getpwnam(slurm_user)
     except KeyError:
@@ -90,21 +92,37 @@ def install(ctx: click.Context, prefix: Path, etc: Path, python: str | None, ven
                           "(slurm.conf's SlurmUser).") from None
     if python is not None and venv_from is not None:
         raise ConfigError("Expected --python or --venv. Got both. Pick one.")
-    _refuse_untrusted([str(root), str(etc_dir), str(log.parent), str(profile), str(site.energy_store)])
-    if venv_from is not None and not dry_run:
-        python = make_venv(Path(root) / "venv", venv_from)
-    interpreter = python or (str(Path(root) / "venv" / "bin" / "python") if venv_from else sys.executable)
-    if venv_from is None or not dry_run:
+    # The folders above what the install makes or re-owns: the store itself may be world-writable (1733) and
+    # the audit folder is SlurmUser's by design, so their parents are what must be root's alone.
+    _refuse_untrusted([str(root), str(etc_dir), str(log.parent), str(profile), str(store.parent),
+                       *([str(audit.parent.parent)] if audit else [])])
+    venv = Path(root) / "venv"
+    if venv_from is not None:
+        interpreter = str(venv / "bin" / "python")
+    else:
+        interpreter = str(_absolute(Path(python), "--python")) if python else sys.executable
+        # Checked before it runs as root at all, then its own folders (asked without site code), then its path.
+        _refuse_untrusted([interpreter, str(Path(interpreter).parent.parent)])
+        _refuse_untrusted(bare_paths(interpreter))
         _refuse_untrusted(import_paths(interpreter))
     spec = InstallSpec(prefix=root, etc=etc_dir, python=interpreter, site_profile=_absolute(profile, "--site-profile"),
-                       energy_store=PurePosixPath(site.energy_store), energy_prolog=site.energy_prolog,
-                       energy_log=log, energy_interval=energy_interval,
-                       audit_log=PurePosixPath(site.audit_log) if site.audit_log else None,
-                       slurm_uid=slurm.pw_uid, slurm_gid=slurm.pw_gid)
+                       energy_store=store, energy_prolog=site.energy_prolog, energy_log=log,
+                       energy_interval=energy_interval, audit_log=audit, slurm_uid=slurm.pw_uid,
+                       slurm_gid=slurm.pw_gid)
     scripts = {rel: asset_path("slurm", rel).read_bytes() for rel in SLURM_SCRIPTS}
     monitoring = {rel: asset_path("monitoring", rel).read_bytes() for rel in MONITORING_FILES}
     plan = install_plan(spec, scripts, monitoring)
-    changes = apply_plan(root, plan, dry_run)
+    try:
+        changes = apply_plan(root, plan, dry_run)
+    except PermissionError as exc:
+        raise ConfigError(f"Expected to read {exc.filename or 'the installed files'}. Got permission denied. Run as "
+                          "root (a dry run over an existing install needs root too).") from None
+    if venv_from is not None and not dry_run:
+        made = not venv.exists()
+        make_venv(venv, requirement_from(venv_from, Path.cwd()))
+        if made:
+            record_tree(root, PurePosixPath(venv))
+        _refuse_untrusted(import_paths(interpreter))
     conf_lines = slurm_conf_lines(root)
     problems = _check_slurm_conf(slurm_conf, root) if slurm_conf is not None else []
     if as_json:

@@ -194,7 +194,7 @@ install_admin_kit() {
   out="$(cd / && "$DEV_PYTHON" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin install \
     --prefix "$DEV_PREFIX" --python "$DEV_PYTHON" --energy-log "$DEV_ENERGY_LOG" --energy-interval 1 2>&1)" ||
     die "hpcai admin install failed: $out"
-  printf '%s\n' "$out" >"$DEV_STATE/log/admin-install.log"
+  printf '%s\n' "$out" >"$DEV_STATE/admin-install.log"  # root's folder, not SlurmUser's log folder
 }
 
 setup_fake_nvml() {
@@ -214,8 +214,8 @@ setup_audit() {
   # The submission audit log (slurm/audit): SlurmUser's EpilogSlurmctld appends to it; nobody else may write
   # the file or its directory (`hpcai admin install` made the folder); root and SlurmUser's group read.
   local dir="$DEV_STATE/audit"
-  if [ -e "$dir/submissions.jsonl" ]; then
-    chown "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir/submissions.jsonl"
+  if [ -f "$dir/submissions.jsonl" ] && [ ! -L "$dir/submissions.jsonl" ]; then
+    chown -h "$SLURM_USER:$(id -gn "$SLURM_USER")" "$dir/submissions.jsonl"
     chmod 0640 "$dir/submissions.jsonl"
   fi
 }

@@ -174,6 +174,84 @@ def test_install_refuses_what_others_could_change(hpcai: RunHpcai, tmp_path: Pat
     assert_clean_error(proc, "Expected to run as root")
 
 
+def tmp_site(tmp: Path, **changes: str) -> Path:
+    """The dev cluster's profile with admin keys changed (TOML values as written)."""
+    import re
+
+    text = Path(SITE).read_text()
+    for key, value in changes.items():
+        text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert count == 1, key
+    path = tmp / "site.toml"
+    path.write_text(text)
+    return path
+
+
+@as_root
+@pytest.mark.cluster
+def test_a_self_sampling_store_installs_twice_and_uninstall_keeps_what_was_there(
+        hpcai: RunHpcai, tmp_path: Path, cluster: None) -> None:
+    tmp_path.chmod(0o755)
+    site = tmp_site(tmp_path, energy_prolog="false", energy_store=f'"{tmp_path}/store"',
+                    audit_log=f'"{tmp_path}/audit/submissions.jsonl"')
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "energy.env").write_text("placeholder\n")
+    args = ["--site", str(site), *install_args(tmp_path)[2:]]
+    assert hpcai(*args).returncode == 0
+    env_text = (tmp_path / "etc" / "energy.env").read_text()
+    assert stat.S_IMODE((tmp_path / "store").stat().st_mode) == 0o1733
+    again = hpcai(*args, "--json")  # the world-writable (sticky) store is no reason to refuse the second run
+    assert again.returncode == 0, again.stderr
+    assert {c["action"] for c in json.loads(again.stdout)["changes"]} == {"unchanged"}
+    # a second prefix sharing /etc finds energy.env as it would write it: uninstalling it must not delete it
+    other = ["--site", str(site), "admin", "install", "--prefix", str(tmp_path / "opt2"), "--etc",
+             str(tmp_path / "etc"), "--energy-log", str(tmp_path / "log" / "energy.log")]
+    assert hpcai(*other).returncode == 0
+    assert (tmp_path / "etc" / "energy.env").read_text() == env_text  # the same settings: found as is
+    assert hpcai("admin", "uninstall", "--prefix", str(tmp_path / "opt2")).returncode == 0
+    assert (tmp_path / "etc" / "energy.env").exists()
+    assert hpcai("admin", "uninstall", "--prefix", str(tmp_path / "opt")).returncode == 0
+    assert (tmp_path / "etc" / "energy.env").read_text() == "placeholder\n"
+
+
+@as_root
+@pytest.mark.cluster
+def test_a_run_stopped_half_way_is_still_rolled_back(hpcai: RunHpcai, tmp_path: Path, cluster: None) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "energy.log").symlink_to("/etc/passwd")
+    failed = hpcai(*install_args(tmp_path))
+    assert_clean_error(failed, "symbolic link")
+    assert (tmp_path / "opt" / "slurm" / "prolog.d" / "10-energy.sh").exists()  # made before the link was met
+    undo = hpcai("admin", "uninstall", "--prefix", str(tmp_path / "opt"))
+    assert undo.returncode == 0, undo.stderr
+    assert not (tmp_path / "opt").exists() and not (tmp_path / "etc").exists()
+    assert (tmp_path / "log" / "energy.log").is_symlink()
+
+
+@as_root
+@pytest.mark.cluster
+def test_no_existing_folder_changes_hands(hpcai: RunHpcai, tmp_path: Path, cluster: None) -> None:
+    tmp_path.chmod(0o755)
+    (tmp_path / "var-log").mkdir()  # root's, like /var/log: must not become SlurmUser's audit folder
+    site = tmp_site(tmp_path, audit_log=f'"{tmp_path}/var-log/submissions.jsonl"')
+    proc = hpcai("--site", str(site), *install_args(tmp_path)[2:])
+    assert_clean_error(proc, f"{tmp_path}/var-log", "Move it away")
+    assert (tmp_path / "var-log").stat().st_uid == 0
+
+
+@as_root
+@pytest.mark.cluster
+def test_alice_cannot_dry_run_into_roots_install(hpcai: RunHpcai, tmp_path: Path, cluster: None) -> None:
+    tmp_path.chmod(0o755)
+    assert hpcai(*install_args(tmp_path)).returncode == 0
+    (tmp_path / "opt").chmod(0o700)
+    proc = hpcai(*install_args(tmp_path), "--dry-run", user="alice")
+    assert_clean_error(proc, "ermission denied")  # the trust check or the manifest, whichever alice meets first
+    (tmp_path / "opt").chmod(0o755)
+    assert hpcai("admin", "uninstall", "--prefix", str(tmp_path / "opt")).returncode == 0
+
+
 # -- the wheel and the sdist, far from the checkout ------------------------------------------------------------
 
 WANTED = ("hpc_aidc/share/templates/sbatch/train.sbatch.j2", "hpc_aidc/share/report_site/templates/index.html.j2",
@@ -233,6 +311,18 @@ def test_the_wheel_works_far_from_the_checkout(tmp_path: Path, cluster: None) ->
     undo = run("admin", "uninstall", "--prefix", str(tmp_path / "opt"))
     assert undo.returncode == 0, undo.stderr
     assert not (tmp_path / "opt").exists()
+    # --venv: the kit's own venv, from a wheel named relative to where the admin stands
+    venv = subprocess.run([*hpcai, "admin", "install", "--prefix", str(tmp_path / "kit"), "--etc",
+                           str(tmp_path / "etc"), "--energy-log", str(tmp_path / "log" / "energy.log"),
+                           "--venv", f"{wheel.name}[energy]"],
+                          capture_output=True, text=True, cwd=dist, env={"PATH": os.environ["PATH"]}, check=False,
+                          timeout=600)
+    assert venv.returncode == 0, venv.stderr[-2000:]
+    kit_python = tmp_path / "kit" / "venv" / "bin" / "python"
+    assert f"HPCAI_PYTHON={kit_python}" in (tmp_path / "etc" / "energy.env").read_text()
+    assert subprocess.run([str(kit_python), "-I", "-c", "import hpc_aidc, pynvml"], check=False).returncode == 0
+    assert run("admin", "uninstall", "--prefix", str(tmp_path / "kit")).returncode == 0
+    assert not (tmp_path / "kit").exists()
 
 
 def test_the_checkout_links_its_top_level_folders_into_the_package() -> None:
@@ -240,3 +330,17 @@ def test_the_checkout_links_its_top_level_folders_into_the_package() -> None:
                          ("monitoring", "monitoring")):
         link = REPO / "hpc_aidc" / "share" / name
         assert link.is_symlink() and link.resolve() == (REPO / target).resolve()
+
+
+@pytest.mark.cluster
+def test_the_dev_cluster_runs_only_root_owned_scripts(cluster: None) -> None:
+    """slurm.conf names the installed kit, never this checkout, and root may trust every link of its chain."""
+    from hpc_aidc.scheduler.admin_check import parse_slurm_conf
+
+    conf = parse_slurm_conf(Path("/etc/slurm/slurm.conf").read_text())
+    scripts = [*Path(conf["prolog"].removesuffix("/*")).iterdir(), Path(conf["epilog"]), Path(conf["epilogslurmctld"])]
+    env = {k: v for k, v in (line.split("=", 1) for line in Path("/etc/hpcai/energy.env").read_text().splitlines()
+                             if "=" in line and not line.startswith("#"))}
+    for path in [*scripts, Path(env["HPCAI_PYTHON"])]:
+        assert not path.resolve().is_relative_to(REPO.resolve()), path
+        assert untrusted_links(path) == [], path

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = (REPO / "slurm/devcluster/site.toml.in").read_text()
     site = out / "site.toml"
     site.write_text(text.replace("@JOBS@", "/j").replace("@STATE@", "/s").replace("@CLUSTER@", "devcluster"))
-    proc = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "hpc_aidc.cli.main", "--site", str(site), "admin",
+    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "--site", str(site), "admin",
                            "ood", "--out", str(out / "app"), "-A", "physics"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr

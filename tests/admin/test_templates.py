@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from hpc_aidc.spec.policy import JobRequest, check_request
 TEMPLATES = REPO / "templates" / "sbatch"
 NAMES = ["infer-array.sbatch", "interactive-gpu.sbatch", "multinode-pytorch.sbatch", "pack-array.sbatch",
          "preprocess-cpu.sbatch", "train.sbatch"]
-PYTHON = str(REPO / ".venv" / "bin" / "python")
+# the root-owned venv running the tests: the users running the rendered scripts can reach it
+PYTHON = sys.executable
 
 
 def sources() -> dict[str, str]:

@@ -48,9 +48,12 @@ def _admin_comment(job: str, timeout: float = 90.0) -> str:
     """Poll sacct until the job ended and EpilogSlurmctld stored its summary."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "state,admincomment"],
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "jobid,state,admincomment"],
                              capture_output=True, text=True, check=False).stdout.strip()
-        state, _, comment = out.partition("|")
+        # `sacct -j A_0` may also print other tasks of array A (e.g. while A_0 still shares A's record):
+        # only the line of the job asked for counts (AdminComment last: it may hold the delimiter)
+        rows = [line.split("|", 2) for line in out.splitlines()]
+        state, comment = next(((r[1], r[2]) for r in rows if len(r) == 3 and r[0] == job), ("", ""))
         if acct.contains_summary(comment):
             assert state == "COMPLETED", out
             return comment
@@ -277,5 +280,6 @@ def test_summaries_survive_a_slurmdbd_outage(site_store: tuple[Path, Scenario], 
 
 
 def _comment(job: str) -> str:
-    return subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "admincomment"], capture_output=True,
-                          text=True, check=False).stdout.strip()
+    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "jobid,admincomment"], capture_output=True,
+                         text=True, check=False).stdout
+    return next((line.split("|", 1)[1] for line in out.splitlines() if line.split("|", 1)[0] == job), "")

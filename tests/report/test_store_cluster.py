@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_bob_cannot_read_physics_rows(jobs: dict[str, object], store: Path, hpca
     assert part.stat().st_mode & 0o007 == 0 and physics.stat().st_mode & 0o007 == 0
     assert days.stat().st_mode & 0o007 == 0 and rolled.stat().st_mode & 0o007 == 0
     assert every.stat().st_gid == 0 and every.stat().st_mode & 0o007 == 0
-    python = str(REPO / ".venv/bin/python")
+    python = sys.executable  # the root-owned venv: bob can run it, wherever the checkout is
     for argv in (["cat", str(part)], ["ls", str(physics)], ["find", str(store), "-name", "*.parquet"],
                  ["cat", str(days)], ["ls", str(rolled)], ["cat", str(every)], ["ls", str(every.parent)],
                  [python, "-c", f"import pyarrow.parquet as pq; print(pq.read_table('{part}'))"],
