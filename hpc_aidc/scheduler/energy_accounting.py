@@ -5,6 +5,7 @@ EpilogSlurmctld or by `hpcai energy backfill` (cron)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from hpc_aidc.monitor.finish import combine_ended_run, job_totals
 from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
 
 SLURM_TIMEOUT_S = 10.0
+_TASK_ID = re.compile(r"^\d+_\d+$")
 # admincomment last: it is free text and may hold the separator
 JOB_FIELDS = ("jobid", "jobidraw", "user", "account", "state", "elapsed", "nnodes", "admincomment")
 
@@ -69,9 +71,17 @@ def store_summary(store_root: Path, job_id: str) -> str:
     if totals is None:
         raise SlurmError(f"Expected run lines for job {job_id} in the accounting box. Got none.")
     line = acct.encode(totals)
-    existing = job_with_comment(job_id, timeout=SLURM_TIMEOUT_S).get("admincomment", "")
-    set_admin_comment(job_id, acct.compose(existing, line))
+    row = job_with_comment(job_id, timeout=SLURM_TIMEOUT_S)
+    set_admin_comment(modify_id(row, job_id), acct.compose(row.get("admincomment", ""), line))
     return line
+
+
+def modify_id(row: dict[str, str], job_id: str) -> str:
+    """The id `sacctmgr modify job where jobid=` must be given: for an array task its display id (`378_1`),
+    because the raw id of an array's last task is the array's own id and sacctmgr then changes every task
+    of the array (seen on Slurm 22.05: one task's summary overwrote all the others')."""
+    shown = row.get("jobid", "")
+    return shown if _TASK_ID.match(shown) and row.get("jobidraw") == job_id else job_id
 
 
 @dataclass(frozen=True)

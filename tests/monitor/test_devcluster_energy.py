@@ -156,6 +156,14 @@ def test_array_task_energy_shows_from_its_records_without_admin_comment(
     raw = subprocess.run(["sacct", "-j", task, "-X", "-n", "-P", "-o", "jobidraw"], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert raw.isdigit() and (store / raw / "r0").is_dir() and not (store / task).exists()
+    # each task's AdminComment holds its own summary (the last task's raw id is the array's: storing by it
+    # once overwrote every task's)
+    for each in (f"{array}_0", f"{array}_1"):
+        each_raw = subprocess.run(["sacct", "-j", each, "-X", "-n", "-P", "-o", "jobid,jobidraw"],
+                                  capture_output=True, text=True, check=True).stdout
+        each_raw = next(line.split("|")[1] for line in each_raw.splitlines() if line.split("|")[0] == each)
+        own = json.loads(next((store / each_raw / "r0").glob("*.summary.json")).read_text())["totals"]["gpu_j"]
+        assert acct.decode(_admin_comment(each)).gpu_j == pytest.approx(own, rel=1e-6), each
     subprocess.run(["sacctmgr", "-i", "modify", "job", "where", f"jobid={raw}", "set", "AdminComment="],
                    capture_output=True, check=True)
     _wait(lambda: not _comment(task), 30, f"the AdminComment of {task} was not blanked")

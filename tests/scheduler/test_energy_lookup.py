@@ -74,3 +74,15 @@ def test_job_with_comment_keeps_a_separator_in_the_admin_comment(monkeypatch: py
     _fake_sacct(monkeypatch, f"17|17|alice|physics|COMPLETED|00:00:03|1|other|tool {SUMMARY}\n")
     row = job_with_comment("17")
     assert row["admincomment"] == f"other|tool {SUMMARY}" and records_job_id("17", row["jobidraw"]) == "17"
+
+
+def test_an_array_task_is_modified_by_its_display_id() -> None:
+    """sacctmgr's `jobid=<array id>` changes every task of the array: the last task (whose raw id is the
+    array's) must be named `A_T`; other jobs and tasks by their raw id."""
+    from hpc_aidc.scheduler.energy_accounting import modify_id
+
+    assert modify_id({"jobid": "378_1", "jobidraw": "378"}, "378") == "378_1"
+    assert modify_id({"jobid": "378_0", "jobidraw": "379"}, "379") == "378_0"
+    assert modify_id({"jobid": "42", "jobidraw": "42"}, "42") == "42"
+    assert modify_id({"jobid": "378_[0-1]", "jobidraw": "378"}, "378") == "378"  # never a compact row
+    assert modify_id({"jobid": "378_1", "jobidraw": "378"}, "999") == "999"      # not the row asked for
