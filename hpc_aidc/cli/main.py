@@ -15,7 +15,7 @@ from hpc_aidc.errors import HpcAidcError
 
 # name -> (module, attribute, one-line help shown by `hpcai --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "submit": ("hpc_aidc.cli.submit", "submit", "Submit work to Slurm: run, train, infer."),
+    "submit": ("hpc_aidc.cli.submit_group", "submit", "Submit work to Slurm: run, train, infer, sweep, pipeline."),
     "jobs": ("hpc_aidc.cli.jobs", "jobs", "List your jobs (one batched sacct + squeue call)."),
     "status": ("hpc_aidc.cli.jobs", "status", "Show one job's state, resources and progress."),
     "logs": ("hpc_aidc.cli.jobs", "logs", "Print (or follow) a job's task logs."),

@@ -53,27 +53,19 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     With opts["quiet"] (a pipeline stage) nothing is printed: the script (dry-run) or the SubmittedJob
     is returned instead."""
     from hpc_aidc.ids import current_user
-    from hpc_aidc.monitor.launch import batch_script_line
-    from hpc_aidc.render.sbatch import describe, job_folder, submitit_parameters
+    from hpc_aidc.render.sbatch import describe, job_folder
+    from hpc_aidc.scheduler.admission import admit, job_parameters
     from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import dry_run_script, submit_function, test_only
 
-    # One energy sampler per node, started by the job itself for sites without the hpc-aidc prolog
-    # (where the prolog runs anyway it would exit at once; the site profile says so, saving a job step).
-    render_kwargs.setdefault("extra_setup", [] if site.energy_prolog else [batch_script_line()])
     user = current_user()
-    # The site's submission policy ([policy]), the same rules and codes as its job_submit.lua: refused here,
-    # before sbatch, with the message slurmctld would give.
-    from hpc_aidc.spec.policy import enforce, request_from_resources
-
-    enforce(site, request_from_resources(resources, user, time_given=opts.get("time_limit") is not None))
+    admit(site, resources, user, time_given=opts.get("time_limit") is not None)
     folder = job_folder(site, user)
     if "extra_env" in render_kwargs:
         render_kwargs["extra_env"] = {k: v.replace("{user}", user) for k, v in render_kwargs["extra_env"].items()}
-    params = submitit_parameters(resources, site, **render_kwargs)
-    # The audit's marker (slurm/audit): which hpcai command wrote the script. Never trusted for identity.
-    command = click.get_current_context(silent=True)
-    params["comment"] = command.command_path.replace(" ", "-") if command else "hpcai"
+    command = click.get_current_context(silent=True)  # the audit tag: which hpcai command wrote the script
+    params = job_parameters(site, resources, audit_tag=command.command_path.replace(" ", "-") if command else "hpcai",
+                            **render_kwargs)
     if opts["dry_run"]:
         script = dry_run_script(params, folder, launcher_prefix)
         verdict = None
@@ -121,19 +113,6 @@ def _wait_and_report(job_id: str, folder: Any, as_json: bool) -> None:
                    f"on {record.nodelist}")
     if record.state != "COMPLETED":
         sys.exit(1)
-
-
-def _add_infer() -> None:
-    from hpc_aidc.cli.infer import submit_infer
-    from hpc_aidc.cli.pipeline import submit_pipeline
-    from hpc_aidc.cli.sweep import submit_sweep
-
-    submit.add_command(submit_infer)
-    submit.add_command(submit_pipeline)
-    submit.add_command(submit_sweep)
-
-
-_add_infer()
 
 
 @submit.command("run", context_settings={"allow_interspersed_args": False})

@@ -40,8 +40,7 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     from hpc_aidc.cli.submit import resources_from
     from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.ids import current_user
-    from hpc_aidc.monitor.launch import batch_script_line
-    from hpc_aidc.render.sbatch import submitit_parameters
+    from hpc_aidc.scheduler.admission import admit, job_parameters
     from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import test_only
     from hpc_aidc.scheduler.sweep import (
@@ -52,7 +51,6 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
         submit_sweep,
         trial_folder_setup,
     )
-    from hpc_aidc.spec.policy import enforce, request_from_resources
     from hpc_aidc.spec.sweep import apply_overrides, describe, parse_sweep, trials
     from hpc_aidc.spec.train import parse_train_config, read_config_document
 
@@ -68,7 +66,6 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     user = current_user()
     user_dir = site.job_root / user
     resources = resources_from(site, opts)
-    enforce(site, request_from_resources(resources, user, time_given=opts["time_limit"] is not None))
     data_path = os.path.abspath(opts["data_path"]) if opts["data_path"] else None
     document = read_config_document(opts["config_path"])
     chosen: list[Trial] = []
@@ -86,12 +83,11 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     largest = max(prepared, key=lambda j: _mem_mb(j.resources.mem))
     for note in dict.fromkeys(note for j in prepared for note in j.notes):
         click.echo(note, err=True)
-    setup = [] if site.energy_prolog else [batch_script_line()]
-    parameters = submitit_parameters(largest.resources, site, extra_env={"PYTHONUNBUFFERED": "1"},
-                                     extra_setup=[*setup, trial_folder_setup(user_dir)],
-                                     srun_args=largest.srun_args, additional={"requeue": True},
-                                     signal_delay_s=max(j.signal_delay_s for j in prepared))
-    parameters["comment"] = "hpcai-submit-sweep"  # the audit's marker (slurm/audit), never trusted for identity
+    admit(site, largest.resources, user, time_given=opts["time_limit"] is not None)
+    parameters = job_parameters(site, largest.resources, audit_tag="hpcai-submit-sweep",
+                                extra_env={"PYTHONUNBUFFERED": "1"}, extra_setup=[trial_folder_setup(user_dir)],
+                                srun_args=largest.srun_args, additional={"requeue": True},
+                                signal_delay_s=max(j.signal_delay_s for j in prepared))
     plan = SweepPlan(new_sweep_folder(user_dir), user_dir, os.path.abspath(opts["config_path"]), spec,
                      tuple(chosen), largest.resources, parameters)
     if opts["dry_run"]:

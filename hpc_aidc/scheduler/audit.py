@@ -39,7 +39,7 @@ from hpc_aidc.scheduler.slurm_cli import run_slurm
 
 SCHEMA = "hpcai-audit-v1"
 LOG_MODE = 0o640
-# hpcai's marker in the scripts it writes (cli/submit.py, scheduler/infer_submit.py).
+# hpcai's marker in the scripts it writes (the audit tag of scheduler/admission.py, data pack's own).
 _HPCAI_MARKER = re.compile(r"^#SBATCH[ \t]+--comment=(hpcai-[\w-]+)[ \t]*$", re.MULTILINE)
 
 

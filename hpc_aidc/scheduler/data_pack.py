@@ -16,13 +16,22 @@ from hpc_aidc.slurmtime import parse_time_limit
 
 
 def _params(site: SiteProfile, account: str | None, partition: str | None, time_limit: str) -> dict[str, Any]:
+    """Each pack job is one CPU on one node: admitted like every submission (the site's policy, the energy
+    line, the audit tag), with submitit's parameter names."""
+    from hpc_aidc.scheduler.admission import admit, energy_setup
+    from hpc_aidc.spec.resources import parse_resources
+
+    resources = parse_resources(site, nodes=1, ntasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
+                                partition=partition, account=account, time=time_limit,
+                                job_name="hpcai-pack")
+    admit(site, resources, current_user(), time_given=True)
     params: dict[str, Any] = {
-        "partition": site.partition(partition).name, "time": parse_time_limit(time_limit),
-        "ntasks_per_node": 1, "cpus_per_task": 1, "setup": list(site.setup),
-        "comment": "hpcai-data-pack",  # the audit's marker (slurm/audit), never trusted for identity
+        "partition": resources.partition, "time": parse_time_limit(time_limit),
+        "ntasks_per_node": 1, "cpus_per_task": 1, "setup": [*site.setup, *energy_setup(site)],
+        "comment": "hpcai-data-pack",  # the audit tag (slurm/audit), never trusted for identity
     }
-    if account or site.default_account:
-        params["account"] = account or site.default_account
+    if resources.account:
+        params["account"] = resources.account
     return params
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from hpc_aidc.errors import SlurmError
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.scheduler.slurm_cli import run_slurm
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
           "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
@@ -30,15 +28,6 @@ def max_array_size() -> int:
     cap = parse_max_array_size(run_slurm(["scontrol", "show", "config"]).stdout)
     override = os.environ.get("HPCAI_MAX_ARRAY_SIZE", "")
     return min(cap, int(override)) if override.isdigit() and int(override) > 0 else cap
-
-
-def submit_script(script: Path, env: Mapping[str, str] | None = None) -> str:
-    """sbatch the script file (`env`: variables for the job, through sbatch's environment); the job id
-    (for an array, the array job id)."""
-    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False, env=env)
-    if proc.returncode != 0:
-        raise SlurmError(f"sbatch refused the inference array: {first_error_line(proc.stderr or proc.stdout)}")
-    return proc.stdout.strip().split(";")[0]
 
 
 def expand_indices(text: str) -> list[int]:

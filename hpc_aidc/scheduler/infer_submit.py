@@ -33,12 +33,11 @@ from hpc_aidc.node.infer_plan import (
 )
 from hpc_aidc.node.infer_status import Progress, progress, task_of
 from hpc_aidc.render.infer import array_spec, infer_array_script, infer_command
-from hpc_aidc.render.sbatch import submitit_parameters
-from hpc_aidc.scheduler.infer import active_tasks, max_array_size, submit_script
-from hpc_aidc.scheduler.submit import prepare_user_folder
+from hpc_aidc.scheduler.admission import admit, job_parameters
+from hpc_aidc.scheduler.infer import active_tasks, max_array_size
+from hpc_aidc.scheduler.submit import prepare_user_folder, sbatch_file
 from hpc_aidc.site import SiteProfile
 from hpc_aidc.spec.infer import InferParams, compact_ranges, parse_infer_params, windows
-from hpc_aidc.spec.policy import enforce, request_from_resources
 from hpc_aidc.spec.resources import Resources, parse_resources
 
 DEFAULT_MAX_TASKS = 64
@@ -138,8 +137,7 @@ def check_request(site: SiteProfile, r: InferRequest) -> tuple[InferParams, Reso
     if r.max_concurrent is not None and r.max_concurrent < 1:
         raise SpecError(expected("--max-concurrent >= 1", r.max_concurrent, "Pass a positive count."))
     resources = _resources(site, r)
-    # the site's submission policy: the same rules and codes as its job_submit.lua, refused here first
-    enforce(site, request_from_resources(resources, current_user(), time_given=r.time_limit is not None))
+    admit(site, resources, current_user(), time_given=r.time_limit is not None)
     return params, resources
 
 
@@ -197,18 +195,8 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None], depe
 
 def _parameters(site: SiteProfile, resources: Resources, dependency: str | None = None) -> dict[str, Any]:
     """submitit's parameters for one array task: requeued by Slurm after a node failure or preemption."""
-    params = submitit_parameters(resources, site, additional={"requeue": True}, extra_env={"PYTHONUNBUFFERED": "1"},
-                                 extra_setup=_energy_setup(site), dependency=dependency)
-    params["comment"] = "hpcai-submit-infer"  # the audit's marker (slurm/audit), never trusted for identity
-    return params
-
-
-def _energy_setup(site: SiteProfile) -> list[str]:
-    if site.energy_prolog:
-        return []
-    from hpc_aidc.monitor.launch import batch_script_line
-
-    return [batch_script_line()]
+    return job_parameters(site, resources, audit_tag="hpcai-submit-infer", additional={"requeue": True},
+                          extra_env={"PYTHONUNBUFFERED": "1"}, dependency=dependency)
 
 
 def _arrays(out: Path) -> list[tuple[str, int]]:
@@ -232,7 +220,7 @@ def submit(site: SiteProfile, p: Prepared, submit_env: Mapping[str, str] | None 
         for (offset, idx), script in zip(p.windows, p.scripts(), strict=True):
             path = p.folder / f"array-{offset}-{int(time.time() * 1000)}.sh"
             path.write_text(script)
-            job_id = submit_script(path, submit_env)
+            job_id = sbatch_file(path, submit_env, "the inference array")
             record = {"job_id": job_id, "offset": offset, "array": array_spec(compact_ranges(idx), p.max_concurrent),
                       "tasks": [offset + i for i in idx], "time": time.time(), "user": current_user(),
                       "resources": _resources_json(p.resources)}

@@ -198,6 +198,16 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
     return SubmittedJob(job_id=str(job.job_id), folder=folder, script=job.paths.submission_file)
 
 
+def sbatch_file(script: Path, env: Mapping[str, str] | None = None, what: str = "the job") -> str:
+    """sbatch a script file that the caller laid down in the job's own folder (`env`: variables for the job,
+    through sbatch's environment); the job id (for an array, the array job id). The one plain sbatch call:
+    submitit's jobs go through `submit_function`."""
+    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False, env=env)
+    if proc.returncode != 0:
+        raise SlurmError(f"sbatch refused {what}: {first_error_line(proc.stderr or proc.stdout)}")
+    return proc.stdout.strip().split(";")[0]
+
+
 def dry_run_script(parameters: Mapping[str, Any], folder_pattern: Path, launcher_prefix: str = "") -> str:
     return render_sbatch(parameters, folder_pattern, python_command(launcher_prefix))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpc_aidc.errors import ConfigError, JobNotFoundError, SlurmError, SpecError, expected
+from hpc_aidc.errors import ConfigError, JobNotFoundError, SpecError, expected
 from hpc_aidc.fsutil import atomic_write_text
 from hpc_aidc.ids import parse_job_id
 from hpc_aidc.node.sweep_trial import TRIALS, trial_path
@@ -31,8 +31,7 @@ from hpc_aidc.render.progress import read_metrics
 from hpc_aidc.render.sweep import TrialResult
 from hpc_aidc.scheduler.infer import array_task, max_array_size
 from hpc_aidc.scheduler.parse import AccountingRecord
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
-from hpc_aidc.scheduler.submit import prepare_user_folder
+from hpc_aidc.scheduler.submit import prepare_user_folder, sbatch_file
 from hpc_aidc.spec.resources import Resources
 from hpc_aidc.spec.sweep import SweepSpec
 from hpc_aidc.spec.train import TrainConfig
@@ -104,13 +103,10 @@ def submit_sweep(plan: SweepPlan) -> dict[str, Any]:
         atomic_write_text(plan.folder / SWEEP_FILE, json.dumps(record, indent=2))
         script = plan.folder / SCRIPT
         script.write_text(plan.script())
-        proc = run_slurm(["sbatch", "--parsable", str(script)], check=False)
-        if proc.returncode != 0:
-            raise SlurmError(f"sbatch refused the sweep's array: {first_error_line(proc.stderr or proc.stdout)}")
+        job_id = sbatch_file(script, what="the sweep's array")
     except BaseException:
         shutil.rmtree(plan.folder, ignore_errors=True)
         raise
-    job_id = proc.stdout.strip().split(";")[0]
     atomic_write_text(plan.folder / SWEEP_FILE, json.dumps({**record, "array_job_id": job_id}, indent=2))
     index = plan.user_dir / INDEX
     index.mkdir(mode=0o750, exist_ok=True)
