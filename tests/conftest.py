@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def hpcai() -> RunHpcai:
                               timeout=timeout, check=False)
 
     return run
+
+
+def wait_until(what: str, ready: Callable[[], object], timeout: float = 60, interval: float = 0.5) -> None:
+    """Poll `ready` until it returns something true; fail with `what` after `timeout` seconds. The one wait
+    helper of the suite (files and Slurm state both)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"{what} (not within {timeout:.0f} s)"
+        time.sleep(interval)
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -13,7 +13,7 @@ CORPUS = [f"The quick brown fox {i} jumps over the lazy dog number {i * 7 % 13}.
 def run_local(out: Path, tasks: Sequence[int]) -> None:
     """The array tasks of a run, one after the other in this machine's Python (a one-shot run)."""
     for t in tasks:
-        proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer_run", str(out), "--task", str(t)],
+        proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer.run", str(out), "--task", str(t)],
                               capture_output=True, text=True, check=False, timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -21,8 +21,8 @@ def run_local(out: Path, tasks: Sequence[int]) -> None:
 def write_plan_for(out: Path, model: str, input_path: Path, tasks: int, rows_per_shard: int,
                    output_format: str = "jsonl", **params: object) -> None:
     from hpc_aidc.data.infer_inputs import plan_inputs
-    from hpc_aidc.node.infer_model import resolve_model
-    from hpc_aidc.node.infer_plan import make_plan, write_plan
+    from hpc_aidc.formats.infer_plan import make_plan, write_plan
+    from hpc_aidc.formats.model_source import resolve_model
     from hpc_aidc.spec.infer import parse_infer_params
 
     p = parse_infer_params(**params)

@@ -138,9 +138,9 @@ def make_models(s: Setup, root: Path, corpus: list[str]) -> tuple[Any, Any, Any]
 
 def harness_part(s: Setup, work: Path, model_dir: Path, input_path: Path) -> dict[str, Any]:
     from hpc_aidc.data.infer_inputs import plan_inputs, read_shard
-    from hpc_aidc.node.infer_model import resolve_model, row_seed
-    from hpc_aidc.node.infer_plan import make_plan, write_plan
-    from hpc_aidc.node.infer_run import ShardRunner, make_batches
+    from hpc_aidc.formats.infer_plan import make_plan, write_plan
+    from hpc_aidc.node.infer.model import resolve_model, row_seed
+    from hpc_aidc.node.infer.run import ShardRunner, make_batches
     from hpc_aidc.spec.infer import parse_infer_params
 
     params = parse_infer_params(task="generate", max_new_tokens=s.new_tokens, batch_size=s.batch_size,
@@ -248,8 +248,8 @@ def generate_part(s: Setup, gpt: Any, hf: Any, tokenizer: Any, corpus: list[str]
     from transformers import GenerationConfig
 
     from hpc_aidc.data.tokenize import load_tokenizer
-    from hpc_aidc.node.infer_model import GptEngine, _left_pad
-    from hpc_aidc.node.infer_run import make_batches
+    from hpc_aidc.node.infer.model import GptEngine, _left_pad
+    from hpc_aidc.node.infer.run import make_batches
     from hpc_aidc.spec.infer import parse_infer_params
 
     params = parse_infer_params(task="generate", max_new_tokens=s.new_tokens, batch_size=s.batch_size,
@@ -455,7 +455,7 @@ def main() -> int:
         print("1. harness vs bare model loop ...", flush=True)
         harness = harness_part(s, work, model_dir, input_path)
         print("2. KV-cache generate: GptEngine vs HF generate ...", flush=True)
-        from hpc_aidc.node.infer_model import HfEngine
+        from hpc_aidc.node.infer.model import HfEngine
 
         hf_engine = HfEngine(str(model_dir), True, torch.float32, torch.device("cpu"))
         generate = generate_part(s, gpt, hf, tokenizer, corpus, hf_engine)

@@ -55,8 +55,8 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
     from hpc_aidc.ids import current_user
     from hpc_aidc.render.sbatch import describe, job_folder
     from hpc_aidc.scheduler.admission import admit, job_parameters
-    from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import dry_run_script, submit_function, test_only
+    from hpc_aidc.slurm_client import slurm_available
 
     user = current_user()
     admit(site, resources, user, time_given=opts.get("time_limit") is not None)
@@ -160,8 +160,8 @@ def train(ctx: click.Context, /, **opts: Any) -> None:
 def submit_train(site: SiteProfile, opts: dict[str, Any], **render_kwargs: Any) -> Any:
     """`hpcai submit train` from its options (also a pipeline's train stage, with its dependency)."""
     from hpc_aidc.cli.train_submit import prepare_train
+    from hpc_aidc.formats.checkpoint_layout import space_warning
     from hpc_aidc.ids import current_user
-    from hpc_aidc.node.checkpoint import space_warning
     from hpc_aidc.node.train import TrainTask, train_task
 
     user_dir = site.job_root / current_user()

@@ -41,7 +41,6 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.ids import current_user
     from hpc_aidc.scheduler.admission import admit, job_parameters
-    from hpc_aidc.scheduler.slurm_cli import slurm_available
     from hpc_aidc.scheduler.submit import test_only
     from hpc_aidc.scheduler.sweep import (
         SweepPlan,
@@ -51,6 +50,7 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
         submit_sweep,
         trial_folder_setup,
     )
+    from hpc_aidc.slurm_client import slurm_available
     from hpc_aidc.spec.sweep import apply_overrides, describe, parse_sweep, trials
     from hpc_aidc.spec.train import parse_train_config, read_config_document
 

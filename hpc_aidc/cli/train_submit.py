@@ -27,7 +27,7 @@ class TrainSubmission:
 
 def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, config_path: str,
                   user_dir: Path) -> TrainSubmission:
-    from hpc_aidc.node.grace_record import GRACE_ENV, KEY_ENV, read_record
+    from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, read_record
     from hpc_aidc.node.slurm_env import PORTS_ENV
     from hpc_aidc.spec.grace import derive_grace, needed_s, shape_key
     from hpc_aidc.spec.memory import GPU_USABLE, estimate, host_gib_per_node, host_request
@@ -41,7 +41,7 @@ def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, 
     check_world(config, resources.world_size, precisions, ranks_per_node=resources.ntasks_per_node,
                 gpus_per_node=resources.gpus_per_node)
     if config.train.entry:
-        from hpc_aidc.node.entry import load_entry
+        from hpc_aidc.formats.entry import load_entry
 
         load_entry(config.train.entry)
     t = config.train

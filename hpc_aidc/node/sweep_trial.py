@@ -9,21 +9,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
+from hpc_aidc.formats.sweep_trial import read_trial, trial_path
 from hpc_aidc.fsutil import atomic_write_text
 from hpc_aidc.spec.train import parse_train_config
-
-TRIALS = "trials"  # SWEEP_DIR/trials/<index>.json
-
-
-def trial_path(sweep_dir: Path, index: int) -> Path:
-    return sweep_dir / TRIALS / f"{index}.json"
-
-
-def read_trial(sweep_dir: Path, index: int) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(trial_path(sweep_dir, index).read_text())
-    return record
 
 
 def main(argv: list[str]) -> None:

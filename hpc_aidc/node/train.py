@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hpc_aidc.slurm_client import requeue
 from hpc_aidc.spec.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -367,7 +367,8 @@ class Trainer:
     def _save_best(self, engine: Any, step: int) -> None:
         """Write the model at `step` to checkpoints/best/ (every rank its part), then publish it (rank 0);
         the previous best is removed only once the new one is complete."""
-        from hpc_aidc.node.checkpoint import BEST, WriteGuard, publish_best, read_best, tag_for
+        from hpc_aidc.formats.checkpoint_layout import BEST, read_best, tag_for
+        from hpc_aidc.node.checkpoint import WriteGuard, publish_best
 
         best_dir, tag = self.ckpt_dir / BEST, tag_for(step)
         assert self.last_eval is not None
@@ -393,7 +394,7 @@ class Trainer:
         best is saved collectively."""
         import torch.distributed as dist
 
-        from hpc_aidc.node.checkpoint import read_best
+        from hpc_aidc.formats.checkpoint_layout import read_best
 
         shared: list[Any] = [read_best(self.ckpt_dir) if self.rank == 0 else None]
         dist.broadcast_object_list(shared, src=0)
@@ -415,7 +416,7 @@ class Trainer:
         return f"target_loss {target:g} reached at step {self.last_loss[0]} (training loss {self.last_loss[1]:.4f})"
 
     def _stop_and_eval_summary(self) -> dict[str, Any]:
-        from hpc_aidc.node.checkpoint import BEST
+        from hpc_aidc.formats.checkpoint_layout import BEST
 
         c = self.config
         out: dict[str, Any] = {"stopped": self.stopped}
@@ -491,7 +492,7 @@ class Trainer:
 
         c = self.config
         if c.train.entry:
-            from hpc_aidc.node.entry import load_entry
+            from hpc_aidc.formats.entry import load_entry
 
             return load_entry(c.train.entry)(c)
         if c.train.pipeline_stages > 1:
@@ -573,7 +574,8 @@ class Trainer:
         stops the job cleanly (`_stop_after_failed_save`) with `latest` still on the last complete tag."""
         import torch
 
-        from hpc_aidc.node.checkpoint import WriteGuard, latest_tag, publish, tag_for
+        from hpc_aidc.formats.checkpoint_layout import latest_tag, tag_for
+        from hpc_aidc.node.checkpoint import WriteGuard, publish
 
         tag = tag_for(step)
         guard = WriteGuard()
@@ -607,7 +609,8 @@ class Trainer:
         a traceback (SystemExit passes submitit's error handler, so it writes no result file either)."""
         import torch.distributed as dist
 
-        from hpc_aidc.node.checkpoint import FAILED_EVENT, failure_line, latest_tag, remove_partial
+        from hpc_aidc.formats.checkpoint_layout import latest_tag
+        from hpc_aidc.node.checkpoint import FAILED_EVENT, failure_line, remove_partial
         from hpc_aidc.node.slurm_env import requeue_target
 
         line = ""
@@ -643,7 +646,7 @@ class Trainer:
     def _resume(self, engine: Any) -> int:
         import torch
 
-        from hpc_aidc.node.checkpoint import latest_tag
+        from hpc_aidc.formats.checkpoint_layout import latest_tag
         from hpc_aidc.node.cpu_adam_resume import replay_bias_correction
 
         tag = latest_tag(self.ckpt_dir) if self.ckpt_dir.exists() else None
@@ -669,7 +672,9 @@ class Trainer:
             else:
                 self._log_event({"event": "requeue", "restarts": restarts + 1})
                 # Slurm holds a requeued job about two minutes before it is eligible again.
-                subprocess.run(["scontrol", "requeue", target], check=False)
+                refused = requeue(target)
+                if refused:
+                    self._log_event({"event": "requeue-failed", "target": target, "error": refused})
         dist.barrier()
         if restarts >= limit:
             sys.exit(f"hpcai: stopping: restart limit {limit} reached (checkpoint saved)")
@@ -680,17 +685,17 @@ class Trainer:
 
     def _after_checkpoint(self, step: int) -> None:
         """Rank 0: log the checkpoint with its write time; record what the warning grace must cover
-        (node.grace_record) and say so when the grace this job got is shorter."""
+        (formats.grace_record) and say so when the grace this job got is shorter."""
         if self.rank != 0:
             return
-        from hpc_aidc.node.checkpoint import tag_for
+        from hpc_aidc.formats.checkpoint_layout import tag_for
         from hpc_aidc.spec.grace import needed_s
 
         t = self.timing
         needed = needed_s(t.step_s_max, t.checkpoint_s_max)
         self._log_event({"event": "checkpoint", "step": step, "tag": tag_for(step),
                          "seconds": round(t.checkpoint_s_last, 3), "grace_needed_s": needed})
-        from hpc_aidc.node.grace_record import GRACE_ENV, KEY_ENV, write_record
+        from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, write_record
 
         key = os.environ.get(KEY_ENV)
         if key:

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def infer_command(python: str, out: Path, offset: int) -> str:
-    return " ".join([shlex.quote(python), "-u -m hpc_aidc.node.infer_run", shlex.quote(str(out)),
+    return " ".join([shlex.quote(python), "-u -m hpc_aidc.node.infer.run", shlex.quote(str(out)),
                      "--offset", str(int(offset))])
 
 

@@ -14,7 +14,7 @@ from hpc_aidc.report.aggregate import Acc, Filters, accumulate
 from hpc_aidc.report.period import Period, iso
 from hpc_aidc.report.rows import REPORT_FIELDS
 from hpc_aidc.scheduler.parse import SACCT_DELIMITER, slurmdbd_down_message, slurmdbd_unreachable
-from hpc_aidc.scheduler.slurm_cli import SlurmCall, first_error_line
+from hpc_aidc.slurm_client import SlurmCall, first_error_line
 
 WORKERS_ENV = "HPCAI_REPORT_WORKERS"  # processes for big --from-file inputs (default: one per core)
 PARALLEL_MIN_BYTES = 64 << 20  # below this, one process is faster than starting workers

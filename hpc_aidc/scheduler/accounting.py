@@ -18,7 +18,7 @@ from hpc_aidc.scheduler.parse import (
     parse_squeue,
     slurmdbd_unreachable,
 )
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.slurm_client import first_error_line, run_slurm
 
 # Said on stderr (one line) by `hpcai jobs` and `hpcai status` when they fall back to slurmctld.
 SLURMDBD_DOWN_NOTE = ("slurmdbd not reachable: showing jobs slurmctld knows (running/pending/recently ended) "

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from hpc_aidc.scheduler.daemon_log import LogScan, scan_log
 from hpc_aidc.scheduler.site_check import expand_prolog
-from hpc_aidc.scheduler.slurm_cli import run_slurm
 from hpc_aidc.site import SiteProfile
+from hpc_aidc.slurm_client import run_slurm
 
 PRIVATE_DATA = ("accounts", "jobs", "usage", "users")
 # The kit's EpilogSlurmctld: the submission audit (slurm/audit), then energy (slurm/energy).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpc_aidc.errors import AccessError
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.slurm_client import run_slurm
 
 
 def parse_associations(text: str) -> dict[str, set[str]]:

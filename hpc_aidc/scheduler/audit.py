@@ -35,7 +35,7 @@ from typing import Any
 from hpc_aidc.errors import AccessError, ConfigError, SlurmError
 from hpc_aidc.scheduler.accounting import query_jobs, sacct_argv
 from hpc_aidc.scheduler.parse import AccountingRecord, parse_sacct
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.slurm_client import run_slurm
 
 SCHEMA = "hpcai-audit-v1"
 LOG_MODE = 0o640

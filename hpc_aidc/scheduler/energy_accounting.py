@@ -15,7 +15,7 @@ from hpc_aidc.errors import HpcAidcError, JobNotFoundError, SlurmError
 from hpc_aidc.ids import parse_job_id
 from hpc_aidc.monitor import acct, spool
 from hpc_aidc.monitor.finish import combine_ended_run, job_totals
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.slurm_client import first_error_line, run_slurm
 
 SLURM_TIMEOUT_S = 10.0
 _TASK_ID = re.compile(r"^\d+_\d+$")

@@ -16,9 +16,7 @@ from typing import Any
 
 from hpc_aidc.data.infer_inputs import plan_inputs
 from hpc_aidc.errors import ConfigError, SpecError, expected
-from hpc_aidc.ids import current_user
-from hpc_aidc.node.infer_model import ModelSource, resolve_model
-from hpc_aidc.node.infer_plan import (
+from hpc_aidc.formats.infer_plan import (
     PLAN,
     InferPlan,
     append_submission,
@@ -31,7 +29,9 @@ from hpc_aidc.node.infer_plan import (
     same_run,
     write_plan,
 )
-from hpc_aidc.node.infer_status import Progress, progress, task_of
+from hpc_aidc.formats.infer_status import Progress, progress, task_of
+from hpc_aidc.formats.model_source import ModelSource, resolve_model
+from hpc_aidc.ids import current_user
 from hpc_aidc.render.infer import array_spec, infer_array_script, infer_command
 from hpc_aidc.scheduler.admission import admit, job_parameters
 from hpc_aidc.scheduler.infer import active_tasks, max_array_size

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpc_aidc.scheduler.slurm_cli import run_slurm
+from hpc_aidc.slurm_client import run_slurm
 
 
 def drain_node(node: str, reason: str) -> None:

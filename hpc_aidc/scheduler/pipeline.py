@@ -22,9 +22,9 @@ from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
 from hpc_aidc.ids import current_user
 from hpc_aidc.scheduler.accounting import query_jobs
 from hpc_aidc.scheduler.parse import SQUEUE_FORMAT, AccountingRecord, parse_squeue
-from hpc_aidc.scheduler.slurm_cli import run_slurm
 from hpc_aidc.scheduler.submit import prepare_user_folder
 from hpc_aidc.site import SiteProfile
+from hpc_aidc.slurm_client import run_slurm
 from hpc_aidc.spec.pipeline import Pipeline, Stage
 
 RECORD = "pipeline.json"

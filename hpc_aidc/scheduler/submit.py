@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hpc_aidc.errors import AccessError, SlurmError
 from hpc_aidc.ids import current_user
 from hpc_aidc.render.sbatch import render_sbatch
-from hpc_aidc.scheduler.slurm_cli import first_error_line, run_slurm
+from hpc_aidc.slurm_client import first_error_line, run_slurm
 
 if TYPE_CHECKING:
     import submitit

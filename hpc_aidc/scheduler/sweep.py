@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aidc.errors import ConfigError, JobNotFoundError, SpecError, expected
+from hpc_aidc.formats.sweep_trial import TRIALS, trial_path
 from hpc_aidc.fsutil import atomic_write_text
 from hpc_aidc.ids import parse_job_id
-from hpc_aidc.node.sweep_trial import TRIALS, trial_path
 from hpc_aidc.render.infer import array_spec, infer_array_script
 from hpc_aidc.render.progress import read_metrics
 from hpc_aidc.render.sweep import TrialResult

@@ -4,7 +4,7 @@ On the warning, the trainer finishes the step it is in; the ranks learn of it on
 warning flag is reduced with the loss, asynchronously); then every rank writes the checkpoint. So the
 grace must cover two steps and one checkpoint write, with a margin for the requeue and the processes'
 exit. The step and write times come from the last run of a job with the same shape (the trainer records
-them, see node.grace_record); before any run they are estimated from the model's FLOPs and the checkpoint's
+them, see formats.grace_record); before any run they are estimated from the model's FLOPs and the checkpoint's
 size with conservative rates."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunHpcai, assert_clean_error
+from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 
 sys.path.insert(0, str(REPO / "tests/monitor/fake_nvml"))
 from fake_scenario import FakeDevice, Scenario, build_library
@@ -181,13 +181,6 @@ def _scenario(faults: dict[str, dict[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.3)
-
-
 @pytest.mark.cluster
 @pytest.mark.usefixtures("cluster")
 def test_ecc_fault_drains_the_node_and_the_job_runs_elsewhere(held: HeldJobs) -> None:
@@ -204,7 +197,7 @@ def test_ecc_fault_drains_the_node_and_the_job_runs_elsewhere(held: HeldJobs) ->
         first[:] = [hit[0][0]] if hit else []
         return bool(hit)
 
-    _wait("a node drained with the GPU named", drained)
+    wait_until("a node drained with the GPU named", drained, 60, interval=0.3)
     node = first[0]
     held.drained.append(node)
     state, reason = _node_state(node)
@@ -214,9 +207,11 @@ def test_ecc_fault_drains_the_node_and_the_job_runs_elsewhere(held: HeldJobs) ->
     (FAKE / f"scenario.job{job}").rename(FAKE / f"scenario.job{job}.node.{node}")
     # Slurm requeued it (not held: nohold_on_prolog_fail) with a begin time two minutes out; as an admin
     # would, start it now: the drained node is excluded by Slurm itself
-    _wait("requeued", lambda: _sh("squeue", "-h", "-j", job, "-o", "%T %r") == "PENDING BeginTime")
+    wait_until("requeued",
+               lambda: _sh("squeue", "-h", "-j", job, "-o", "%T %r") == "PENDING BeginTime", 60, interval=0.3)
     _sh("scontrol", "update", f"jobid={job}", "StartTime=now")
-    _wait("the job completed", lambda: _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "State") == "COMPLETED", 90)
+    wait_until("the job completed",
+               lambda: _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "State") == "COMPLETED", 90, interval=0.3)
     ran_on = _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "NodeList")
     assert ran_on != node
     # the failed run started no energy sampler on the bad node
@@ -232,7 +227,8 @@ def test_a_check_that_cannot_run_never_drains(held: HeldJobs) -> None:
     (FAKE / f"scenario.job{job}").chmod(0o644)
     before = _sh("sinfo", "-h", "-R", "-o", "%N %E")
     _sh("scontrol", "release", job)
-    _wait("the job completed", lambda: _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "State") == "COMPLETED", 60)
+    wait_until("the job completed",
+               lambda: _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "State") == "COMPLETED", 60, interval=0.3)
     assert _sh("sinfo", "-h", "-R", "-o", "%N %E") == before
     assert f"job={job}: gpu-health could not check" in LOG.read_text()
 

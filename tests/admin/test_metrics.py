@@ -9,14 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, RunHpcai, assert_clean_error
+from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 
 from hpc_aidc.monitor.exporter import job_energy_j, running_jobs
 from hpc_aidc.render.metrics import MAPPING, GpuMetrics, JobMetrics, NodeMetrics, mapping_markdown, render_node_metrics
@@ -124,13 +123,6 @@ def _grafana_vars(expr: str) -> str:
     return expr.replace("$account", ".*").replace("$__range", "5m").replace("$__rate_interval", "1m")
 
 
-def _wait(what: str, check: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.usefixtures("cluster")
@@ -140,13 +132,13 @@ def test_dashboard_queries_return_data_for_a_running_job_and_its_series_go() -> 
                          capture_output=True, text=True, cwd="/tmp", check=True).stdout.strip()
     selector = f'hpcai_job_power_watts{{hpc_job="{job}"}}'
     try:
-        _wait("the job's series in Prometheus", lambda: _query(selector))
+        wait_until("the job's series in Prometheus", lambda: _query(selector), 60)
         (series,) = _query(selector)
         assert series["metric"]["user"] == "alice" and series["metric"]["account"] == "physics"
         assert float(series["value"][1]) > 0
         # two scrapes of its energy, so increase() over the dashboard range has something to say
         grown = f'increase(hpcai_job_energy_joules_total{{hpc_job="{job}"}}[20s]) > 0'
-        _wait("its energy grows between scrapes", lambda: _query(grown))
+        wait_until("its energy grows between scrapes", lambda: _query(grown), 60)
         dash = json.loads(DASHBOARD.read_text())
         for panel in dash["panels"]:
             for target in panel["targets"]:
@@ -157,7 +149,7 @@ def test_dashboard_queries_return_data_for_a_running_job_and_its_series_go() -> 
             assert proc.returncode == 0, (path, proc.stdout)
     finally:
         subprocess.run(["scancel", job], check=False)
-    _wait("the finished job's series disappear", lambda: not _query(selector), timeout=30)
+    wait_until("the finished job's series disappear", lambda: not _query(selector), 30)
     assert not _query(f'hpcai_gpu_job_info{{hpc_job="{job}"}}')
     assert not _query(f'hpcai_job_energy_joules_total{{hpc_job="{job}"}}')
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HPCAI, RunHpcai
+from conftest import HPCAI, RunHpcai, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
 
@@ -73,15 +73,6 @@ def _kill_a_rank(job_id: str) -> None:
     raise AssertionError(f"no rank 1 of {job_id} found")
 
 
-def _wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = tmp_path_factory.mktemp("sweep") / "base.toml"
@@ -95,9 +86,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sweep_id = sweep["sweep_id"]
     user_dir = Path(sweep["folder"]).parent
     killed = f"{sweep_id}_{KILLED}"
-    _wait_until(lambda: _steps(user_dir / killed) >= 50, 600, f"trial {killed} to pass step 50")
+    wait_until(f"trial {killed} to pass step 50", lambda: _steps(user_dir / killed) >= 50, 600)
     _kill_a_rank(killed)
-    _wait_until(lambda: _rows(sweep_id)[KILLED]["state"] == "FAILED", 120, f"trial {killed} to fail")
+    wait_until(f"trial {killed} to fail", lambda: _rows(sweep_id)[KILLED]["state"] == "FAILED", 120)
     sweep["failed_rows"] = _rows(sweep_id)
     subprocess.run(["scontrol", "requeue", killed], check=True)
     # Slurm holds a requeued job two minutes; as an admin, release it once it is back in the queue.
@@ -107,10 +98,10 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 ["scontrol", "update", f"jobid={killed}", "StartTime=now"], capture_output=True).returncode == 0):
             break
         time.sleep(0.5)
-    _wait_until(lambda: all(r["state"] not in {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}
-                            for r in _rows(sweep_id)), 900, "the sweep to end")
+    wait_until("the sweep to end", lambda: all(r["state"] not in {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}
+                            for r in _rows(sweep_id)), 900)
     # sacct may still lack the last trial's energy summary for a moment after it ends
-    _wait_until(lambda: all(r["kwh"] for r in _rows(sweep_id)), 120, "every trial's energy")
+    wait_until("every trial's energy", lambda: all(r["kwh"] for r in _rows(sweep_id)), 120)
     sweep["rows"] = _rows(sweep_id)
     sweep["user_dir"] = user_dir
     return sweep

@@ -10,22 +10,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunHpcai, assert_clean_error
+from conftest import RunHpcai, assert_clean_error, wait_until
 from infer_testkit import run_local
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -102,21 +94,22 @@ def test_array_with_a_cancelled_and_a_requeued_task_ends_bitwise_equal_to_a_one_
     def mid_shard(task: int) -> bool:
         return any(list((out / "partial" / f"{k:06d}").glob("b*.json")) for k in _shards_of_task(task, 4, n))
 
-    _wait(lambda: mid_shard(1), 180, "task 1 flushed no batch")
+    wait_until("task 1 flushed no batch", lambda: mid_shard(1), 180, interval=0.2)
     subprocess.run(["scancel", f"{job}_1"], check=True)
-    _wait(lambda: mid_shard(2), 180, "task 2 flushed no batch")
+    wait_until("task 2 flushed no batch", lambda: mid_shard(2), 180, interval=0.2)
     subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)
-    _wait(lambda: _state(f"{job}_2") == "PENDING", 60, "the requeued task is not pending")
+    wait_until("the requeued task is not pending", lambda: _state(f"{job}_2") == "PENDING", 60, interval=0.2)
     # Slurm holds a requeued job back for two minutes; an admin may let it start at once.
     subprocess.run(["scontrol", "update", f"jobid={job}_2", "StartTime=now"], check=True)
-    _wait(lambda: _idle(hpcai, out), 300, "the array did not end")
+    wait_until("the array did not end", lambda: _idle(hpcai, out), 300, interval=0.2)
     status = _status(hpcai, out)
     # the cancelled task's shards are missing (one of them part-done), everything else is complete
     assert status["missing"] >= 1 and status["done"] + status["missing"] + status["failed"] == n, status
     retried = hpcai("infer", "retry", str(out), "--json")
     assert retried.returncode == 0, retried.stderr
     assert json.loads(retried.stdout)["task_list"] == "1"
-    _wait(lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == n, 300, "retry did not finish the run")
+    wait_until("retry did not finish the run",
+               lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == n, 300, interval=0.2)
     assert_clean_error(hpcai("infer", "retry", str(out)), "Got none to retry")
 
     reference = work / "out-one-shot"
@@ -149,7 +142,8 @@ def test_a_small_max_array_size_splits_the_run_into_several_arrays(work: Path, h
     assert proc.returncode == 0, proc.stderr
     arrays = json.loads(proc.stdout)["arrays"]
     assert [(a["offset"], a["array"]) for a in arrays] == [(0, "0-3"), (4, "0-3"), (8, "0-1")]
-    _wait(lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == 30, 300, "the windows did not finish")
+    wait_until("the windows did not finish",
+               lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == 30, 300, interval=0.2)
     rows = [json.loads(line) for f in sorted((out / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
     assert [r["output"] for r in rows] == [f"LINE {i}" for i in range(60)]
 

@@ -1,5 +1,5 @@
 """The GPU tier of batch inference (run where a GPU machine is lent; skipped elsewhere): the node-level task
-runner (`python -m hpc_aidc.node.infer_run OUT --task T`, as an array task runs it, without Slurm) on CUDA,
+runner (`python -m hpc_aidc.node.infer.run OUT --task T`, as an array task runs it, without Slurm) on CUDA,
 against the same plan run with the GPU hidden (CUDA_VISIBLE_DEVICES=""), on the CPU.
 
 The plans ask for precision "auto", a job's default: bf16 on the GPU, fp32 on the CPU. The runs therefore
@@ -60,7 +60,7 @@ def run_tasks(out: Path, tasks: int, *, gpu: bool) -> None:
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     for t in range(tasks):
-        proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer_run", str(out), "--task", str(t)],
+        proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer.run", str(out), "--task", str(t)],
                               env=env, capture_output=True, text=True, check=False, timeout=600)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
@@ -76,7 +76,7 @@ def plan_pair(tmp: Path, model: Path, prompts: Path, task: str, gpu_precision: s
 
 def complete_rows(out: Path, on_gpu: bool | None = True) -> list[dict[str, Any]]:
     """The run's rows after checking it is whole (and, unless None, where it ran)."""
-    from hpc_aidc.node.infer_plan import load_plan, read_done
+    from hpc_aidc.formats.infer_plan import load_plan, read_done
 
     plan = load_plan(out)
     assert all(read_done(out, plan, k) is not None for k in range(plan.num_shards))
@@ -114,7 +114,7 @@ def check_embeddings(gpu: Path, cpu: Path, width: int) -> None:
 
 def cpu_engine(model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The model loaded as a task loads it, but on the CPU in fp32: the reference for near-ties."""
-    from hpc_aidc.node import infer_model
+    from hpc_aidc.node.infer import model as infer_model
 
     monkeypatch.setattr(infer_model, "pick_device", lambda: torch.device("cpu"))
     return infer_model.load_engine(infer_model.resolve_model(str(model), "generate"), "fp32")
@@ -122,7 +122,7 @@ def cpu_engine(model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def check_generations(gpu_rows: list[dict[str, Any]], cpu_rows: list[dict[str, Any]], engine: Any) -> list[float]:
     """Greedy tokens equal up to a near-tie (see the module's docstring); returns the gap of each tie."""
-    from hpc_aidc.node.infer_model import _left_pad
+    from hpc_aidc.node.infer.model import _left_pad
 
     ties: list[float] = []
     for g, c in zip(gpu_rows, cpu_rows, strict=True):

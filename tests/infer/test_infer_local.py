@@ -18,7 +18,7 @@ import pytest
 from infer_testkit import CORPUS, run_local, write_plan_for
 
 from hpc_aidc.data.infer_inputs import plan_inputs, read_shard
-from hpc_aidc.node.infer_run import make_batches
+from hpc_aidc.node.infer.run import make_batches
 from hpc_aidc.scheduler.infer import parse_array_states, parse_max_array_size
 from hpc_aidc.spec.infer import compact_ranges, shard_range, windows
 
@@ -161,7 +161,7 @@ def test_too_many_bad_rows_stop_the_task_with_examples(hf_causal: Path, tmp_path
     path.write_text("\n" * 25 + "fine\n")
     out = tmp_path / "out"
     write_plan_for(out, str(hf_causal), path, 1, 100, task="score", max_error_rate=0.2)
-    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer_run", str(out), "--task", "0"],
+    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer.run", str(out), "--task", "0"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Expected at most 20% bad rows" in proc.stderr and "row 0: empty input" in proc.stderr
@@ -198,7 +198,7 @@ def test_a_task_killed_mid_shard_resumes_to_the_one_shot_output(hf_causal: Path,
         write_plan_for(out, str(hf_causal), path, 1, 60, task="generate", max_new_tokens=12, batch_size=2,
                        temperature=0.8, top_k=20, top_p=0.9, seed=7, precision="fp32")
     run_local(one_shot, [0])
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer_run", str(resumed), "--task", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer.run", str(resumed), "--task", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = resumed / "partial" / "000000"
     deadline = time.monotonic() + 120
@@ -242,7 +242,7 @@ def test_the_warning_signal_stops_at_a_batch_boundary_and_the_rerun_is_bitwise(h
                        precision="fp32")
     run_local(one_shot, [0])
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-    proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer_run", str(warned), "--task", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer.run", str(warned), "--task", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     partial = warned / "partial" / "000000"
     deadline = time.monotonic() + 120
@@ -259,8 +259,8 @@ def test_the_warning_signal_stops_at_a_batch_boundary_and_the_rerun_is_bitwise(h
 
 def test_out_of_memory_halves_the_batch_and_a_single_row_that_does_not_fit_is_fatal(tmp_path: Path) -> None:
     from hpc_aidc.data.infer_inputs import Row
-    from hpc_aidc.node.infer_model import Engine
-    from hpc_aidc.node.infer_run import EngineFailure, Prepared, ShardRunner
+    from hpc_aidc.node.infer.model import Engine
+    from hpc_aidc.node.infer.run import EngineFailure, Prepared, ShardRunner
 
     class SmallDevice(Engine):
         def __init__(self) -> None:
@@ -276,7 +276,7 @@ def test_out_of_memory_halves_the_batch_and_a_single_row_that_does_not_fit_is_fa
     path.write_text("a b\n")
     out = tmp_path / "out"
     write_plan_for(out, "infer_testkit:write_plan_for", path, 1, 10, task="score")  # any entry: not loaded
-    from hpc_aidc.node.infer_plan import load_plan
+    from hpc_aidc.formats.infer_plan import load_plan
 
     runner = ShardRunner(out, load_plan(out), "1", 0, "n1")
     engine = SmallDevice()
@@ -295,7 +295,7 @@ def test_builtin_gpt_kv_cache_generation_equals_full_recomputation() -> None:
     import torch
 
     from hpc_aidc.data.tokenize import load_tokenizer
-    from hpc_aidc.node.infer_model import GptEngine
+    from hpc_aidc.node.infer.model import GptEngine
     from hpc_aidc.node.model import GPT
     from hpc_aidc.spec.infer import parse_infer_params
     from hpc_aidc.spec.train import ModelConfig
@@ -331,3 +331,13 @@ def test_builtin_gpt_kv_cache_generation_equals_full_recomputation() -> None:
             x = block(x)
         direct = model.head.ln(x)[0].mean(0).numpy()
     np.testing.assert_allclose(vectors[1], direct, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_scripts_written_before_the_move_still_start_the_runner() -> None:
+    """An array task pending or requeued across an upgrade runs `python -m hpc_aidc.node.infer_run`."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer_run", "--help"], capture_output=True, text=True,
+                          cwd="/", check=False, timeout=120)
+    assert proc.returncode == 0 and "--task" in proc.stdout, proc.stderr

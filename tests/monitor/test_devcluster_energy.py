@@ -11,11 +11,10 @@ import pwd
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import RunHpcai, assert_clean_error
+from conftest import RunHpcai, assert_clean_error, wait_until
 from fake_scenario import Scenario
 
 from hpc_aidc.monitor import acct
@@ -166,7 +165,7 @@ def test_array_task_energy_shows_from_its_records_without_admin_comment(
         assert acct.decode(_admin_comment(each)).gpu_j == pytest.approx(own, rel=1e-6), each
     subprocess.run(["sacctmgr", "-i", "modify", "job", "where", f"jobid={raw}", "set", "AdminComment="],
                    capture_output=True, check=True)
-    _wait(lambda: not _comment(task), 30, f"the AdminComment of {task} was not blanked")
+    wait_until(f"the AdminComment of {task} was not blanked", lambda: not _comment(task), 30)
 
     for asked in (task, raw):
         shown = hpcai("energy", "show", asked, user="alice")
@@ -188,13 +187,6 @@ SLURMDBD_PID = Path("/run/hpcai-devcluster/slurmdbd.pid")
 def _state(job: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False)
     return next((w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("JobState=")), "")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
 
 
 def _slurmdbd_up() -> bool:
@@ -231,7 +223,7 @@ def test_job_requeued_after_a_node_failure_has_energy_per_run_that_adds_up(
     try:
         # The node fails: Slurm ends the run as NODE_FAIL and requeues the job (JobRequeue=1).
         subprocess.run(["scontrol", "update", f"nodename={first}", "state=down", "reason=hpcai-test"], check=True)
-        _wait(lambda: _state(job) == "PENDING", 60, "the job was not requeued after its node failed")
+        wait_until("the job was not requeued after its node failed", lambda: _state(job) == "PENDING", 60)
         # Slurm holds a requeued job back for two minutes; an admin lets it start at once elsewhere.
         subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now", f"ExcNodeList={first}"],
                        check=True)
@@ -245,7 +237,7 @@ def test_job_requeued_after_a_node_failure_has_energy_per_run_that_adds_up(
         state, _, comment = (out.strip().splitlines() or [""])[-1].partition("|")  # the latest run's row
         return state == "COMPLETED" and acct.contains_summary(comment) and acct.decode(comment).runs == 2
 
-    _wait(both_runs_stored, 120, "the job's two runs did not reach accounting")
+    wait_until("the job's two runs did not reach accounting", both_runs_stored, 120)
     shown = json.loads(hpcai("energy", "show", job, "--json", user="alice").stdout)
     runs = shown["runs"]
     assert [r["run"] for r in runs] == [0, 1]
@@ -265,15 +257,15 @@ def test_summaries_survive_a_slurmdbd_outage(site_store: tuple[Path, Scenario], 
     spool = store / "accounting" / "spool"
     os.kill(int(SLURMDBD_PID.read_text()), signal.SIGTERM)
     try:
-        _wait(lambda: not _slurmdbd_up(), 30, "slurmdbd did not stop")
+        wait_until("slurmdbd did not stop", lambda: not _slurmdbd_up(), 30)
         jobs = [_sbatch("alice", "-N1", "-A", "physics", "--gres=gpu:h100:1", "--wrap", "sleep 1")
                 for _ in range(2)]
         # Each job's EpilogSlurmctld finds slurmdbd away: its summary is spooled, not lost.
-        _wait(lambda: all((spool / j).exists() for j in jobs), 90, f"jobs {jobs} were not spooled")
+        wait_until(f"jobs {jobs} were not spooled", lambda: all((spool / j).exists() for j in jobs), 90)
     finally:
         if not _slurmdbd_up():
             subprocess.run(["/usr/sbin/slurmdbd"], check=True)
-        _wait(_slurmdbd_up, 60, "slurmdbd did not come back")
+        wait_until("slurmdbd did not come back", _slurmdbd_up, 60)
 
     def stored() -> bool:
         # what an admin's cron runs; slurmctld sends the jobs' records once slurmdbd is back
@@ -281,7 +273,7 @@ def test_summaries_survive_a_slurmdbd_outage(site_store: tuple[Path, Scenario], 
         assert done.returncode == 0, done.stderr
         return all(acct.contains_summary(_comment(j)) for j in jobs)
 
-    _wait(stored, 120, "the spooled summaries did not reach accounting")
+    wait_until("the spooled summaries did not reach accounting", stored, 120)
     assert not any((spool / j).exists() for j in jobs)
     for j in jobs:
         assert acct.decode(_comment(j)).gpus == 1

@@ -15,17 +15,10 @@ from typing import Any
 
 import pytest
 
-from hpc_aidc.node.checkpoint import (
-    FAILED_EVENT,
-    WriteGuard,
-    checkpoint_bytes,
-    latest_tag,
-    remove_incomplete,
-    space_warning,
-    tag_for,
-    write_error,
-)
+from hpc_aidc.formats.checkpoint_layout import latest_tag, space_warning, tag_for
+from hpc_aidc.node.checkpoint import FAILED_EVENT, WriteGuard, remove_incomplete, write_error
 from hpc_aidc.render.progress import last_problem, read_metrics
+from hpc_aidc.spec.memory import checkpoint_bytes
 from hpc_aidc.spec.train import parse_train_config
 
 DRIVER = Path(__file__).with_name("checkpoint_failure_driver.py")

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import torch
 
-from hpc_aidc.node.checkpoint import latest_tag, publish, tag_for
+from hpc_aidc.formats.checkpoint_layout import latest_tag, tag_for
+from hpc_aidc.node.checkpoint import publish
 from hpc_aidc.node.synthetic import micro_batch_start, synthetic_tokens
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from conftest import HPCAI
 
-from hpc_aidc.node.checkpoint import checkpoint_bytes, tag_for
+from hpc_aidc.formats.checkpoint_layout import tag_for
+from hpc_aidc.spec.memory import checkpoint_bytes
 from hpc_aidc.spec.train import parse_train_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]

@@ -13,7 +13,8 @@ import pytest
 from hpc_aidc.data.dataset import ShardedSampler
 from hpc_aidc.data.sampler import heldout_ids
 from hpc_aidc.errors import DataError
-from hpc_aidc.node.checkpoint import BEST, latest_tag, publish, publish_best, read_best, tag_for
+from hpc_aidc.formats.checkpoint_layout import BEST, latest_tag, read_best, tag_for
+from hpc_aidc.node.checkpoint import publish, publish_best
 from hpc_aidc.render.progress import training_progress, validation_line
 
 N, SHARD = 1000, 64

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RECORDED, RunHpcai, assert_clean_error
+from conftest import RECORDED, RunHpcai, assert_clean_error, wait_until
 
 from hpc_aidc.scheduler.accounting import SLURMDBD_DOWN_NOTE
 from hpc_aidc.scheduler.parse import slurmdbd_down_message, slurmdbd_unreachable
@@ -51,13 +50,6 @@ def _dbd_alive() -> bool:
     return True
 
 
-def _wait(what: str, ready: object, limit_s: float = 60) -> None:
-    deadline = time.time() + limit_s
-    while not ready():  # type: ignore[operator]
-        assert time.time() < deadline, f"{what} within {limit_s:.0f} s"
-        time.sleep(0.5)
-
-
 def _dbd_answers() -> bool:
     return _sh("sacctmgr", "-n", "show", "cluster", check=False).returncode == 0
 
@@ -79,7 +71,8 @@ def running_job(cluster: None) -> Iterator[str]:
     job = _sh("sbatch", "--parsable", "-A", "physics", "-t", "5", "-o", "/dev/null", "-J", "dbd-away",
               "--wrap", "sleep 300", user="alice").stdout.strip().split(";")[0]
     try:
-        _wait("the job running", lambda: _sh("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING", 120)
+        wait_until("the job running",
+                   lambda: _sh("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() == "RUNNING", 120)
         yield job
     finally:
         _sh("scancel", job, check=False)
@@ -90,16 +83,17 @@ def slurmdbd_stopped(running_job: str) -> Iterator[str]:
     pid = int(PIDFILE.read_text().strip())
     os.kill(pid, 15)
     try:
-        _wait("slurmdbd to stop", lambda: not _dbd_alive(), 30)
+        wait_until("slurmdbd to stop", lambda: not _dbd_alive(), 30)
         yield running_job
     finally:
         if not _dbd_alive():
             _sh("/usr/sbin/slurmdbd")
-        _wait("slurmdbd to answer again", _dbd_answers, 60)
+        wait_until("slurmdbd to answer again", _dbd_answers, 60)
         # leave the cluster healthy for whoever comes next: slurmctld reconnected and records flow again
         _sh("scancel", running_job, check=False)
-        _wait("the cancel recorded in slurmdbd", lambda: _state_in_slurmdbd(running_job).startswith("CANCELLED"), 90)
-        _wait("slurmctld to send slurmdbd what it queued", _ctld_caught_up, 90)
+        wait_until("the cancel recorded in slurmdbd",
+                   lambda: _state_in_slurmdbd(running_job).startswith("CANCELLED"), 90)
+        wait_until("slurmctld to send slurmdbd what it queued", _ctld_caught_up, 90)
 
 
 @pytest.mark.cluster

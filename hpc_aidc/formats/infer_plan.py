@@ -27,8 +27,8 @@ from typing import Any
 
 from hpc_aidc.data.infer_inputs import InputPlan, InputShard, plan_from_json
 from hpc_aidc.errors import ConfigError, expected
+from hpc_aidc.formats.model_source import ModelSource
 from hpc_aidc.fsutil import atomic_write_text
-from hpc_aidc.node.infer_model import ModelSource
 from hpc_aidc.spec.infer import InferParams, params_hash
 
 PLAN = "plan.json"

@@ -1,4 +1,6 @@
-"""Running Slurm's client commands: one place for the subprocess call and its error handling."""
+"""Running Slurm's client commands: the one place for the subprocess call and its error handling (the
+funnel every call to Slurm goes through), used by scheduler/ on the login node and by node/ inside an
+allocation (a job requeueing itself)."""
 
 from __future__ import annotations
 
@@ -63,3 +65,14 @@ def first_error_line(text: str) -> str:
     errors = [line for line in lines if "error:" in line]
     chosen = (errors or lines or ["(no output)"])[-1]
     return chosen.split("error:", 1)[-1].strip()
+
+
+def requeue(target: str) -> str | None:
+    """`scontrol requeue TARGET` from inside the job (TARGET: JOBID, or JOBID_TASKID for an array task);
+    None when Slurm took it, else Slurm's one-line reason (the caller logs it: the job then ends as it
+    would without a requeue, and its checkpoint stays)."""
+    try:
+        proc = run_slurm(["scontrol", "requeue", target], check=False, timeout=30)
+    except SlurmError as exc:
+        return str(exc)
+    return None if proc.returncode == 0 else first_error_line(proc.stderr or proc.stdout)
