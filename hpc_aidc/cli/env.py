@@ -20,7 +20,7 @@ def env() -> None:
 
 def job_environment(ctx: click.Context, job_id: str) -> tuple[str, dict[str, Any]]:
     """(the job's id as Slurm knows it, its environment record) from the job directory."""
-    from hpc_aidc.node.environment import ENV_FILE, INFER_ENV_DIR, read_record
+    from hpc_aidc.formats.environment_record import ENV_FILE, INFER_ENV_DIR, read_record
     from hpc_aidc.scheduler.accounting import job_record
     from hpc_aidc.scheduler.infer_submit import infer_output_of
 

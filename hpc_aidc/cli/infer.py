@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,11 +85,9 @@ def submit_infer(ctx: click.Context, /, **opts: Any) -> None:
         for script in prepared.scripts():
             click.echo(script, nl=False)
         return
-    # The submit directory's git state, read here on the login node, for each task's environment record.
-    from hpc_aidc.node.environment import SUBMIT_CONTEXT_ENV, submit_context
+    from hpc_aidc.scheduler.submit_context import submit_context_env
 
-    context = {SUBMIT_CONTEXT_ENV: json.dumps(submit_context(Path.cwd(), ["hpcai", *sys.argv[1:]]))}
-    outcome = submit(site, prepared, context)
+    outcome = submit(site, prepared, submit_context_env())
     if opts["as_json"]:
         echo_json(outcome)
         return

@@ -79,11 +79,9 @@ def submit_flow(site: SiteProfile, resources: Resources, fn: Callable[..., Any],
             click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)
         return
     task_args = task_factory(folder) if task_factory else (args or ())
-    # The submit directory's git state and the command, for the job's environment.json: read here, on the
-    # login node, where the user's checkout is; passed through sbatch's environment, not the script.
-    from hpc_aidc.node.environment import SUBMIT_CONTEXT_ENV, submit_context
+    from hpc_aidc.scheduler.submit_context import submit_context_env
 
-    context = {SUBMIT_CONTEXT_ENV: json.dumps(submit_context(Path.cwd(), ["hpcai", *sys.argv[1:]]))}
+    context = submit_context_env()  # the job's environment.json gets it through sbatch's environment
     job = _explained(lambda: submit_function(fn, task_args, params, folder, launcher_prefix, context),
                      user, resources)
     if after_submit:
@@ -132,11 +130,11 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **opts: Any) -> None:
 
 def submit_run(site: SiteProfile, opts: dict[str, Any], command: tuple[str, ...], **render_kwargs: Any) -> Any:
     """`hpcai submit run` from its options (also a pipeline's run stage, with its dependency)."""
-    from hpc_aidc.node.run_command import run_command
+    from hpc_aidc.formats.node_call import RUN_COMMAND
     from hpc_aidc.spec.run import parse_run_job
 
     job = parse_run_job(resources_from(site, opts), command)
-    return submit_flow(site, job.resources, run_command, (list(job.command),), opts, **render_kwargs)
+    return submit_flow(site, job.resources, RUN_COMMAND, (list(job.command),), opts, **render_kwargs)
 
 
 @submit.command("train")
@@ -161,8 +159,9 @@ def submit_train(site: SiteProfile, opts: dict[str, Any], **render_kwargs: Any) 
     """`hpcai submit train` from its options (also a pipeline's train stage, with its dependency)."""
     from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.formats.checkpoint_layout import space_warning
+    from hpc_aidc.formats.node_call import TRAIN
+    from hpc_aidc.formats.train_task import TrainTask
     from hpc_aidc.ids import current_user
-    from hpc_aidc.node.train import TrainTask, train_task
 
     user_dir = site.job_root / current_user()
     job = prepare_train(site, resources_from(site, opts), load_config(opts), opts["config_path"], user_dir)
@@ -184,7 +183,7 @@ def submit_train(site: SiteProfile, opts: dict[str, Any], **render_kwargs: Any) 
         extra = {"use_srun": False}  # mpirun starts the ranks (through Slurm's own launch of its daemons)
         env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
     return submit_flow(
-        site, resources, train_task, None, opts, extra_env=env, additional={"requeue": True},
+        site, resources, TRAIN, None, opts, extra_env=env, additional={"requeue": True},
         signal_delay_s=job.signal_delay_s,
         task_factory=lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
         after_submit=lambda folder: _save_resolved_config(folder, config, resources.world_size),
@@ -202,8 +201,6 @@ def mpirun_prefix(ranks_per_node: int) -> str:
 
 
 def _save_resolved_config(folder: Any, config: Any, world_size: int) -> None:
-    import json
-
     from hpc_aidc.render.deepspeed_config import deepspeed_config
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2))

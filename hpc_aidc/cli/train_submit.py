@@ -28,7 +28,7 @@ class TrainSubmission:
 def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, config_path: str,
                   user_dir: Path) -> TrainSubmission:
     from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, read_record
-    from hpc_aidc.node.slurm_env import PORTS_ENV
+    from hpc_aidc.formats.job_env import PORTS_ENV
     from hpc_aidc.spec.grace import derive_grace, needed_s, shape_key
     from hpc_aidc.spec.memory import GPU_USABLE, estimate, host_gib_per_node, host_request
     from hpc_aidc.spec.train import check_world, resolve_precision

@@ -6,7 +6,7 @@ Written by the job's task 0 only (rank 0 on node 0), at every start of the job: 
 on other nodes, and the file says where the latest one ran. A capture problem never fails the job: it is
 printed to the task's log and the job goes on.
 
-The git half runs at submission on the login node (`submit_context`), where the user's checkout is;
+The git half runs at submission on the login node (scheduler/submit_context.py), where the user's checkout is;
 compute nodes may not have it. It travels to the job in $HPCAI_SUBMIT_CONTEXT."""
 
 from __future__ import annotations
@@ -15,54 +15,20 @@ import importlib.metadata
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc_aidc.render.environment import SCHEMA, redact_argv, redact_env
+from hpc_aidc.formats.environment_record import ENV_FILE, write_record
+from hpc_aidc.formats.job_env import SUBMIT_CONTEXT_ENV
+from hpc_aidc.render.environment import SCHEMA, redact_env
 
-ENV_FILE = "environment.json"
-# Batch inference: array tasks share one output directory, so each writes <out>/environment/<jobid>.json.
-INFER_ENV_DIR = "environment"
-SUBMIT_CONTEXT_ENV = "HPCAI_SUBMIT_CONTEXT"
-GIT_TIMEOUT_S = 5.0
 # distribution name -> module whose __version__ is read when it is loaded
 PACKAGES: dict[str, str] = {"torch": "torch", "deepspeed": "deepspeed", "transformers": "transformers",
                             "zarr": "zarr", "numpy": "numpy", "hpc-aidc": "hpc_aidc", "submitit": "submitit",
                             "nvidia-ml-py": "pynvml"}
-
-
-def git_state(path: Path, timeout_s: float = GIT_TIMEOUT_S) -> dict[str, Any]:
-    """{"commit", "dirty", "root"} of the checkout holding `path`; commit None with a reason when there is
-    no git, no checkout, or git does not answer in time."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True,
-                              timeout=timeout_s, check=True).stdout.strip()
-
-    try:
-        root = git("rev-parse", "--show-toplevel")
-        commit = git("rev-parse", "HEAD")
-        # Tracked files only: untracked outputs (logs, checkpoints) next to the code are not a change to it.
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except FileNotFoundError:
-        return {"commit": None, "dirty": None, "root": None, "reason": "git is not installed"}
-    except subprocess.TimeoutExpired:
-        return {"commit": None, "dirty": None, "root": None, "reason": f"git did not answer in {timeout_s:g} s"}
-    except subprocess.CalledProcessError as exc:
-        first = (exc.stderr or "").strip().splitlines()
-        return {"commit": None, "dirty": None, "root": None,
-                "reason": first[0] if first else f"git exited with {exc.returncode}"}
-    return {"commit": commit, "dirty": dirty, "root": root}
-
-
-def submit_context(cwd: Path, argv: Sequence[str]) -> dict[str, Any]:
-    """What only the login node knows at submission: the submit directory's git state, the command."""
-    return {"cwd": str(cwd), "host": socket.gethostname(), "command": redact_argv(list(argv)),
-            "git": git_state(cwd)}
 
 
 def package_versions(packages: Mapping[str, str] = PACKAGES) -> dict[str, str | None]:
@@ -160,20 +126,6 @@ def collect(environ: Mapping[str, str], config: Any, job_id: str) -> dict[str, A
     }
 
 
-def write_record(folder: Path, record: Mapping[str, Any], name: str = ENV_FILE) -> Path:
-    from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at
-
-    folder.mkdir(mode=0o750, exist_ok=True)  # an inference run's environment/ folder, at its first task
-    dir_fd = os.open(folder, DIR_FLAGS)
-    try:
-        # 0640: the variables, even redacted, are the user's business.
-        atomic_write_at(dir_fd, name, (json.dumps(record, indent=2, default=str) + "\n").encode(),
-                        mode=0o640, durable=False)
-    finally:
-        os.close(dir_fd)
-    return folder / name
-
-
 def job_id_of(environ: Mapping[str, str]) -> str:
     """The job's id as Slurm shows it: 123, or 120_5 for an array task; "local" outside Slurm."""
     array = environ.get("SLURM_ARRAY_JOB_ID", "")
@@ -203,13 +155,3 @@ def capture_in_task(config: Any, folder: Path | None = None, environ: Mapping[st
         write_record(folder, collect(env, config, job_id_of(env)), name)
     except Exception as exc:  # the record is a by-product: never fail the user's job over it
         print(f"hpcai: environment capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-
-
-def read_record(folder: Path, name: str = ENV_FILE) -> dict[str, Any] | None:
-    """The job's environment.json, None when it has none (not started yet, or not an hpcai job)."""
-    try:
-        value = json.loads((folder / name).read_text())
-    except FileNotFoundError:
-        return None
-    return value if isinstance(value, dict) else None
-

@@ -21,24 +21,16 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from hpc_aidc.formats.train_task import TrainTask  # also where pickles of older submissions look
 from hpc_aidc.slurm_client import requeue
 from hpc_aidc.spec.train import TrainConfig
 
 if TYPE_CHECKING:
     from hpc_aidc.node.checkpoint import WriteGuard
-
-
-@dataclass(frozen=True)
-class TrainTask:
-    config: TrainConfig
-    folder_pattern: str          # <job_root>/<user>/%j
-    env: tuple[tuple[str, str], ...] = ()
-    launcher: str = "srun"       # srun: one srun task per rank; mpirun: ranks started by the site's MPI
 
 
 class _Warning:

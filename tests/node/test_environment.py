@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from hpc_aidc.node.environment import (
-    ENV_FILE,
-    SUBMIT_CONTEXT_ENV,
-    capture_in_task,
-    collect,
-    git_state,
-    is_first_task,
-    package_versions,
-)
+from hpc_aidc.formats.environment_record import ENV_FILE
+from hpc_aidc.formats.job_env import SUBMIT_CONTEXT_ENV
+from hpc_aidc.node.environment import capture_in_task, collect, is_first_task, package_versions
 from hpc_aidc.render.environment import (
     REDACTED,
     diff_lines,
@@ -27,6 +21,7 @@ from hpc_aidc.render.environment import (
     redact_env,
     redact_value,
 )
+from hpc_aidc.scheduler.submit_context import git_state
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "monitor" / "fake_nvml"))

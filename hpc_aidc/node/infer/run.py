@@ -381,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = run_of(env)
     node = env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
     signal.signal(signal.SIGUSR2, _Warning.handler)
-    from hpc_aidc.node.environment import INFER_ENV_DIR, capture_in_task, job_id_of
+    from hpc_aidc.formats.environment_record import INFER_ENV_DIR
+    from hpc_aidc.node.environment import capture_in_task, job_id_of
 
     capture_in_task({"output": str(out), "model": plan.model.to_json(), "params": plan.params.to_json(),
                      "tasks": plan.tasks, "output_format": plan.output_format}, out / INFER_ENV_DIR,
