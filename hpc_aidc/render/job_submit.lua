@@ -152,11 +152,14 @@ function slurm_job_submit(job_desc, part_list, submit_uid)
   local ok, verdict = pcall(hpcai_policy_verdict, job_desc, submit_uid)
   if not ok then
     -- A bug here must not stop the cluster's submissions: log it and accept.
-    slurm.log_error("hpc-aidc policy: check failed, job accepted: %s", tostring(verdict))
+    slurm.log_error("hpc-aidc policy: check failed, job accepted: %s", (string.gsub(tostring(verdict), "%c", "?")))
     return slurm.SUCCESS
   end
   if verdict then
-    slurm.log_info("hpc-aidc policy: refused a job of uid %s: %s", tostring(submit_uid), verdict)
+    -- the verdict quotes the request (partition, account names as the user typed them): no control
+    -- character of theirs may start a line of its own in slurmctld's log
+    local logged = string.gsub(verdict, "%c", "?")
+    slurm.log_info("hpc-aidc policy: refused a job of uid %s: %s", tostring(submit_uid), logged)
     slurm.log_user("%s", verdict)
     return slurm.ERROR
   end

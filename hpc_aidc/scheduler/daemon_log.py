@@ -19,14 +19,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Slurm 22.05 quotes the path in backticks; the form without them (older Slurm, the issue report) counts too.
+# Both are matched from the start of a line (after the timestamp, which LogTimeFormat=none leaves out): the
+# log also holds text users wrote (a job_submit.lua refusal quotes the request), which must neither raise a
+# false alarm nor, with a fake `started`, hide a real one. Slurm 22.05 quotes the path in backticks; the
+# form without them (older Slurm, the issue report) counts too.
+_STAMP = r"^(?:\[[^\]]*\] )?"
 INVALID_RE = re.compile(
-    r"\bInvalid (?P<setting>(?:Prolog|Epilog)(?:Slurmctld)?)\((?:`(?P<quoted>[^`]*)`|(?P<bare>[^)]*))\):\s*"
-    r"(?P<reason>.*)$")
+    _STAMP + r"error: Invalid (?P<setting>(?:Prolog|Epilog)(?:Slurmctld)?)\((?:`(?P<quoted>[^`]*)`|(?P<bare>[^)]*))\):"
+    r"\s*(?P<reason>.*)$")
 
 
 def _start_re(daemon: str) -> re.Pattern[str]:
-    return re.compile(rf"\b{re.escape(daemon)} version \S+ started\b")
+    return re.compile(_STAMP + rf"{re.escape(daemon)} version \S+ started(?: on cluster \S+)?$")
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,11 @@ def invalid_scripts(lines: Iterable[str], daemon: str = "slurmctld") -> tuple[In
     for raw in lines:
         line = raw.rstrip("\r\n")
         if "Invalid " in line:
-            m = INVALID_RE.search(line)
+            m = INVALID_RE.match(line)
             if m:
                 path = m["quoted"] if m["quoted"] is not None else m["bare"]
                 found.append(InvalidScript(line, m["setting"], path, m["reason"].strip()))
-        elif " started" in line and started.search(line):
+        elif " started" in line and started.match(line):
             found = []
     return tuple(found)
 

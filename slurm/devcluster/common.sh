@@ -57,9 +57,11 @@ render() {
 check_ctld_scripts() {
   local logfile="$DEV_STATE/log/slurmctld.log" start bad
   [ -r "$logfile" ] || die "cannot read $logfile to check slurmctld's Prolog/Epilog scripts"
-  start="$(grep -an ' slurmctld version [^ ]* started' "$logfile" | tail -n 1 | cut -d: -f1 || true)"
+  # anchored at the line start (after the timestamp): user text logged mid-line forges nothing
+  start="$(grep -anE '^(\[[^]]*\] )?slurmctld version [^ ]* started( on cluster [^ ]*)?$' "$logfile" \
+    | tail -n 1 | cut -d: -f1 || true)"
   bad="$(tail -n "+${start:-1}" "$logfile" \
-    | grep -aE 'Invalid (Prolog|Epilog|PrologSlurmctld|EpilogSlurmctld)\(' || true)"
+    | grep -aE '^(\[[^]]*\] )?error: Invalid (Prolog|Epilog|PrologSlurmctld|EpilogSlurmctld)\(' || true)"
   [ -z "$bad" ] || die "slurmctld will not run a script slurm.conf names (since its start, $logfile):
 $bad
 fix: the script must be executable by root and $SLURM_USER, with every folder above it enterable (namei -l PATH),

@@ -203,3 +203,21 @@ def test_admin_policy_renders_the_dev_profile(hpcai: RunHpcai, tmp_path: Path) -
     assert "[0] = true" in out.read_text() and "HPCAI-P005" in out.read_text()
     again = hpcai("--site", str(site), "admin", "policy", "--out", str(out))
     assert "unchanged" in again.stderr
+
+
+@pytest.mark.skipif(LUA is None, reason="lua5.1 not installed")
+def test_nothing_the_policy_logs_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """slurmctld's log is read for `started` and `Invalid ...` lines (scheduler/daemon_log.py): text that
+    reaches a policy log line must not put a line break there."""
+    script = tmp_path / "job_submit.lua"
+    script.write_text(render_job_submit_lua(policy_site(), {"root": 0}))
+    probe = tmp_path / "probe.lua"
+    forged = "x\\n[2026-01-01T00:00:00.000] slurmctld version 9 started on cluster c"
+    probe.write_text("slurm = {SUCCESS = 0, ERROR = -1, log_user = function() end,\n"
+                     "  log_info = function(fmt, ...) io.write(string.format(fmt, ...), '|') end,\n"
+                     "  log_error = function(fmt, ...) io.write(string.format(fmt, ...), '|') end}\n"
+                     f"dofile({json.dumps(str(script))})\n"
+                     "slurm_job_submit(setmetatable({}, {__index = function() error('" + forged + "') end}),"
+                     " {}, 1000)\n")
+    out = subprocess.run([str(LUA), str(probe)], capture_output=True, text=True, check=True).stdout
+    assert "check failed" in out and "\n" not in out and "?[2026-01-01" in out

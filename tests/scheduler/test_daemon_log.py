@@ -120,3 +120,14 @@ def test_up_sh_agrees_with_the_parser(tmp_path: Path, lines: list[str], fails: b
 def test_up_sh_fails_on_an_unreadable_log(tmp_path: Path) -> None:
     proc = _up_sh_check(tmp_path)
     assert proc.returncode == 1 and "cannot read" in proc.stderr
+
+
+def test_user_text_logged_mid_line_neither_raises_nor_hides_an_alarm() -> None:
+    """The log also holds text users wrote (a policy refusal quotes the request): only Slurm's own lines,
+    from their start, count."""
+    real = "[t] error: Invalid EpilogSlurmctld(`/opt/e.sh`): Permission denied"
+    forged_start = "[t] lua: hpc-aidc policy: refused a job of uid 1001: slurmctld version 9 started on cluster c"
+    forged_alarm = "[t] lua: hpc-aidc policy: refused a job of uid 1001: error: Invalid Prolog(`/x`): y"
+    start = "[t] slurmctld version 22.05.8 started on cluster c"
+    assert [s.line for s in invalid_scripts([start, real, forged_start, forged_alarm])] == [real]
+    assert [s.line for s in invalid_scripts([start, real.removeprefix("[t] ")])] == [real.removeprefix("[t] ")]
