@@ -5,9 +5,12 @@ allocation (a job requeueing itself)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 from hpc_aidc.errors import SlurmError
 
@@ -26,6 +29,8 @@ class SlurmCall:
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                         # user text (job names) may hold any bytes: never a traceback
+                                         encoding="utf-8", errors="replace",
                                          env={**os.environ, **env} if env else None)
         except FileNotFoundError:
             raise SlurmError(
@@ -52,11 +57,47 @@ class SlurmCall:
         self.proc.communicate()
 
 
+# What Slurm's clients print when slurmctld or slurmdbd is busy (a rate limit with rl_enable, a socket
+# time-out under load): an answer to ask for again later, not one to act on.
+_BUSY = ("Socket timed out", "Unable to contact slurm controller", "rate limit", "Too many", "temporarily unavailable",
+         "Zero Bytes were transmitted or received")
+_QUERIES = {"squeue", "sacct", "sinfo", "sdiag", "sprio", "sshare", "sreport"}
+RETRIES = 3
+_said_busy = False
+
+
+def busy(proc: subprocess.CompletedProcess[str]) -> bool:
+    return proc.returncode != 0 and any(mark in proc.stderr for mark in _BUSY)
+
+
+def is_query(argv: Sequence[str]) -> bool:
+    """Commands that only read (asking again changes nothing); never sbatch: a time-out may have submitted."""
+    return bool(argv) and (argv[0] in _QUERIES or (argv[0] in ("scontrol", "sacctmgr") and "show" in argv[1:3]))
+
+
+def retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """1, 2, 4 s, each with +-50 % jitter: a crowd of clients does not come back at the same moment."""
+    return float(2.0 ** attempt * (0.5 + rng()))
+
+
 def run_slurm(argv: Sequence[str], *, stdin: str | None = None, timeout: float = 60.0,
               check: bool = True, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a Slurm client command; a failure becomes a one-line SlurmError with Slurm's own words.
-    `env`: variables added to this process's environment (sbatch passes them on to the job)."""
-    return SlurmCall(argv, stdin=stdin, timeout=timeout, env=env).result(check=check)
+    `env`: variables added to this process's environment (sbatch passes them on to the job). A query that
+    finds Slurm busy is asked again after a growing, jittered delay, and says so once."""
+    global _said_busy
+    for attempt in range(RETRIES + 1):
+        proc = SlurmCall(argv, stdin=stdin, timeout=timeout, env=env).result(check=False)
+        if attempt == RETRIES or not is_query(argv) or not busy(proc):
+            break
+        if not _said_busy:
+            print(f"hpcai: Slurm is busy ({first_error_line(proc.stderr)}); asking again in a moment",
+                  file=sys.stderr)
+            _said_busy = True
+        time.sleep(retry_delay(attempt))
+    if check and proc.returncode != 0:
+        raise SlurmError(f"{argv[0]} failed: {first_error_line(proc.stderr or proc.stdout)}")
+    return proc
 
 
 def first_error_line(text: str) -> str:

@@ -66,12 +66,8 @@ grep -h -v '^[[:space:]]*$' /usr/share/doc/*/copyright | cut -c1-40 | sed -n '1,
 infer_json="$("$HPCAI" submit infer --model "$folder" --input "$WORK/prompts.txt" --output "$WORK/infer" \
   --tasks 2 --rows-per-shard 32 --max-new-tokens 16 --account physics --job-name demo-infer --json)"
 array_id="$(printf '%s' "$infer_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["arrays"][0]["job_id"])')"
-echo "submitted array job $array_id; waiting for its shards (hpcai infer status $WORK/infer)"
-for _ in $(seq 1 300); do
-  "$HPCAI" infer status "$WORK/infer" --json | .venv/bin/python -c \
-    'import json, sys; s = json.load(sys.stdin); sys.exit(0 if s["running"] + s["pending"] == 0 else 1)' && break
-  sleep 1
-done
+echo "submitted array job $array_id; waiting for it (hpcai wait: Slurm asked at most every 15 s)"
+"$HPCAI" wait "$array_id" --timeout 600 >/dev/null || true
 "$HPCAI" infer status "$WORK/infer"
 echo "a few generations (input -> output):"
 .venv/bin/python - "$WORK/infer" <<'PY'
@@ -109,12 +105,10 @@ account = "physics"
 partition = "cpu"
 TOML
 "$HPCAI" submit pipeline "$WORK/pipeline/demo.toml"
-for _ in $(seq 1 120); do
-  "$HPCAI" status demo --json | .venv/bin/python -c \
-    'import json, sys; s = json.load(sys.stdin); sys.exit(0 if all(x["state"] not in ("PENDING", "RUNNING", "WAITING") for x in s["stages"]) else 1)' \
-    && break
-  sleep 1
-done
+pipeline_jobs="$("$HPCAI" status demo --json | .venv/bin/python -c \
+  'import json, sys; print(" ".join(j for s in json.load(sys.stdin)["stages"] for j in s["jobs"]))')"
+# shellcheck disable=SC2086  # one job id per word
+"$HPCAI" wait $pipeline_jobs --timeout 600 >/dev/null || true
 "$HPCAI" status demo
 
 echo
@@ -122,10 +116,7 @@ echo "== 6. hpcai submit sweep: the learning rate over 2 trials, one job array, 
 sweep_json="$("$HPCAI" submit sweep --config examples/tiny.toml --data "$WORK/corpus.zarr" --gpus-per-node 1 \
   --account physics --max-steps 20 --grid 'optimizer.lr=[1e-3,3e-3]' --json)"
 sweep_id="$(printf '%s' "$sweep_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["sweep_id"])')"
-for _ in $(seq 1 300); do
-  squeue -h -j "$sweep_id" 2>/dev/null | grep -q . || break
-  sleep 2
-done
+"$HPCAI" wait "$sweep_id" --timeout 900 >/dev/null || true
 "$HPCAI" sweep show "$sweep_id"
 
 echo

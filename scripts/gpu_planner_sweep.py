@@ -42,7 +42,8 @@ MIN_LEFT_S = 30       # no run starts with less of the budget left
 
 RANK = """
 import json, sys
-from hpc_aidc.node.train import TrainTask, train_task
+from hpc_aidc.formats.train_task import TrainTask
+from hpc_aidc.node.train.start import train_task
 from hpc_aidc.spec.train import parse_train_config
 config = parse_train_config(json.loads(sys.argv[1]))
 print(json.dumps(train_task(TrainTask(config=config, folder_pattern=sys.argv[2]))))

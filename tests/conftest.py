@@ -7,14 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDED = REPO / "tests" / "recorded"
+FAKE_NVML = REPO / "tests" / "monitor" / "fake_nvml"
 HPCAI = [sys.executable, "-m", "hpc_aidc.cli.main"]
 
 RunHpcai = Callable[..., subprocess.CompletedProcess[str]]
@@ -64,9 +66,10 @@ def cluster() -> None:
     assert _cluster_up(), "the dev cluster did not come up; see /var/lib/hpcai-devcluster/log"
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def hpcai() -> RunHpcai:
-    """Run the real CLI in a subprocess: `hpcai("jobs", "--json", user="alice", env={...})`."""
+    """Run the real CLI in a subprocess: `hpcai("jobs", "--json", user="alice", env={...})`. It keeps no state,
+    so module-scoped fixtures may use it too."""
 
     def run(*args: str, user: str | None = None, env: Mapping[str, str] | None = None,
             cwd: str | os.PathLike[str] = "/tmp", timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -82,13 +85,45 @@ def hpcai() -> RunHpcai:
     return run
 
 
-def wait_until(what: str, ready: Callable[[], object], timeout: float = 60, interval: float = 0.5) -> None:
-    """Poll `ready` until it returns something true; fail with `what` after `timeout` seconds. The one wait
-    helper of the suite (files and Slurm state both)."""
+def wait_until(what: str, ready: Callable[[], object], timeout: float = 60, interval: float = 0.5,
+               detail: Callable[[], object] | None = None) -> None:
+    """Poll `ready` until it returns something true; fail with `what` after `timeout` seconds (and with what
+    `detail` returns then, if given: the last state seen). The one wait helper of the suite (files and Slurm
+    state both)."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert time.monotonic() < deadline, f"{what} (not within {timeout:.0f} s)"
+        assert time.monotonic() < deadline, f"{what} (not within {timeout:.0f} s)" + (
+            f": {detail()}" if detail else "")
         time.sleep(interval)
+
+
+@pytest.fixture()
+def shared_root() -> Iterator[Path]:
+    """A job root every test user can reach (pytest's tmp_path sits under a root-only directory)."""
+    root = Path(tempfile.mkdtemp(prefix="hpcai-jobs-", dir="/tmp"))
+    root.chmod(0o1777)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def user_folders(shared_root: Path) -> Path:
+    """`shared_root` with root's, alice's and bob's folders made by root, as `hpcai admin user-folders` makes
+    them on a site (users never make their own in a shared job root)."""
+    from hpc_aidc.install.user_folders import ensure_user_folders
+
+    ensure_user_folders(shared_root, ["root", "alice", "bob"])
+    return shared_root
+
+
+@pytest.fixture(scope="session")
+def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake NVML (tests/monitor/fake_nvml/fake_nvml.c), built with gcc once a session."""
+    if str(FAKE_NVML) not in sys.path:
+        sys.path.insert(0, str(FAKE_NVML))
+    from fake_scenario import build_library
+
+    return build_library(FAKE_NVML / "fake_nvml.c", tmp_path_factory.mktemp("fake-nvml"))
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpc_aidc.site import SiteProfile, parse_site
+from hpc_aidc.site_profile import SiteProfile, parse_site
 
 
 def site_doc() -> dict[str, Any]:

@@ -4,7 +4,7 @@ import pytest
 from site_fixture import make_site, site_doc
 
 from hpc_aidc.errors import SiteProfileError
-from hpc_aidc.site import find_site_path, load_site, parse_site
+from hpc_aidc.site_profile import find_site_path, load_site, parse_site
 
 
 def test_parses_partitions_prices_and_env() -> None:

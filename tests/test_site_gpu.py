@@ -10,7 +10,7 @@ import pytest
 from site_fixture import site_doc
 
 from hpc_aidc.errors import SiteProfileError
-from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, parse_port_range, parse_site
+from hpc_aidc.site_profile import DEFAULT_RENDEZVOUS_PORTS, parse_port_range, parse_site
 
 
 def test_gpu_training_keys() -> None:

@@ -12,7 +12,7 @@ from site_fixture import site_doc
 
 from hpc_aidc.errors import SiteProfileError
 from hpc_aidc.report.access import trusted_admins
-from hpc_aidc.site import load_site, load_trusted_site, parse_site
+from hpc_aidc.site_profile import load_site, load_trusted_site, parse_site
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making files owned by others needs root")
 OTHER_UID = 4242  # any uid but root's

@@ -77,9 +77,10 @@ def _year_store(month_store: Path, year_store: Path) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from hpc_aidc.report.store import StoreState, StoreWriter
-    from hpc_aidc.report.store_rollup import local_zone
-    from hpc_aidc.report.store_table import arrow_schema, month_of
+    from hpc_aidc.report.store.layout import StoreState
+    from hpc_aidc.report.store.rollup import local_zone
+    from hpc_aidc.report.store.table import arrow_schema, month_of
+    from hpc_aidc.report.store.writer import StoreWriter
 
     table = pa.concat_tables(pq.read_table(p, schema=arrow_schema()).append_column(
         "account", pa.array([p.parent.parent.name.split("=", 1)[1]] * pq.read_metadata(p).num_rows))
@@ -157,7 +158,7 @@ def main() -> None:
     for store in (month, year):
         _set_watermark(store, int(time.time()) - 300)
     from hpc_aidc.report.source import window_lines
-    from hpc_aidc.report.store_table import multi_run_ids
+    from hpc_aidc.report.store.table import multi_run_ids
 
     tail = window_lines(int(time.time()) - 300, int(time.time()))
     # a job that ran more than once in the tail costs a second sacct call (all its runs)

@@ -14,7 +14,7 @@ import torch
 from baseline_common import baseline_from_args
 
 from hpc_aidc.node.model import GPT
-from hpc_aidc.node.train import _import_muon_without_compiling, _skip_inference_shm_kernel
+from hpc_aidc.node.train.deepspeed_patches import import_muon_without_compiling, skip_inference_shm_kernel
 from hpc_aidc.render.deepspeed_config import deepspeed_config
 
 
@@ -23,8 +23,8 @@ def main() -> None:
     os.environ.update(RANK=str(run.rank), WORLD_SIZE=str(run.world), LOCAL_RANK="0")
     # The two start-up workarounds hpc-aidc applies (no shm kernel build, no Inductor at import), so the
     # start-up column compares launchers rather than a minutes-long JIT build.
-    _skip_inference_shm_kernel()
-    _import_muon_without_compiling()
+    skip_inference_shm_kernel()
+    import_muon_without_compiling()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     torch.manual_seed(run.config.train.seed)
     model = GPT(run.config.model)

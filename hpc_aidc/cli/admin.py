@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 
 from hpc_aidc.cli.common import echo_json, json_option, site_from
-from hpc_aidc.cli.install import install, uninstall
+from hpc_aidc.cli.install import install, uninstall, user_folders
 from hpc_aidc.errors import ConfigError
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 
 
 @click.group()
@@ -120,7 +120,7 @@ def templates(ctx: click.Context, out: Path, templates_dir: Path | None, account
 
 @admin.command()
 @click.option("--textfile-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="node_exporter's --collector.textfile.directory (root's, mode 0755).")
+              help="node_exporter's --collector.textfile.directory (root:prometheus, mode 0750).")
 @click.option("--node", default=None, help="This node's Slurm name [$SLURMD_NODENAME, else the short hostname].")
 @click.option("--spool", "spool_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="This node's SlurmdSpoolDir [/var/spool/slurmd].")
@@ -133,13 +133,14 @@ def metrics(ctx: click.Context, textfile_dir: Path, node: str | None, spool_dir:
 
     Per GPU: power, energy counter, utilisation, memory, temperature, SM clock, throttle reasons
     (dcgm-exporter names); per running job: energy so far, power, GPUs, with labels hpc_job, user,
-    account. A job's series disappear when it ends. Runs as root (monitoring/systemd/)."""
+    account. A job's series disappear when it ends. Runs as root (monitoring/systemd/). The file is 0640
+    in the directory's group: serve it with node_exporter behind a web config (monitoring/README.md)."""
     import signal
     import socket
     import threading
 
+    from hpc_aidc.monitor.energy_store.layout import check_node
     from hpc_aidc.monitor.exporter import WriterConfig, run_writer
-    from hpc_aidc.monitor.store import check_node
 
     if not interval >= 0.5:
         raise ConfigError(f"Expected --interval >= 0.5 seconds. Got {interval} instead. Use 15 (or 1-2 for tests).")
@@ -225,13 +226,19 @@ def policy(ctx: click.Context, out: Path | None, catalogue: bool) -> None:
 @click.pass_context
 def check(ctx: click.Context, slurm_conf: Path | None, as_json: bool) -> None:
     """Check slurm.conf against the site profile: prolog/epilog, JobSubmitPlugins and job_submit.lua,
-    gres/gpu in AccountingStorageTRES, PrivateData, energy store permissions. One line per problem
-    with its fix; exit 1 when there is any."""
+    gres/gpu in AccountingStorageTRES, PrivateData, energy store permissions, and that nobody but root can
+    change what the Prolog/Epilog/EpilogSlurmctld run (the scripts, every folder above them, their settings,
+    the Python). One line per problem with its fix; exit 1 when there is any."""
+    import dataclasses
+
+    from hpc_aidc.install.kit_chain import chain_links
     from hpc_aidc.render.job_submit_lua import render_job_submit_lua
     from hpc_aidc.scheduler.admin_check import admin_problems, gather_facts
 
     site = site_from(ctx)
     facts = gather_facts(site, slurm_conf)
+    # What slurm.conf runs as root, link by link: scripts, folders above them, settings, the Python.
+    facts = dataclasses.replace(facts, chain=tuple(chain_links(facts.config, facts.prolog_scripts)))
     expected = render_job_submit_lua(site, exempt_uids(site)) if site.policy.enabled else None
     problems = admin_problems(site, facts, expected)
     if as_json:
@@ -268,21 +275,29 @@ def _root_safe_site(ctx: click.Context) -> SiteProfile:
 @click.option("--node", default=None, help="This node's Slurm name (default: $SLURMD_NODENAME).")
 @click.option("--job-id", default=None, help="The job being started (for the log line).")
 @click.option("--drain", is_flag=True, help="Drain this node in Slurm when a GPU is bad, naming GPU and fault.")
-@click.option("--prolog", is_flag=True, help="Prolog mode: print only the verdict line.")
+@click.option("--prolog", is_flag=True, help="Prolog mode: print only the verdict line (and notes).")
+@click.option("--sustain", "sustain_s", type=click.FloatRange(min=0.0), default=None,
+              help="Seconds a hardware slowdown must last to count [5].")
+@click.option("--catalogue", is_flag=True, help="Print which faults drain a node and how each is seen (Markdown).")
 @json_option
 @click.pass_context
 def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: str | None, drain: bool,
-               prolog: bool, as_json: bool) -> None:
+               prolog: bool, sustain_s: float | None, catalogue: bool, as_json: bool) -> None:
     """Check the job's GPUs as the node prolog does (slurm/health/gpu_prolog.sh).
 
-    Exit 0: the GPUs are fine (or the job has none). Exit 3 and a line `UNHEALTHY: <reason>`: a GPU is
-    missing, has uncorrectable ECC errors, retired pages, pending/failed row remapping or a hardware
-    slowdown; with --drain the node is drained with that reason first. Any other status means the check
-    itself failed (no NVML, Slurm unreachable): the prolog logs it and lets the job run."""
+    Exit 0: the GPUs are fine (or the job has none). Exit 3 and a line `UNHEALTHY: <reason>`: a fault that
+    lasts (--catalogue: a missing GPU, uncorrectable ECC errors, retired pages, pending/failed row remapping,
+    a hardware slowdown sustained over --sustain seconds, a critical Xid the driver reports meanwhile); with
+    --drain the node is drained with that reason first. A slowdown that clears is a `note:` line, never a
+    drain. Any other status means the check itself failed (no NVML, Slurm unreachable): the prolog logs it
+    and lets the job run."""
     from hpc_aidc.errors import SlurmError
-    from hpc_aidc.monitor.gpu_health import check_gpus, drain_reason
+    from hpc_aidc.monitor.gpu_health import SUSTAIN_S, catalogue_markdown, check_gpus, drain_reason
     from hpc_aidc.monitor.gpus import GpuToken, parse_gpu_list
 
+    if catalogue:
+        click.echo(catalogue_markdown(), nl=False)
+        return
     text = os.environ.get("SLURM_JOB_GPUS") if gpus is None else gpus
     tokens: tuple[GpuToken, ...] | None = None if text is None else parse_gpu_list(text)
     if tokens == ():
@@ -298,7 +313,8 @@ def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: s
             tokens = tuple(GpuToken("index", str(i)) for i in range(nvml.count()))
         finally:
             nvml.close()
-    faults = check_gpus(tokens)
+    notes: list[str] = []
+    faults = check_gpus(tokens, sustain_s=SUSTAIN_S if sustain_s is None else sustain_s, notes=notes)
     node_name = node or os.environ.get("SLURMD_NODENAME") or ""
     reason = drain_reason(faults) if faults else ""
     drained = None
@@ -316,11 +332,14 @@ def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: s
     if as_json:
         echo_json({"node": node_name, "job_id": job_id, "gpus": [t.value for t in tokens], "healthy": not faults,
                    "faults": [{"gpu": f.gpu, "fault": f.fault} for f in faults], "reason": reason,
-                   "drained": drained})
+                   "drained": drained, "notes": notes})
     elif faults:
         click.echo(f"UNHEALTHY: {reason}")
-    elif not prolog:
-        click.echo(f"GPUs {','.join(t.value for t in tokens)}: healthy")
+    else:
+        for line in notes:  # the prolog logs them: a passing slowdown is worth a look, not a drain
+            click.echo(f"note: {' '.join(line.split())}")
+        if not prolog:
+            click.echo(f"GPUs {','.join(t.value for t in tokens)}: healthy")
     if faults:
         sys.exit(UNHEALTHY_EXIT)
 
@@ -329,7 +348,7 @@ def gpu_health(ctx: click.Context, gpus: str | None, node: str | None, job_id: s
 
 def _audit_log(ctx: click.Context) -> Path:
     """The audit log named by the admin's own site profile: root-owned, never a user's --site or HPCAI_*."""
-    from hpc_aidc.site import find_site_path, load_trusted_site
+    from hpc_aidc.site_profile import find_site_path, load_trusted_site
 
     site = load_trusted_site(find_site_path((ctx.find_root().obj or {}).get("site_path")))
     if site.audit_log is None:
@@ -389,19 +408,25 @@ def audit(ctx: click.Context, since: str | None, until: str | None, users: tuple
 
 
 @admin.command("audit-record", hidden=True)
+@click.option("--sweep-jobs", type=click.IntRange(min=1), default=None,
+              help="Jobs that never ran to record at most in this run [200].")
+@click.option("--sweep-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds to spend on them at most [10].")
 @click.pass_context
-def audit_record(ctx: click.Context) -> None:
-    """Append the ending job's record to the audit log, then those of jobs that ended without running since
-    the last time (slurm/audit/epilog_slurmctld.sh, as SlurmUser)."""
+def audit_record(ctx: click.Context, sweep_jobs: int | None, sweep_seconds: float | None) -> None:
+    """Append the ending job's record to the audit log, then, within a budget, those of jobs that ended without
+    running since the last time (slurm/audit/epilog_slurmctld.sh, as SlurmUser)."""
     from datetime import UTC, datetime
 
-    from hpc_aidc.scheduler.audit import record_job, sweep_never_ran
+    from hpc_aidc.scheduler.audit import SWEEP_JOBS, SWEEP_SECONDS, record_job, sweep_never_ran
 
     log = _audit_log(ctx)
     record = record_job(log, os.environ)
-    never_ran = sweep_never_ran(log, datetime.now(UTC))
+    sweep = sweep_never_ran(log, datetime.now(UTC), sweep_jobs or SWEEP_JOBS, sweep_seconds or SWEEP_SECONDS)
     click.echo(f"audited job {record['job_id']} of {record['user']}: sha256 {record['script_sha256']}"
-               + (f"; never ran: {', '.join(r['job_id'] for r in never_ran)}" if never_ran else ""))
+               + (f"; never ran: {', '.join(r['job_id'] for r in sweep.records)}" if sweep.records else "")
+               + (f"; {sweep.left} jobs that never ran left for later epilogs" if sweep.left else ""))
 
 admin.add_command(install)
 admin.add_command(uninstall)
+admin.add_command(user_folders)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from hpc_aidc.site import SiteProfile, find_site_path, load_site, load_trusted_site
+from hpc_aidc.site_profile import SiteProfile, find_site_path, load_site, load_trusted_site
 
 
 def site_from(ctx: click.Context) -> SiteProfile:
@@ -31,3 +31,19 @@ def echo_json(value: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def print_dry_run(site: SiteProfile, request: Any, ask_slurm: bool = False, as_json: bool = False) -> None:
+    """`--dry-run`: the request's scripts exactly as sbatch would receive them, and nothing else on stdout
+    (so they can be piped); with `ask_slurm`, slurmctld's verdict on stderr. Refused like a submission.
+    With --json: the whole request (scripts, files it would lay down, policy request, audit tag, verdict)."""
+    from hpc_aidc.scheduler.submit import dry_run
+
+    scripts, verdict = dry_run(site, request, ask_slurm)
+    if as_json:
+        echo_json({**request.to_json(), "test_only": verdict})
+        return
+    for script in scripts:
+        click.echo(script, nl=False)
+    if verdict:
+        click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)

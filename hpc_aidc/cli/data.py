@@ -82,15 +82,24 @@ def pack(ctx: click.Context, /, **options: Any) -> None:
         raise ConfigError(f"Expected --array N with N >= 1. Got {array_tasks}. Use --array 4, or leave it out.")
     plan = prepare_pack(opts)
     if array_tasks:
-        from hpc_aidc.scheduler.data_pack import submit_pack_array
+        from hpc_aidc.ids import current_user
+        from hpc_aidc.scheduler.data_pack import plan_pack
+        from hpc_aidc.scheduler.submit import submit
 
-        submitted = submit_pack_array(site_from(ctx), out, min(array_tasks, plan.num_shards), engine=engine,
-                                      account=account, partition=partition, time_limit=time_limit, wait=wait)
-        if as_json:
+        site = site_from(ctx)
+        tasks = min(array_tasks, plan.num_shards)
+        request = plan_pack(site, out, tasks, user=current_user(), engine=engine, account=account,
+                            partition=partition, time_limit=time_limit)
+        done = submit(site, request)
+        submitted = {"array_job": done.job_ids[0], "tasks": tasks, "finalize_job": done.job_ids[1],
+                     "folder": str(request.folders[0]), "out": request.output}
+        if as_json and not wait:
             echo_json(submitted)
-        else:
-            click.echo(f"submitted pack array {submitted['array_job']} ({submitted['tasks']} tasks) and finalize "
+        elif not as_json:
+            click.echo(f"submitted pack array {submitted['array_job']} ({tasks} tasks) and finalize "
                        f"job {submitted['finalize_job']}; logs in {submitted['folder']}")
+        if wait:
+            _wait_for_pack(submitted, as_json)
         return
     with _bar(plan.num_shards, "packing shards", as_json) as bar:
         pack_task(out, 0, 1, engine, progress=bar.update)
@@ -102,6 +111,21 @@ def pack(ctx: click.Context, /, **options: Any) -> None:
     else:
         click.echo(f"packed {manifest.num_samples} samples in {manifest.num_shards} shards "
                    f"({summary['bytes'] / 2**20:.1f} MiB) to {out}")
+
+
+def _wait_for_pack(submitted: dict[str, Any], as_json: bool) -> None:
+    """Until the finalize job ends (Slurm cancels it when a task fails); exit 1 unless the store is whole."""
+    from hpc_aidc.scheduler.wait import wait_for_job
+
+    record = wait_for_job(str(submitted["finalize_job"]))
+    if as_json:
+        echo_json({**submitted, "state": record.state})
+    elif record.state == "COMPLETED":
+        click.echo(f"packed {submitted['out']}")
+    if record.state != "COMPLETED":
+        click.echo(f"hpcai: error: the pack's finalize job {submitted['finalize_job']} ended {record.state}: see the "
+                   f"logs in {submitted['folder']}, then run the same `hpcai data pack` again to finish it.", err=True)
+        sys.exit(1)
 
 
 def pack_options(o: dict[str, Any]) -> Any:

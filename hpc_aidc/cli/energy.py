@@ -12,7 +12,7 @@ import click
 
 from hpc_aidc.cli.common import echo_json, json_option, root_safe_site, site_from
 from hpc_aidc.errors import ConfigError, EnergyError, expected
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 
 
 def _job_id(value: str | None) -> str:
@@ -26,13 +26,13 @@ def _job_id(value: str | None) -> str:
 
 
 def _node(value: str | None) -> str:
-    from hpc_aidc.monitor.store import check_node
+    from hpc_aidc.monitor.energy_store.layout import check_node
 
     return check_node(value or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0])
 
 
 def _run(value: int | None) -> int:
-    from hpc_aidc.monitor.store import run_of
+    from hpc_aidc.monitor.restarts import run_of
 
     return run_of(os.environ) if value is None else value
 

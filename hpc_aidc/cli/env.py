@@ -20,7 +20,7 @@ def env() -> None:
 
 def job_environment(ctx: click.Context, job_id: str) -> tuple[str, dict[str, Any]]:
     """(the job's id as Slurm knows it, its environment record) from the job directory."""
-    from hpc_aidc.formats.environment_record import ENV_FILE, INFER_ENV_DIR, read_record
+    from hpc_aidc.formats.environment_record import ENV_FILE, INFER_ENV_DIR, read_environment
     from hpc_aidc.scheduler.accounting import job_record
     from hpc_aidc.scheduler.infer_submit import infer_output_of
 
@@ -31,7 +31,7 @@ def job_environment(ctx: click.Context, job_id: str) -> tuple[str, dict[str, Any
     if out is not None:  # a batch-inference array task
         folder, name = out / INFER_ENV_DIR, f"{record.job_id}.json"
     try:
-        env_record = read_record(folder, name)
+        env_record = read_environment(folder, name)
     except PermissionError:
         raise AccessError(f"Expected read access to {folder / name}. Got permission denied. Job "
                           f"environments are readable by the job's user; ask {record.user} for it.") from None

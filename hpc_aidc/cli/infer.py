@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hpc_aidc.cli.common import echo_json, json_option, site_from
+from hpc_aidc.cli.common import echo_json, json_option, print_dry_run, site_from
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,18 +76,13 @@ def submit_infer(ctx: click.Context, /, **opts: Any) -> None:
     Every output shard is written whole and then recorded as complete, keyed by the input shard's
     checksum, the model's fingerprint and the parameters; a bad row is recorded with its error and the
     run goes on; on Slurm's warning signal or after a requeue a task resumes at its last flushed batch."""
-    from hpc_aidc.scheduler.infer_submit import InferRequest, prepare, submit
+    from hpc_aidc.scheduler.infer_submit import InferRequest, prepare
 
     site = site_from(ctx)
-    request = InferRequest.from_options(opts)
-    prepared = prepare(site, request, _progress)
-    if opts["dry_run"]:
-        for script in prepared.scripts():
-            click.echo(script, nl=False)
+    prepared = prepare(site, InferRequest.from_options(opts), _progress)
+    outcome = _deliver(site, prepared, opts["dry_run"], opts["as_json"])
+    if outcome is None:
         return
-    from hpc_aidc.scheduler.submit_context import submit_context_env
-
-    outcome = submit(site, prepared, submit_context_env())
     if opts["as_json"]:
         echo_json(outcome)
         return
@@ -100,6 +95,20 @@ def submit_infer(ctx: click.Context, /, **opts: Any) -> None:
     click.echo(f"  {outcome['shards']} input shards, {outcome['rows']} rows, {outcome['tasks']} tasks; "
                f"output {outcome['output']}")
     click.echo(f"  follow it: hpcai infer status {outcome['output']}")
+
+
+def _deliver(site: Any, prepared: Any, dry_run: bool, as_json: bool) -> dict[str, Any] | None:
+    """Print the scripts (a dry run: None), or submit what is left to submit; the run's summary."""
+    from hpc_aidc.ids import current_user
+    from hpc_aidc.scheduler.submit import submit
+
+    request = prepared.request(current_user(), time.time())
+    if dry_run:
+        print_dry_run(site, request, as_json=as_json)
+        return None
+    if not prepared.windows:
+        return dict(prepared.summary())
+    return dict(prepared.summary(submit(site, request).job_ids))
 
 
 def _progress(message: str) -> None:
@@ -157,13 +166,15 @@ def retry(ctx: click.Context, output: str, max_concurrent: int | None, dry_run: 
     """Resubmit only the shards that are missing or failed (never one whose task is pending or running),
     as arrays with a compact --array list of the tasks that hold them."""
     from hpc_aidc.scheduler.infer_submit import retry_run
+    from hpc_aidc.spec.infer import compact_ranges
 
     site = site_from(ctx)
-    outcome = retry_run(site, Path(output), max_concurrent, dry_run)
-    if dry_run:
-        for script in outcome["scripts"]:
-            click.echo(script, nl=False)
+    prepared, shards = retry_run(site, Path(output), max_concurrent)
+    submitted = _deliver(site, prepared, dry_run, as_json)
+    if submitted is None:
         return
+    outcome = {**submitted, "retry_shards": shards, "shard_list": compact_ranges(shards),
+               "task_list": compact_ranges([offset + t for offset, idx in prepared.windows for t in idx])}
     if as_json:
         echo_json(outcome)
         return

@@ -1,4 +1,5 @@
-"""`hpcai admin install | uninstall`: the Slurm-side kit under a root-owned prefix (hpc_aidc.install)."""
+"""`hpcai admin install | uninstall | user-folders`: the Slurm-side kit under a root-owned prefix, and users' job
+directories (hpc_aidc.install)."""
 
 from __future__ import annotations
 
@@ -179,3 +180,43 @@ def uninstall(prefix: Path, dry_run: bool, as_json: bool) -> None:
         return
     for change in changes:
         click.echo(change.line())
+
+
+@click.command("user-folders")
+@click.argument("users", nargs=-1)
+@click.option("--all-associated", is_flag=True, help="Every user with a Slurm association (sacctmgr).")
+@click.option("--repair", is_flag=True, help="Move a folder that is not its user's alone aside (for you to inspect) "
+                                             "and make it anew.")
+@click.option("--job-root", type=click.Path(path_type=Path), default=None,
+              help="The job root [the site profile's job_root].")
+@click.option("--dry-run", is_flag=True, help="Say what would be made or repaired; change nothing.")
+@json_option
+@click.pass_context
+def user_folders(ctx: click.Context, users: tuple[str, ...], all_associated: bool, repair: bool,
+                 job_root: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Make each user's job directory <job_root>/<user> (owned by the user, 0750), as root.
+
+    \b
+    Example:
+      hpcai admin user-folders --all-associated      # before users' first submission
+      hpcai admin user-folders bob --repair          # bob's was made by someone else
+
+    In a shared job root users never make their own (one who could, could make another's and own that
+    user's job tree): give the job root to root, not writable by users (0755), and run this when users
+    are added."""
+    from hpc_aidc.cli.common import root_safe_site
+    from hpc_aidc.install.user_folders import associated_users, ensure_user_folders
+
+    if not users and not all_associated:
+        raise ConfigError("Expected user names or --all-associated. Got neither. Name the users, e.g. "
+                          "`hpcai admin user-folders alice bob`.")
+    names = [*users, *(associated_users() if all_associated else [])]
+    root = job_root.absolute() if job_root else root_safe_site(ctx).job_root
+    outcomes = ensure_user_folders(root, list(dict.fromkeys(names)), repair=repair, dry_run=dry_run)
+    if as_json:
+        echo_json([{"user": o.user, "path": o.path, "action": o.action, "detail": o.detail} for o in outcomes])
+    else:
+        for outcome in outcomes:
+            click.echo(outcome.line())
+    if any(o.action == "unsafe" for o in outcomes):
+        ctx.exit(1)

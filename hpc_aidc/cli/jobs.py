@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def status(ctx: click.Context, job_id: str, show_env: bool, as_json: bool) -> No
         _show_environment(ctx, job_id, as_json)
         return
     from hpc_aidc.render.progress import last_problem, read_metrics, training_progress, validation_line
-    from hpc_aidc.render.table import format_duration
+    from hpc_aidc.render.table import format_duration, printable
     from hpc_aidc.scheduler.accounting import SLURMDBD_DOWN_NOTE, find_job
 
     lookup = find_job(job_id)
@@ -110,14 +111,14 @@ def status(ctx: click.Context, job_id: str, show_env: bool, as_json: bool) -> No
     if problem:
         fields.append(("problem", problem))
     for key, value in fields:
-        click.echo(f"{key + ':':15s}{'' if value is None else value}")
+        click.echo(f"{key + ':':15s}{printable(value)}")
     if inference:
         from hpc_aidc.cli.infer import render_progress
 
         out, prog, plan = inference
-        click.echo(f"{'inference:':15s}{out}")
+        click.echo(f"{'inference:':15s}{printable(out)}")
         for line in render_progress(plan, prog, str(out)):
-            click.echo(f"{'':15s}{line}")
+            click.echo(f"{'':15s}{printable(line)}")
 
 
 def _show_environment(ctx: click.Context, job_id: str, as_json: bool) -> None:
@@ -159,41 +160,116 @@ def logs(ctx: click.Context, job_id: str, task: int, follow: bool) -> None:
     if task < 0:
         raise SpecError(f"Expected --task >= 0. Got {task} instead. Tasks count from 0.")
     record = job_record(job_id)
-    folder = _job_folder(ctx, record.job_id, record.user)
-    log = folder / f"{record.job_id}_{task}_log.out"
+    site = site_from(ctx)
+    name = f"{record.job_id}_{task}_log.out"
+    log = site.job_root / record.user / record.job_id / name
     if not follow:
-        if not log.exists():
+        fd = _open_job_file(site.job_root, (record.user, record.job_id, name), record.user)
+        if fd is None:
             raise SpecError(
                 f"Expected a log at {log}. Got no such file. The job may not have started, may have fewer "
                 f"than {task + 1} tasks, or was not submitted by hpcai (state: {record.state})."
             )
-        sys.stdout.write(log.read_text(errors="replace"))
+        try:
+            _copy_out(fd)
+        finally:
+            os.close(fd)
         return
-    _follow(log, job_id)
+    _follow(site.job_root, (record.user, record.job_id, name), record.user, job_id)
 
 
-def _follow(log: Path, job_id: str) -> None:
-    from hpc_aidc.scheduler.accounting import job_record
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
-    offset = 0
-    last_check = 0.0
+
+def _open_job_file(job_root: Path, parts: tuple[str, ...], user: str) -> int | None:
+    """A file of `user`'s job folder, opened as a user's file must be when root (or anyone) reads it: each
+    folder below the admin's job_root opened without following a link, the file with O_NOFOLLOW and O_NONBLOCK
+    (a FIFO cannot hang us), and used only if it is a regular file owned by the job's user, so a link or a hard
+    link to a file only root may read shows nothing. None when it is not there (yet)."""
+    import errno
+    import pwd
+    import stat
+
+    from hpc_aidc.errors import AccessError
+    from hpc_aidc.fsutil import DIR_FLAGS
+
+    path = job_root.joinpath(*parts)
+    try:
+        owner = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise AccessError(f"Expected the job's user {user!r} to exist here. Got no such user. Its files are not "
+                          "read.") from None
+    try:
+        fd = os.open(job_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the admin's path: may be a link
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            file_fd = os.open(parts[-1], _READ_FLAGS, dir_fd=fd)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise AccessError(f"Expected read access to {path}. Got permission denied. Job logs are readable by the "
+                          "job's user (and root).") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+            raise AccessError(f"Expected {path} to be a plain file in {user}'s job folder. Got a link (or a "
+                              "link above it): not followed.") from None
+        raise
+    st = os.fstat(file_fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner:
+        os.close(file_fd)
+        raise AccessError(f"Expected {path} to be a regular file of {user}'s. Got "
+                          f"{'owner uid ' + str(st.st_uid) if stat.S_ISREG(st.st_mode) else 'no regular file'}: "
+                          "not read. The job's user can say why it is there.")
+    os.set_blocking(file_fd, True)
+    return file_fd
+
+
+def _copy_out(fd: int) -> int:
+    """Print what `fd` holds from its current offset on, a block at a time (a log may be larger than memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    copied = 0
+    while chunk := os.read(fd, 1 << 20):
+        sys.stdout.write(decoder.decode(chunk))
+        copied += len(chunk)
+    sys.stdout.write(decoder.decode(b"", final=True))
+    sys.stdout.flush()
+    return copied
+
+
+def _follow(job_root: Path, parts: tuple[str, ...], user: str, job_id: str) -> None:
+    """Print the log as it grows (a local file, read every half second) until the job ends; Slurm is asked
+    for the job's state by the polling policy (scheduler.poll: at most once per 15 s), at once when the
+    job's folder holds submitit's result (the task ended)."""
+    from hpc_aidc.scheduler.poll import JobWatch
+
+    watch = JobWatch((job_id,))
+    result = job_root.joinpath(*parts[:-1]) / f"{parts[-2]}_0_result.pkl"
+    fd: int | None = None
     finished = False
-    while True:
-        if log.exists():
-            with log.open("rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            if chunk:
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-                offset += len(chunk)
-        if finished:
-            return
-        if time.monotonic() - last_check > 2.0:
-            last_check = time.monotonic()
+    try:
+        while True:
+            if fd is None:
+                fd = _open_job_file(job_root, parts, user)
+            if fd is not None:
+                _copy_out(fd)
+            if finished:
+                return
+            if _readable(result):
+                watch.check_soon()
+            watch.poll()
             # One more read after the job ends catches lines flushed at exit.
-            finished = job_record(job_id).finished
-        time.sleep(0.5)
+            finished = watch.done
+            time.sleep(0.5)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 @click.command()
@@ -212,3 +288,34 @@ def cancel(job_ids: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"Cancelled {', '.join(outcome.cancelled)}")
     if outcome.already_ended:
         click.echo(f"Already ended, nothing to cancel: {', '.join(outcome.already_ended)}")
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", "timeout_s", type=float, default=None, metavar="SECONDS",
+              help="Give up (exit 3) after this long [wait as long as it takes].")
+@json_option
+def wait(job_ids: tuple[str, ...], timeout_s: float | None, as_json: bool) -> None:
+    """Wait until every JOB_ID (an array: all its tasks) has ended; exit 1 unless all COMPLETED.
+
+    Slurm is asked in one call for all of them, soon after they were submitted and then at most once per
+    15 s (squeue while they are queued, sacct once they have left the queue), so a waiting terminal
+    costs the controller 4 calls a minute."""
+    from hpc_aidc.ids import parse_job_id
+    from hpc_aidc.scheduler.wait import wait_for_jobs
+
+    ids = [parse_job_id(j) for j in job_ids]
+    try:
+        states = wait_for_jobs(ids, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        click.echo(f"hpcai: {exc}", err=True)
+        sys.exit(3)
+    final = {j: states.get(j, "UNKNOWN") for j in ids}
+    if as_json:
+        echo_json([{"job_id": j, "state": state} for j, state in final.items()])
+    else:
+        for j, state in final.items():
+            click.echo(f"{j} {state}")
+    if any(state != "COMPLETED" for state in final.values()):
+        sys.exit(1)
+

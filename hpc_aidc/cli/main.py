@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("hpc_aidc.cli.jobs", "status", "Show one job's state, resources and progress."),
     "logs": ("hpc_aidc.cli.jobs", "logs", "Print (or follow) a job's task logs."),
     "cancel": ("hpc_aidc.cli.jobs", "cancel", "Cancel jobs."),
+    "wait": ("hpc_aidc.cli.jobs", "wait", "Wait for jobs to end (Slurm asked at most every 15 s)."),
     "site": ("hpc_aidc.cli.site", "site", "Show or check the site profile."),
     "devcluster": ("hpc_aidc.cli.devcluster", "devcluster", "Run the embedded dev cluster (real Slurm)."),
     "infer": ("hpc_aidc.cli.infer", "infer", "Follow and finish batch-inference runs: status, retry."),
@@ -76,8 +77,13 @@ def cli(ctx: click.Context, site_path: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: HpcAidcError becomes one line on stderr and exit code 2, never a traceback."""
+    return run_command(cli, argv)
+
+
+def run_command(command: click.Command, argv: list[str] | None = None, prog_name: str = "hpcai") -> Any:
+    """Run a click command as hpcai runs its own: errors as one line, the exit codes of the house."""
     try:
-        result = cli.main(args=argv, prog_name="hpcai", standalone_mode=False)
+        result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
         # Without standalone mode, ctx.exit(n) comes back as a return value: make it the exit code.
         if isinstance(result, int) and result != 0:
             sys.exit(result)

@@ -14,8 +14,8 @@ from hpc_aidc.cli.common import json_option, site_from
 if TYPE_CHECKING:
     from hpc_aidc.report.aggregate import Filters, Report
     from hpc_aidc.report.period import Period
-    from hpc_aidc.report.store_source import StoreInputs
-    from hpc_aidc.site import SiteProfile
+    from hpc_aidc.report.store.inputs import StoreInputs
+    from hpc_aidc.site_profile import SiteProfile
 
 live_option = click.option("--live", is_flag=True,
                            help="Read the whole period from sacct, not from the site's accounting store.")
@@ -37,7 +37,7 @@ def _allowed(requested: Filters, site: SiteProfile, period: Period, live: bool) 
         click.echo(note, err=True)
     if live or site.report_store is None or note:
         return filters, None
-    from hpc_aidc.report.store_source import store_inputs
+    from hpc_aidc.report.store.inputs import store_inputs
 
     inputs = store_inputs(site.report_store, period, filters, all_accounts=viewer.admin)
     if inputs is not None and inputs.note:
@@ -47,7 +47,7 @@ def _allowed(requested: Filters, site: SiteProfile, period: Period, live: bool) 
 
 def _from_store(inputs: StoreInputs, period: Period, dims: tuple[str, ...], site: SiteProfile,
                 filters: Filters) -> Report:
-    from hpc_aidc.report.store_query import store_report
+    from hpc_aidc.report.store.query import store_report
 
     return store_report(inputs.files, None, inputs.watermark, period, dims, site.prices, filters,
                         rollups=inputs.rollups, later=inputs.later)
@@ -150,7 +150,7 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
     from hpc_aidc.report import source
     from hpc_aidc.report.aggregate import Filters
     from hpc_aidc.report.period import Period, parse_when
-    from hpc_aidc.report.site import build_site, site_data
+    from hpc_aidc.report.website import build_site, site_data
 
     site = site_from(ctx)
     now = int(time.time())
@@ -163,7 +163,7 @@ def site_cmd(ctx: click.Context, out: Path, since: str | None, until: str | None
     else:
         filters, inputs = _allowed(requested, site, period, live)
         if inputs is not None:
-            from hpc_aidc.report.store_query import site_data_from_store
+            from hpc_aidc.report.store.query import site_data_from_store
 
             data = site_data_from_store(inputs.files, None, inputs.watermark, period, filters, site.prices,
                                         rollups=inputs.rollups, later=inputs.later)
@@ -199,7 +199,8 @@ def ingest(ctx: click.Context, since: str | None, window: str, overlap: str, set
     from hpc_aidc.report.ingest import ingest as run_ingest
     from hpc_aidc.report.ingest import ingest_file
     from hpc_aidc.report.period import month_start, parse_duration, parse_when
-    from hpc_aidc.report.store import StoreState, StoreWriter, read_state
+    from hpc_aidc.report.store.layout import StoreState, read_state
+    from hpc_aidc.report.store.writer import StoreWriter
 
     site = root_safe_site(ctx)
     if site.report_store is None:
@@ -222,7 +223,7 @@ def ingest(ctx: click.Context, since: str | None, window: str, overlap: str, set
                        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(b))}: {read} rows read, {written} stored",
                        err=True)
 
-    writer = StoreWriter(site.report_store)
+    writer = StoreWriter(site.report_store, site.report_store_readers)
     with writer.locked():
         state = read_state(site.report_store) or StoreState()
         if from_file is not None:

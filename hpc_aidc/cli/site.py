@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hpc_aidc.cli.common import echo_json, json_option, site_from
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 
 
 @click.group()

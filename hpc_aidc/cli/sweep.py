@@ -36,21 +36,23 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     is submitted. Each trial trains in its own job directory (<job root>/<user>/<array job>_<trial>) with its
     own checkpoints, and requeues and resumes like `hpcai submit train`."""
     import os
+    import time
 
+    from hpc_aidc.cli.common import print_dry_run
     from hpc_aidc.cli.submit import resources_from
-    from hpc_aidc.cli.train_submit import prepare_train
     from hpc_aidc.ids import current_user
-    from hpc_aidc.scheduler.admission import admit, job_parameters
-    from hpc_aidc.scheduler.submit import test_only
+    from hpc_aidc.scheduler.admission import job_parameters, policy_for
+    from hpc_aidc.scheduler.submit import submit
     from hpc_aidc.scheduler.sweep import (
+        AUDIT_TAG,
         SweepPlan,
         Trial,
         check_array_size,
         new_sweep_folder,
-        submit_sweep,
+        submitted_summary,
         trial_folder_setup,
     )
-    from hpc_aidc.slurm_client import slurm_available
+    from hpc_aidc.scheduler.train_job import prepare_train
     from hpc_aidc.spec.sweep import apply_overrides, describe, parse_sweep, trials
     from hpc_aidc.spec.train import parse_train_config, read_config_document
 
@@ -83,21 +85,18 @@ def submit_sweep(ctx: click.Context, /, **opts: Any) -> None:
     largest = max(prepared, key=lambda j: _mem_mb(j.resources.mem))
     for note in dict.fromkeys(note for j in prepared for note in j.notes):
         click.echo(note, err=True)
-    admit(site, largest.resources, user, time_given=opts["time_limit"] is not None)
-    parameters = job_parameters(site, largest.resources, audit_tag="hpcai-submit-sweep",
+    parameters = job_parameters(site, largest.resources, audit_tag=AUDIT_TAG,
                                 extra_env={"PYTHONUNBUFFERED": "1"}, extra_setup=[trial_folder_setup(user_dir)],
                                 srun_args=largest.srun_args, additional={"requeue": True},
                                 signal_delay_s=max(j.signal_delay_s for j in prepared))
     plan = SweepPlan(new_sweep_folder(user_dir), user_dir, os.path.abspath(opts["config_path"]), spec,
-                     tuple(chosen), largest.resources, parameters)
+                     tuple(chosen), largest.resources, parameters,
+                     policy_for(largest.resources, user, time_given=opts["time_limit"] is not None))
+    request = plan.request(time.time())
     if opts["dry_run"]:
-        script = plan.script()
-        verdict = test_only(script) if opts["test_only"] and slurm_available() else None
-        click.echo(script, nl=False)
-        if verdict:
-            click.echo(f"hpcai: sbatch --test-only: {verdict}", err=True)
+        print_dry_run(site, request, opts["test_only"], opts["as_json"])
         return
-    result = submit_sweep(plan)
+    result = submitted_summary(plan, submit(site, request).job_ids[0])
     if opts["as_json"]:
         echo_json(result)
         return

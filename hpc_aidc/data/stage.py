@@ -45,7 +45,7 @@ def default_scratch(environ: Mapping[str, str] | None = None) -> Path:
     """The site profile's scratch path, else $TMPDIR, else /tmp."""
     env = os.environ if environ is None else environ
     try:
-        from hpc_aidc.site import load_site
+        from hpc_aidc.site_profile import load_site
 
         return load_site(None, env).scratch
     except Exception:  # no or broken site profile on this node: node-local temp is still right

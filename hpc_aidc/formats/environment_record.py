@@ -15,7 +15,7 @@ ENV_FILE = "environment.json"
 INFER_ENV_DIR = "environment"
 
 
-def write_record(folder: Path, record: Mapping[str, Any], name: str = ENV_FILE) -> Path:
+def write_environment(folder: Path, record: Mapping[str, Any], name: str = ENV_FILE) -> Path:
     from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at
 
     folder.mkdir(mode=0o750, exist_ok=True)  # an inference run's environment/ folder, at its first task
@@ -29,7 +29,7 @@ def write_record(folder: Path, record: Mapping[str, Any], name: str = ENV_FILE) 
     return folder / name
 
 
-def read_record(folder: Path, name: str = ENV_FILE) -> dict[str, Any] | None:
+def read_environment(folder: Path, name: str = ENV_FILE) -> dict[str, Any] | None:
     """The job's environment.json, None when it has none (not started yet, or not an hpcai job)."""
     try:
         value = json.loads((folder / name).read_text())

@@ -20,7 +20,7 @@ def record_dir(user_dir: Path) -> Path:
     return user_dir / ".cache" / "grace"
 
 
-def write_record(user_dir: Path, key: str, step_s: float, checkpoint_s: float, needed_s: int, job_id: str) -> None:
+def write_grace(user_dir: Path, key: str, step_s: float, checkpoint_s: float, needed_s: int, job_id: str) -> None:
     directory = record_dir(user_dir)
     directory.mkdir(parents=True, exist_ok=True)
     record = {"step_s": step_s, "checkpoint_s": checkpoint_s, "needed_s": needed_s, "job_id": job_id,
@@ -28,7 +28,7 @@ def write_record(user_dir: Path, key: str, step_s: float, checkpoint_s: float, n
     atomic_write_text(directory / f"{key}.json", json.dumps(record) + "\n")
 
 
-def read_record(user_dir: Path, key: str) -> tuple[float, float, str] | None:
+def read_grace(user_dir: Path, key: str) -> tuple[float, float, str] | None:
     """(longest step s, longest checkpoint write s, job id) of the last run of this shape, or None."""
     try:
         data = json.loads((record_dir(user_dir) / f"{key}.json").read_text())

@@ -93,9 +93,13 @@ def load_plan(out: Path) -> InferPlan:
                           "hpc-aidc, or was edited.") from None
 
 
+def plan_text(plan: InferPlan) -> str:
+    return json.dumps(plan.to_json(), indent=1)
+
+
 def write_plan(out: Path, plan: InferPlan) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / PLAN, json.dumps(plan.to_json(), indent=1))
+    atomic_write_text(out / PLAN, plan_text(plan))
 
 
 def same_run(existing: InferPlan, new: InferPlan) -> str | None:
@@ -146,15 +150,9 @@ def read_done(out: Path, plan: InferPlan, k: int) -> dict[str, Any] | None:
 SUBMISSIONS = "submissions.jsonl"
 
 
-def append_submission(out: Path, record: dict[str, Any]) -> None:
-    """One line per sbatch of this run (appends are whole lines: a single write)."""
-    import os
-
-    fd = os.open(out / SUBMISSIONS, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())
-    finally:
-        os.close(fd)
+def submission_line(record: dict[str, Any]) -> str:
+    """One line of SUBMISSIONS per sbatch of this run (appended whole, in one write)."""
+    return json.dumps(record, sort_keys=True) + "\n"
 
 
 def read_submissions(out: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,22 @@ NA = "na"
 _SAFE = re.compile(r"^[a-z0-9_.,+\-]*$")
 
 
+# `encode`'s exact layout: a reader of many summaries (a month report reads up to a million) takes the
+# numbers it needs with one match (~0.6 us) instead of a full `decode` (~6 us); anything else decodes.
+_ENCODED = re.compile(
+    re.escape(TAG) + r" nodes=\S* gpus=\S+ gpu_j=(\S+) gpu_kwh=\S+ cpu_j=(\S+) dur_s=\S+ p_mean_w=\S+ "
+    r"p_max_w=\S+ util=(\S+) idle_gpu_s=(\S+) tokens=(\S+) samples=(\S+) j_per_token=\S+ j_per_sample=\S+ "
+    r"src=\S+ sim=([01]) approx=[01] missing=\S*(?: runs=[0-9]+)?"
+)
+
+
+def encoded_fields(text: str) -> tuple[str, ...] | None:
+    """(gpu_j, cpu_j, util, idle_gpu_s, tokens, samples, sim) as written, when `text` is exactly one summary
+    in `encode`'s layout; None otherwise (then `decode` it)."""
+    m = _ENCODED.fullmatch(text)
+    return m.groups() if m else None
+
+
 def _num(value: float | None) -> str:
     return NA if value is None else f"{value:.10g}"
 

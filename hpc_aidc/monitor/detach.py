@@ -7,7 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import stat
 import time
+from pathlib import Path
+
+from hpc_aidc.fsutil import DIR_FLAGS
 
 
 class Detached:
@@ -27,7 +31,7 @@ class Detached:
 def detach(log_path: str | None, timeout_s: float = 20.0) -> Detached:
     """Fork. The parent waits for ready() or the child's end and exits with 0 (ready, or the child
     ended cleanly) or 1; the child, in a new session with stdin from /dev/null and its output appended
-    to `log_path` (opened without following a link), gets the Detached to call ready() on."""
+    to `log_path` (see open_log; /dev/null where it is not safe), gets the Detached to call ready() on."""
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -54,9 +58,52 @@ def detach(log_path: str | None, timeout_s: float = 20.0) -> Detached:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     out = null
-    if log_path:
-        with contextlib.suppress(OSError):
-            out = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    if log_path and (fd := open_log(log_path)) is not None:
+        out = fd
     os.dup2(out, 1)
     os.dup2(out, 2)
     return Detached(w)
+
+
+def _folder_ok(st: os.stat_result, euid: int, is_last: bool) -> bool:
+    """A folder root may append through: its owner root or us, writable by nobody else (group root aside; a
+    world-writable one only with the sticky bit, and never the log's own folder)."""
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid not in (0, euid) or (mode & 0o020 and st.st_gid != 0):
+        return False
+    return not mode & 0o002 or (bool(mode & stat.S_ISVTX) and not is_last)
+
+
+def open_log(path: str) -> int | None:
+    """An fd appending to `path`, or None when that could be turned against us: the folders are opened one by one
+    from / without following a link, each must be root's (or ours) and writable by nobody else (whoever may
+    change a folder on the way could put a link to any file there), and the log must be a regular file
+    (O_NONBLOCK: a FIFO cannot hang the prolog)."""
+    parts = Path(path).parts
+    if len(parts) < 2 or parts[0] != "/" or ".." in parts:
+        return None
+    euid = os.geteuid()
+    try:
+        fd = os.open("/", DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        for name in parts[1:-1]:
+            if not _folder_ok(os.fstat(fd), euid, is_last=False):
+                return None
+            nxt = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if not _folder_ok(os.fstat(fd), euid, is_last=True):
+            return None
+        log = os.open(parts[-1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                      | os.O_CLOEXEC, 0o640, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(log).st_mode):
+        os.close(log)
+        return None
+    os.set_blocking(log, True)
+    return log

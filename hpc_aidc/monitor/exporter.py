@@ -7,8 +7,10 @@ Who a job belongs to and which GPUs it holds come from the energy record root's 
 this node (`<energy_store>/<jobid>/r<run>/<node>.meta.json`), read like every root reader of the store
 does (dirfd, no links followed, bounded); records a user could have written (a run directory that is not
 root's) label nothing. The file is written to a temporary name in the collector's directory and renamed
-over `hpcai-<node>.prom`; the directory must be root's and writable by nobody else. On SIGTERM the file
-is removed, so a stopped writer leaves no stale series behind."""
+over `hpcai-<node>.prom`; the directory must be root's and writable by nobody else. The file is 0640 in
+the directory's group (node_exporter's, e.g. prometheus): it names every running job's user and account,
+which PrivateData hides from other users (monitoring/README.md). On SIGTERM the file is removed, so a
+stopped writer leaves no stale series behind."""
 
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ from typing import Any
 
 from hpc_aidc.errors import ConfigError, EnergyError
 from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at
-from hpc_aidc.monitor import records, store
+from hpc_aidc.monitor import records
+from hpc_aidc.monitor.energy_store.root import runs
 from hpc_aidc.monitor.nvml import Nvml, NvmlUnavailable, open_nvml
 from hpc_aidc.render.metrics import GpuMetrics, JobMetrics, NodeMetrics, render_node_metrics
 
 MAX_JOBS = 512  # a node never runs more; a spool full of junk must not make the file unbounded
+# Readable by root and the collector directory's group (node_exporter's) only: the file names every job's
+# user and account, which PrivateData=jobs,users hides from other users.
+TEXTFILE_MODE = 0o640
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ def running_jobs(spool_dir: Path, node: str) -> list[str]:
 def job_record(store_root: Path, job_id: str, node: str) -> Any | None:
     """The newest run's meta record of this job on this node, when root wrote it; else None."""
     try:
-        run_numbers = store.runs(store_root, job_id)
+        run_numbers = runs(store_root, job_id)
         if not run_numbers:
             return None
         with records.run_dir(store_root, job_id, run_numbers[-1]) as run:
@@ -77,15 +83,23 @@ def check_textfile_dir(path: Path) -> int:
         fd = os.open(path, DIR_FLAGS)
     except OSError as exc:
         raise ConfigError(f"Expected the textfile collector directory {path}. Got {exc.strerror}. Create it "
-                          f"(`install -d -m 0755 {path}`) and point node_exporter's "
+                          f"(`install -d -o root -g prometheus -m 0750 {path}`) and point node_exporter's "
                           "--collector.textfile.directory at it.") from None
     st = os.fstat(fd)
     if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
         os.close(fd)
         raise ConfigError(f"Expected {path} owned by root and writable by root alone. Got uid {st.st_uid}, mode "
                           f"{stat.S_IMODE(st.st_mode):o}: anyone could plant metrics there. Run "
-                          f"`chown root: {path}; chmod 0755 {path}`.")
+                          f"`chown root:prometheus {path}; chmod 0750 {path}`.")
     return fd
+
+
+def textfile_owner(dir_fd: int) -> tuple[int, int] | None:
+    """(root, the directory's group) for the file when we are root: node_exporter reads it through that
+    group, nobody else; None otherwise (a non-root writer's file keeps its own group)."""
+    if os.geteuid() != 0:
+        return None
+    return 0, os.fstat(dir_fd).st_gid
 
 
 def collect(cfg: WriterConfig, nvml: Nvml | None, now: float) -> NodeMetrics:
@@ -134,6 +148,7 @@ def run_writer(cfg: WriterConfig, stop: threading.Event, *, once: bool = False,
                log: Callable[[str], None] = lambda message: None) -> None:
     """Write the file every interval until `stop` (or once); remove it when stopped."""
     dir_fd = check_textfile_dir(cfg.textfile_dir)
+    owner = textfile_owner(dir_fd)
     nvml: Nvml | None = None
     try:
         while True:
@@ -150,7 +165,8 @@ def run_writer(cfg: WriterConfig, stop: threading.Event, *, once: bool = False,
                     nvml.close()
                 nvml = None
                 metrics = collect(cfg, None, time.time())
-            atomic_write_at(dir_fd, cfg.file_name, render_node_metrics(metrics).encode(), mode=0o644, durable=False)
+            atomic_write_at(dir_fd, cfg.file_name, render_node_metrics(metrics).encode(), mode=TEXTFILE_MODE,
+                            owner=owner, durable=False)
             if once or stop.wait(cfg.interval_s):
                 break
         if not once:

@@ -18,7 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hpc_aidc.ids import parse_job_id
-from hpc_aidc.monitor import acct, records, series, store
+from hpc_aidc.monitor import acct, records, series
+from hpc_aidc.monitor.energy_store.layout import Owner, check_node, run_name
+from hpc_aidc.monitor.energy_store.node_lock import lock_state
+from hpc_aidc.monitor.energy_store.record_dir import RecordDir
+from hpc_aidc.monitor.energy_store.root import accounting_dir, runs
 from hpc_aidc.monitor.gpus import GpuToken
 from hpc_aidc.monitor.nvml import NvmlUnavailable, open_nvml
 from hpc_aidc.monitor.rapl import POWERCAP, read_rapl
@@ -40,11 +44,11 @@ def is_sampler(pid: int, job_id: str, node: str, uid: int) -> bool:
             and _follows(args, "--job-id", job_id) and _follows(args, "--node", node))
 
 
-def stop_sampler(run_dir: store.RecordDir, job_id: str, node: str, wait_s: float = 10.0) -> str:
+def stop_sampler(run_dir: RecordDir, job_id: str, node: str, wait_s: float = 10.0) -> str:
     """SIGTERM the lock holder and wait for its end record; SIGKILL if it hangs. Only a pid recorded by
     ourselves in a lock file of ours (as root: in a root-owned directory) and only after /proc shows
     it is this job's sampler: a pid a user wrote is never signalled."""
-    state = store.lock_state(run_dir, node)
+    state = lock_state(run_dir, node)
     if not state.held:
         return "not-running"
     euid = os.geteuid()
@@ -56,7 +60,7 @@ def stop_sampler(run_dir: store.RecordDir, job_id: str, node: str, wait_s: float
             os.kill(state.pid, sig)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
-            if not store.lock_state(run_dir, node).held:
+            if not lock_state(run_dir, node).held:
                 return "stopped" if sig == signal.SIGTERM else "killed"
             time.sleep(0.05)
     return "still-running"
@@ -104,7 +108,9 @@ def finish_node(store_root: Path, job_id: str, node: str, run: int = 0,
         if meta is None:
             write_accounting_line(store_root, job_id, run, node, _no_records(node))
             return None
-        owner = store.Owner(run_dir.uid, run_dir.gid)
+        owner = Owner(run_dir.uid, run_dir.gid)
+        # The job is over here: its work reports are closed to its user and counted once, bounded.
+        notes += records.close_work(run_dir, node)
         if records.load_end(run_dir, node) is None:
             end = end_from_counters(meta, environ, rapl_root)
             run_dir.write_json(f"{node}.end.json", series.end_to_json(end), owner)
@@ -123,7 +129,7 @@ def finish_epilog(store_root: Path, job_id: str, node: str, restart_count: int,
     one ahead of the run that just ended: runs are found by their records, not by that count."""
     done: list[NodeSummary] = []
     unfinished, seen = [], False
-    for run in store.runs(store_root, job_id):
+    for run in runs(store_root, job_id):
         if run > restart_count:
             continue
         with records.run_dir(store_root, job_id, run) as found:
@@ -154,15 +160,15 @@ def _no_records(node: str) -> Totals:
 
 
 def node_line_name(job_id: str, run: int, node: str) -> str:
-    return f"{parse_job_id(job_id)}.{store.run_name(run)}.{store.check_node(node)}"
+    return f"{parse_job_id(job_id)}.{run_name(run)}.{check_node(node)}"
 
 
 def run_line_name(job_id: str, run: int) -> str:
-    return f"{parse_job_id(job_id)}.{store.run_name(run)}"
+    return f"{parse_job_id(job_id)}.{run_name(run)}"
 
 
 def write_accounting_line(store_root: Path, job_id: str, run: int, node: str, totals: Totals) -> None:
-    box = store.accounting_dir(store_root)
+    box = accounting_dir(store_root)
     if box is None:
         return  # no accounting directory: the site does not store energy in Slurm accounting
     with box:
@@ -170,7 +176,7 @@ def write_accounting_line(store_root: Path, job_id: str, run: int, node: str, to
         box.write(node_line_name(job_id, run, node), (acct.encode(totals) + "\n").encode(), None, 0o640)
 
 
-def _run_lines(box: store.RecordDir, job_id: str) -> dict[int, dict[str, str]]:
+def _run_lines(box: RecordDir, job_id: str) -> dict[int, dict[str, str]]:
     """{run: {node: line}} of the job's node lines in the accounting box."""
     out: dict[int, dict[str, str]] = {}
     prefix = f"{parse_job_id(job_id)}.r"
@@ -189,7 +195,7 @@ def combine_ended_run(store_root: Path, job_id: str, restart_count: int, nodes: 
     epilogs), else the one with more lines.
     Nodes without a line are listed as missing. Runs with node lines but no run line are (re)written
     too, so nothing that arrived late is left out."""
-    box = store.accounting_dir(store_root)
+    box = accounting_dir(store_root)
     if box is None:
         return None
     with box:
@@ -228,7 +234,7 @@ _RUN_LINE = re.compile(r"^(?P<job>[0-9_]+)\.r(?P<run>[0-9]+)$")
 
 def job_totals(store_root: Path, job_id: str) -> Totals | None:
     """The job's totals over every run that has a run line (None when none has)."""
-    box = store.accounting_dir(store_root)
+    box = accounting_dir(store_root)
     if box is None:
         return None
     with box:

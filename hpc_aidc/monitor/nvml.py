@@ -261,6 +261,49 @@ class Nvml:
             "remap_failure": None if remapped is None else bool(remapped[3]),
         }
 
+    def watch_xid(self, handles: Iterable[Any]) -> Any | None:
+        """An NVML event set delivering critical Xid errors of these GPUs from now on; None where the driver
+        offers none (NVML reports Xids only as events, never as a query of past ones)."""
+        n = self._n
+        kind = getattr(n, "nvmlEventTypeXidCriticalError", 0x8)
+        try:
+            events = n.nvmlEventSetCreate()
+        except n.NVMLError:
+            return None
+        registered = 0
+        for handle in handles:
+            try:
+                if n.nvmlDeviceGetSupportedEventTypes(handle) & kind:
+                    n.nvmlDeviceRegisterEvents(handle, kind, events)
+                    registered += 1
+            except n.NVMLError:
+                continue
+        if not registered:
+            self.free_events(events)
+            return None
+        return events
+
+    def wait_xid(self, events: Any, timeout_s: float) -> list[tuple[str, int]]:
+        """(GPU UUID, Xid) of the events delivered within `timeout_s` (0: only those already there)."""
+        n = self._n
+        found: list[tuple[str, int]] = []
+        timeout_ms = max(0, int(timeout_s * 1000))
+        while True:
+            try:
+                data = n.nvmlEventSetWait_v2(events, timeout_ms)
+            except n.NVMLError:  # NVML_ERROR_TIMEOUT: nothing (more) within the time
+                return found
+            try:
+                uuid = _text(n.nvmlDeviceGetUUID(data.device))
+            except n.NVMLError:
+                uuid = "?"
+            found.append((uuid, int(data.eventData)))
+            timeout_ms = 0
+
+    def free_events(self, events: Any) -> None:
+        with contextlib.suppress(self._n.NVMLError):
+            self._n.nvmlEventSetFree(events)
+
     def close(self) -> None:
         with contextlib.suppress(self._n.NVMLError):
             self._n.nvmlShutdown()

@@ -17,7 +17,11 @@ from types import FrameType
 from typing import Any, Literal
 
 from hpc_aidc.errors import ConfigError, expected
-from hpc_aidc.monitor import series, store
+from hpc_aidc.monitor import series
+from hpc_aidc.monitor.energy_store.layout import Owner, owner_for
+from hpc_aidc.monitor.energy_store.node_lock import NodeLock
+from hpc_aidc.monitor.energy_store.prepare import prepare_run_as_root, prepare_run_as_user
+from hpc_aidc.monitor.energy_store.record_dir import RecordDir
 from hpc_aidc.monitor.gpus import GpuToken
 from hpc_aidc.monitor.nvml import Nvml, NvmlUnavailable, open_nvml
 from hpc_aidc.monitor.rapl import POWERCAP, read_rapl
@@ -58,23 +62,23 @@ def run_sampler(cfg: SamplerConfig, stop: threading.Event | None = None,
                 log: Callable[[str], None] = lambda message: None,
                 ready: Callable[[], None] = lambda: None) -> Outcome:
     """Sample until `stop`. As root (the prolog) the run's records are root's own, in a directory made
-    now (one planted before is set aside, see store.prepare_run_as_root); as the job's user (sites
+    now (one planted before is set aside, see prepare_run_as_root); as the job's user (sites
     without the prolog) they are the user's, and a job root already measures is left alone. `ready` is
     called once this process owns the node's lock."""
     stop = stop or threading.Event()
-    owner = store.owner_for(cfg.user, cfg.account)
+    owner = owner_for(cfg.user, cfg.account)
     if os.geteuid() == 0:
-        run_dir, notes = store.prepare_run_as_root(cfg.store, cfg.job_id, cfg.run, owner)
+        run_dir, notes = prepare_run_as_root(cfg.store, cfg.job_id, cfg.run, owner)
         for note in notes:
             log(note)
-        file_owner = store.Owner(0, owner.gid)
+        file_owner = Owner(0, owner.gid)
     else:
-        found = store.prepare_run_as_user(cfg.store, cfg.job_id, cfg.run, owner)
+        found = prepare_run_as_user(cfg.store, cfg.job_id, cfg.run, owner)
         if found is None:
             return "already-owned"
         run_dir, file_owner = found, owner
     with run_dir:
-        lock = store.NodeLock(run_dir, cfg.node, file_owner)
+        lock = NodeLock(run_dir, cfg.node, file_owner)
         if not lock.acquire():
             return "already-owned"
         ready()
@@ -85,7 +89,7 @@ def run_sampler(cfg: SamplerConfig, stop: threading.Event | None = None,
     return "sampled"
 
 
-def _sample(cfg: SamplerConfig, run_dir: store.RecordDir, owner: store.Owner, stop: threading.Event,
+def _sample(cfg: SamplerConfig, run_dir: RecordDir, owner: Owner, stop: threading.Event,
             environ: Mapping[str, str] | None, log: Callable[[str], None] = lambda message: None) -> None:
     nvml: Nvml | None
     try:

@@ -10,18 +10,20 @@ import os
 from pathlib import Path
 
 from hpc_aidc.ids import is_job_id, parse_job_id
-from hpc_aidc.monitor import store
+from hpc_aidc.monitor.energy_store.layout import SPOOL
+from hpc_aidc.monitor.energy_store.record_dir import RecordDir
+from hpc_aidc.monitor.energy_store.root import accounting_dir
 
 
-def _spool(store_root: Path, create: bool) -> store.RecordDir | None:
-    box = store.accounting_dir(store_root)
+def _spool(store_root: Path, create: bool) -> RecordDir | None:
+    box = accounting_dir(store_root)
     if box is None:
         return None
     with box:
         if create:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(store.SPOOL, 0o2770, dir_fd=box.fd)
-        return box.sub(store.SPOOL)
+                os.mkdir(SPOOL, 0o2770, dir_fd=box.fd)
+        return box.sub(SPOOL)
 
 
 def add(store_root: Path, job_id: str) -> bool:

@@ -1,6 +1,7 @@
 """Environment capture, once per job run: what the runtime loaded (CUDA and NCCL as torch sees them, the
 driver and GPUs as NVML reports them), package versions, Python, nodes, the resolved config, the git state
-recorded at submission, and the variables with secrets redacted -> <job dir>/environment.json.
+recorded at submission, and the variables -> <job dir>/environment.json: those on the allow-list with
+their values, secrets still redacted, every other one by name only (render/environment.py).
 
 Written by the job's task 0 only (rank 0 on node 0), at every start of the job: a requeued run may land
 on other nodes, and the file says where the latest one ran. A capture problem never fails the job: it is
@@ -21,9 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc_aidc.formats.environment_record import ENV_FILE, write_record
+from hpc_aidc.formats.environment_record import ENV_FILE, write_environment
 from hpc_aidc.formats.job_env import SUBMIT_CONTEXT_ENV
-from hpc_aidc.render.environment import SCHEMA, redact_env
+from hpc_aidc.render.environment import SCHEMA, capture_env, redact_argv
 
 # distribution name -> module whose __version__ is read when it is loaded
 PACKAGES: dict[str, str] = {"torch": "torch", "deepspeed": "deepspeed", "transformers": "transformers",
@@ -105,6 +106,9 @@ def collect(environ: Mapping[str, str], config: Any, job_id: str) -> dict[str, A
     if not isinstance(submit, dict):
         submit = {"git": {"commit": None, "dirty": None, "root": None,
                           "reason": "not submitted by hpcai (no submit context)"}}
+    command = submit.get("command")
+    if isinstance(command, list):  # redacted at submission already; again here, for an older hpcai's context
+        submit["command"] = redact_argv([str(arg) for arg in command])
     driver, gpus = nvml_facts(environ)
     variables = {k: v for k, v in environ.items() if k != SUBMIT_CONTEXT_ENV}
     return {
@@ -122,7 +126,7 @@ def collect(environ: Mapping[str, str], config: Any, job_id: str) -> dict[str, A
         "git": submit.get("git"),
         "submit": {k: v for k, v in submit.items() if k != "git"},
         "config": config,
-        "environment": redact_env(variables),
+        "environment": capture_env(variables),
     }
 
 
@@ -152,6 +156,6 @@ def capture_in_task(config: Any, folder: Path | None = None, environ: Mapping[st
             import submitit
 
             folder = submitit.JobEnvironment().paths.folder
-        write_record(folder, collect(env, config, job_id_of(env)), name)
+        write_environment(folder, collect(env, config, job_id_of(env)), name)
     except Exception as exc:  # the record is a by-product: never fail the user's job over it
         print(f"hpcai: environment capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.formats.job_env import PORTS_ENV
-from hpc_aidc.monitor.store import run_of
-from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, parse_port_range
+from hpc_aidc.monitor.restarts import run_of
+from hpc_aidc.site_profile import DEFAULT_RENDEZVOUS_PORTS, parse_port_range
 
 # The site profile's cluster.rendezvous_ports, exported into every training job's environment.
 

@@ -17,7 +17,7 @@ from hpc_aidc.spec.train import parse_train_config
 
 def main(argv: list[str]) -> None:
     from hpc_aidc.formats.train_task import TrainTask
-    from hpc_aidc.node.train import train_task
+    from hpc_aidc.node.train.start import train_task
     from hpc_aidc.render.deepspeed_config import deepspeed_config
 
     sweep_dir = Path(argv[1])

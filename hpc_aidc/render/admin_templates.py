@@ -15,7 +15,7 @@ from typing import Any
 
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.render.sbatch import SIGNAL_DELAY_S
-from hpc_aidc.site import Partition, SiteProfile
+from hpc_aidc.site_profile import Partition, SiteProfile
 from hpc_aidc.slurmtime import format_time_limit
 
 SUFFIX = ".sbatch.j2"

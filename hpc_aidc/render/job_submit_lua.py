@@ -11,7 +11,7 @@ from importlib import resources
 from typing import cast
 
 from hpc_aidc.errors import SiteProfileError
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurmtime import format_time_limit
 from hpc_aidc.spec.policy import (
     RULES,

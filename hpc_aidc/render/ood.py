@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from hpc_aidc.errors import ConfigError
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 
 
 def _yaml(value: Any) -> str:

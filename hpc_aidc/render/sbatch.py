@@ -7,11 +7,12 @@ executor uses, so `--dry-run` prints byte for byte what `sbatch` receives (a tes
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurmtime import format_time_limit
 from hpc_aidc.spec.resources import Resources
 
@@ -87,6 +88,11 @@ def dependency_parameters(dependency: str | None) -> dict[str, str]:
     if not dependency:
         return {}
     return {"dependency": dependency, "kill_on_invalid_dep": "yes"}
+
+
+def python_command(launcher_prefix: str = "") -> str:
+    """How each task starts Python: this interpreter itself, or behind a launcher such as mpirun."""
+    return f"{launcher_prefix} {shlex.quote(sys.executable)}".strip()
 
 
 def submitit_command(python: str, folder: Path) -> str:

@@ -1,13 +1,31 @@
-"""Plain-text tables for terminals (pure)."""
+"""Plain-text tables and values for terminals (pure). Every cell is printable: job names, comments and
+paths are user text, and an ESC/OSC sequence or a newline in one must not reach the reader's terminal as
+such (it could rewrite the screen, set the window title, or fake a line)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates (text that reads reversed)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """`text` as one terminal-safe line: control characters shown as escapes (`\x1b`, `\n`)."""
+    value = "" if text is None else str(text)
+    return _UNPRINTABLE.sub(_escape, value) if _UNPRINTABLE.search(value) else value
+
+
+def _escape(m: re.Match[str]) -> str:
+    char = m.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return named.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> str:
     """Columns sized to their widest cell; columns listed in `right` are right-aligned (numbers)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    cells = [[printable(h) for h in headers]] + [[printable(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for row in cells:

@@ -19,7 +19,7 @@ from hpc_aidc.errors import AccessError, SiteProfileError, SlurmError
 from hpc_aidc.report.aggregate import Filters
 from hpc_aidc.scheduler.associations import user_associations
 from hpc_aidc.scheduler.parse import slurmdbd_down_message, slurmdbd_unreachable
-from hpc_aidc.site import DEFAULT_SITE_PATH, load_trusted_site
+from hpc_aidc.site_profile import DEFAULT_SITE_PATH, load_trusted_site
 from hpc_aidc.slurm_client import first_error_line, run_slurm
 
 ADMIN_LEVELS = {"administrator", "operator"}

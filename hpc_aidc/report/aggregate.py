@@ -39,7 +39,7 @@ from hpc_aidc.report.rows import (
     time_parser,
     tres_counts,
 )
-from hpc_aidc.site import Prices
+from hpc_aidc.site_profile import Prices
 
 DIMENSIONS = ("account", "user", "partition", *TIME_DIMENSIONS)
 _COLUMN = {"account": C_ACCOUNT, "user": C_USER, "partition": C_PARTITION}

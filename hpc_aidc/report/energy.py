@@ -1,25 +1,16 @@
 """A job's energy summary as the report needs it, read from its AdminComment (pure).
 
-The summary format belongs to `hpc_aidc.monitor.acct` (`encode`/`decode`). `decode` builds a full
-Totals (~6 us); a month report reads up to a million of them, so a comment that is exactly one v1
-summary in `encode`'s layout is read by one regular expression (~0.6 us) for the five numbers a report
-uses. Both paths agree (tested on `encode` output); anything else goes through `decode`. A comment
+The summary format belongs to `hpc_aidc.monitor.acct`: a comment that is exactly one summary in
+`encode`'s layout is read by its one match (`encoded_fields`), anything else by `decode`; both agree
+(tested on `encode` output). A comment
 without a summary, or one that does not decode, is "unknown" (None), never zero."""
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 from hpc_aidc.errors import EnergyError
-from hpc_aidc.monitor.acct import NA, TAG, decode
-
-_V1 = re.compile(
-    re.escape(TAG) + r" nodes=\S* gpus=\S+ gpu_j=(\S+) gpu_kwh=\S+ cpu_j=(\S+) dur_s=\S+ p_mean_w=\S+ "
-    r"p_max_w=\S+ util=(\S+) idle_gpu_s=(\S+) tokens=(\S+) samples=(\S+) j_per_token=\S+ j_per_sample=\S+ "
-    r"src=\S+ sim=([01]) approx=[01] missing=\S*(?: runs=[0-9]+)?"
-)
-_match = _V1.fullmatch
+from hpc_aidc.monitor.acct import NA, TAG, decode, encoded_fields
 
 
 class JobEnergy(NamedTuple):
@@ -38,9 +29,9 @@ def _num(text: str) -> float | None:
 
 def job_energy(admin_comment: str) -> JobEnergy | None:
     """The energy numbers in an AdminComment; None when it carries no (readable) summary."""
-    m = _match(admin_comment)
-    if m is not None:
-        gpu_j, cpu_j, util, idle, tokens, samples, sim = m.groups()
+    fields = encoded_fields(admin_comment)
+    if fields is not None:
+        gpu_j, cpu_j, util, idle, tokens, samples, sim = fields
         try:
             return JobEnergy(_num(gpu_j), _num(cpu_j), _num(util), _num(idle), _num(tokens), sim == "1",
                              _num(samples))

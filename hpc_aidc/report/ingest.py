@@ -12,12 +12,14 @@ all of them (and they carry `multi_run`, the only rows whose summary a report mu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from hpc_aidc.report.store import StoreState, StoreWriter
-from hpc_aidc.report.store_rollup import local_zone
-from hpc_aidc.report.store_table import month_of, multi_run_ids, to_table
+from hpc_aidc.report.store.layout import StoreState, storable_account
+from hpc_aidc.report.store.rollup import local_zone
+from hpc_aidc.report.store.table import month_of, multi_run_ids, to_table
+from hpc_aidc.report.store.writer import StoreWriter
 from hpc_aidc.scheduler.parse import SACCT_DELIMITER
 
 Fetch = Callable[[int, int], list[str]]  # sacct report lines of [start, end]
@@ -35,7 +37,7 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
-class Stored:
+class LinesStored:
     read: int = 0
     written: int = 0
     span: int = 0  # longest end - (start or submit)
@@ -43,7 +45,7 @@ class Stored:
     missing: tuple[str, ...] = ()  # raw ids of finished runs without an energy summary
 
 
-def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> Stored:
+def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> LinesStored:
     """Upsert the finished allocations of `lines` that ended at or before `upto` (None: all)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -52,7 +54,7 @@ def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> 
     if upto is not None:
         table = table.filter(pc.less_equal(table.column("end"), upto))
     if not table.num_rows:
-        return Stored()
+        return LinesStored()
     ends = table.column("end").to_pylist()
     starts = table.column("start").to_pylist()
     submits = table.column("submit").to_pylist()
@@ -68,12 +70,17 @@ def store_lines(writer: StoreWriter, lines: Sequence[str], upto: int | None) -> 
         parts.setdefault((account, month), []).append(i)
     written = 0
     for (account, month), rows in sorted(parts.items()):
+        if not storable_account(account):
+            # one bad row never stops an ingest (the watermark would never move again): said, and left out
+            print(f"hpcai: warning: ingest left out {len(rows)} row(s) of account {account!r} (month {month}): "
+                  "not a plain account name", file=sys.stderr)
+            continue
         written += writer.upsert(account, month, table.take(pa.array(rows, pa.int64())).drop_columns(["account"]))
     raws = table.column("job_id_raw").to_pylist()
     states = table.column("state").to_pylist()
     missing = [r for r, p, s in zip(raws, table.column("e_present").to_pylist(), states, strict=True)
                if not p and s != "REQUEUED"]
-    return Stored(table.num_rows, written, span, max(ends), tuple(missing))
+    return LinesStored(table.num_rows, written, span, max(ends), tuple(missing))
 
 
 def with_every_run(lines: list[str], fetch_jobs: FetchJobs) -> list[str]:

@@ -1,5 +1,5 @@
 """The jobs a project page lists: how many allocations ran in the period and those with the most
-energy (pure; from rows here, from the store in store_query.job_stats)."""
+energy (pure; from rows here, from the store in store.query.job_stats)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class AccountJobs:
 
 def rank_key(job: JobEnergyRow) -> tuple[float, str, float, str]:
     """Most energy first; the runs of one job (same id and energy: one summary on every run) by time, then
-    state, so reports from rows and from the store list them alike (store_query._JOBS orders the same)."""
+    state, so reports from rows and from the store list them alike (store.query._JOBS orders the same)."""
     return -job.kwh, job.job_id, job.hours, job.state
 
 

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hpc_aidc.errors import ConfigError, SlurmError
 from hpc_aidc.report.aggregate import Acc, Filters, accumulate
 from hpc_aidc.report.period import Period, iso
-from hpc_aidc.report.rows import REPORT_FIELDS
-from hpc_aidc.scheduler.parse import SACCT_DELIMITER, slurmdbd_down_message, slurmdbd_unreachable
+from hpc_aidc.report.rows import NFIELDS, REPORT_FIELDS
+from hpc_aidc.scheduler.fence import Fence, say_quarantined, unfence
+from hpc_aidc.scheduler.parse import slurmdbd_down_message, slurmdbd_unreachable
 from hpc_aidc.slurm_client import SlurmCall, first_error_line
 
 WORKERS_ENV = "HPCAI_REPORT_WORKERS"  # processes for big --from-file inputs (default: one per core)
 PARALLEL_MIN_BYTES = 64 << 20  # below this, one process is faster than starting workers
 
 
-def report_sacct_argv(period: Period, filters: Filters) -> list[str]:
+def report_sacct_argv(fence: Fence, period: Period, filters: Filters) -> list[str]:
     """The one sacct call of a report: every allocation (all runs of requeued jobs) that was eligible
     or running in the period, for the accounts/users/partitions asked for."""
-    argv = ["sacct", "--noheader", "--parsable2", f"--delimiter={SACCT_DELIMITER}", "--allocations",
-            "--duplicates", "--allusers", f"--format={','.join(REPORT_FIELDS)}",
+    argv = ["sacct", *fence.sacct_args(REPORT_FIELDS), "--allocations", "--duplicates", "--allusers",
             f"--starttime={iso(period.start)}", f"--endtime={iso(period.end)}"]
     if filters.accounts:
         argv.append(f"--accounts={','.join(sorted(filters.accounts))}")
@@ -35,22 +35,31 @@ def report_sacct_argv(period: Period, filters: Filters) -> list[str]:
     return argv
 
 
-def _sacct(argv: list[str], needs: str) -> list[str]:
-    return lines_of(SlurmCall(argv, timeout=600.0), needs)
+class ReportCall:
+    """A started, fenced report sacct call (scheduler.fence): the caller's own work overlaps Slurm's answer,
+    and no user-written text can add, split or hide a row of it."""
 
+    def __init__(self, argv: Callable[[Fence], list[str]]) -> None:
+        self.fence = Fence.new()
+        self.call = SlurmCall(argv(self.fence), timeout=600.0)
 
-def lines_of(call: SlurmCall, needs: str) -> list[str]:
-    """The lines of a started sacct call; its failure as one line that says what `needs` it."""
-    proc = call.result(check=False)
-    if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
-        raise SlurmError(slurmdbd_down_message(proc.stderr, needs))
-    if proc.returncode != 0:
-        raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
-    return proc.stdout.splitlines()
+    def lines(self, needs: str) -> list[str]:
+        """Its rows as REPORT_FIELDS lines; its failure as one line that says what `needs` it."""
+        proc = self.call.result(check=False)
+        if proc.returncode != 0 and slurmdbd_unreachable(proc.stderr):
+            raise SlurmError(slurmdbd_down_message(proc.stderr, needs))
+        if proc.returncode != 0:
+            raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
+        rows = unfence(proc.stdout, self.fence, NFIELDS + 1)
+        say_quarantined(rows, "sacct's output")
+        return rows.lines
+
+    def cancel(self) -> None:
+        self.call.cancel()
 
 
 def sacct_lines(period: Period, filters: Filters) -> list[str]:
-    return _sacct(report_sacct_argv(period, filters), "A usage report")
+    return ReportCall(lambda fence: report_sacct_argv(fence, period, filters)).lines("A usage report")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -113,18 +122,17 @@ def accumulate_file(path: Path, period: Period, dimensions: Sequence[str], filte
 
 def window_lines(start: int, end: int, filters: Filters | None = None) -> list[str]:
     """Every allocation that was eligible or running at some time in [start, end] (running ones too)."""
-    return lines_of(start_window_lines(start, end, filters), "The report store")
+    return start_window_lines(start, end, filters).lines("The report store")
 
 
-def start_window_lines(start: int, end: int, filters: Filters | None = None) -> SlurmCall:
-    """window_lines' sacct call, started: `lines_of` gives its lines."""
-    return SlurmCall(report_sacct_argv(Period(start, end, end), filters or Filters()), timeout=600.0)
+def start_window_lines(start: int, end: int, filters: Filters | None = None) -> ReportCall:
+    """window_lines' sacct call, started: its `lines` come later."""
+    return ReportCall(lambda fence: report_sacct_argv(fence, Period(start, end, end), filters or Filters()))
 
 
 def job_lines(job_ids: Sequence[str]) -> list[str]:
     """Every run of the given jobs, whenever they ran."""
     if not job_ids:
         return []
-    return _sacct(["sacct", "--noheader", "--parsable2", f"--delimiter={SACCT_DELIMITER}", "--allocations",
-                   "--duplicates", "--allusers", f"--format={','.join(REPORT_FIELDS)}", f"--jobs={','.join(job_ids)}"],
-                  "The report store")
+    return ReportCall(lambda fence: ["sacct", *fence.sacct_args(REPORT_FIELDS), "--allocations", "--duplicates",
+                                     "--allusers", f"--jobs={','.join(job_ids)}"]).lines("The report store")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hpc_aidc.errors import AccessError, JobNotFoundError, SlurmError
 from hpc_aidc.ids import parse_job_id
+from hpc_aidc.scheduler.fence import Fence, say_quarantined, unfence
 from hpc_aidc.scheduler.parse import (
-    SACCT_DELIMITER,
     SACCT_FIELDS,
-    SQUEUE_FORMAT,
+    SQUEUE_FIELDS,
     AccountingRecord,
     parse_sacct,
-    parse_scontrol_job,
     parse_squeue,
+    slurmdbd_down_message,
     slurmdbd_unreachable,
 )
 from hpc_aidc.slurm_client import first_error_line, run_slurm
@@ -25,11 +26,10 @@ SLURMDBD_DOWN_NOTE = ("slurmdbd not reachable: showing jobs slurmctld knows (run
                       "only")
 
 
-def sacct_argv(*, job_ids: Sequence[str] = (), user: str | None = None, all_users: bool = False,
-               accounts: Sequence[str] = (), since: str | None = None, until: str | None = None,
-               allocations_only: bool = True) -> list[str]:
-    argv = ["sacct", "--noheader", "--parsable2", f"--delimiter={SACCT_DELIMITER}",
-            f"--format={','.join(SACCT_FIELDS)}"]
+def sacct_argv(fence: Fence, *, job_ids: Sequence[str] = (), user: str | None = None, all_users: bool = False,
+               accounts: Sequence[str] = (), states: Sequence[str] = (), since: str | None = None,
+               until: str | None = None, allocations_only: bool = True) -> list[str]:
+    argv = ["sacct", *fence.sacct_args(SACCT_FIELDS)]
     if allocations_only:
         argv.append("--allocations")
     if job_ids:
@@ -40,6 +40,8 @@ def sacct_argv(*, job_ids: Sequence[str] = (), user: str | None = None, all_user
         argv.append(f"--user={user}")
     if accounts:
         argv.append(f"--accounts={','.join(accounts)}")
+    if states:
+        argv.append(f"--state={','.join(states)}")
     if since:
         argv.append(f"--starttime={since}")
     if until:
@@ -47,33 +49,50 @@ def sacct_argv(*, job_ids: Sequence[str] = (), user: str | None = None, all_user
     return argv
 
 
-def query_jobs(**kwargs: object) -> list[AccountingRecord]:
-    return parse_sacct(run_slurm(sacct_argv(**kwargs)).stdout)  # type: ignore[arg-type]
-
-
-def _query_jobs_or_none(**kwargs: object) -> list[AccountingRecord] | None:
-    """query_jobs, or None when slurmdbd does not answer (maintenance): callers fall back to
-    slurmctld. Any other sacct failure is a SlurmError as before."""
-    proc = run_slurm(sacct_argv(**kwargs), check=False)  # type: ignore[arg-type]
+def _sacct(**kwargs: Any) -> list[AccountingRecord] | None:
+    """sacct's rows (fenced: user text cannot shape a row), or None when slurmdbd does not answer
+    (maintenance). Any other sacct failure is a SlurmError."""
+    fence = Fence.new()
+    proc = run_slurm(sacct_argv(fence, **kwargs), check=False)
     if proc.returncode != 0:
         if slurmdbd_unreachable(proc.stderr):
             return None
         raise SlurmError(f"sacct failed: {first_error_line(proc.stderr or proc.stdout)}")
-    return parse_sacct(proc.stdout)
+    rows = unfence(proc.stdout, fence, len(SACCT_FIELDS) + 1)
+    say_quarantined(rows, "sacct's output")
+    return parse_sacct("\n".join(rows.lines))
 
 
-def squeue_argv(*, user: str | None = None, all_users: bool = False, accounts: Sequence[str] = (),
-                all_states: bool = False) -> list[str]:
-    argv = ["squeue", "--noheader", f"--format={SQUEUE_FORMAT}"]
-    if all_states:  # also the jobs that ended within MinJobAge, which slurmctld still holds
+def query_jobs(**kwargs: Any) -> list[AccountingRecord]:
+    """Rows from slurmdbd (sacct_argv's filters); a SlurmError when it does not answer."""
+    records = _sacct(**kwargs)
+    if records is None:
+        raise SlurmError(slurmdbd_down_message("", "This command"))
+    return records
+
+
+def queue_jobs(*, job_ids: Sequence[str] = (), user: str | None = None, all_users: bool = False,
+               accounts: Sequence[str] = (), all_states: bool = False, check: bool = True) -> list[AccountingRecord]:
+    """slurmctld's jobs (one fenced squeue call); `all_states`: also those that ended within MinJobAge, which
+    slurmctld still holds. With check=False a failed squeue is no jobs."""
+    fence = Fence.new()
+    argv = ["squeue", "--noheader", f"--format={fence.squeue_format(SQUEUE_FIELDS)}"]
+    if all_states:
         argv.append("--states=all")
+    if job_ids:
+        argv.append(f"--jobs={','.join(job_ids)}")
     if all_users:
         argv.append("--all")
     elif user:
         argv.append(f"--user={user}")
     if accounts:
         argv.append(f"--account={','.join(accounts)}")
-    return argv
+    proc = run_slurm(argv, check=check)
+    if proc.returncode != 0:
+        return []
+    rows = unfence(proc.stdout, fence, len(SQUEUE_FIELDS) + 1)
+    say_quarantined(rows, "squeue's output")
+    return parse_squeue("\n".join(rows.lines))
 
 
 @dataclass(frozen=True)
@@ -87,10 +106,9 @@ def list_jobs(*, user: str | None, all_users: bool = False, accounts: Sequence[s
     """History from slurmdbd (one sacct call) overlaid with the live queue (one squeue call): a job
     submitted a moment ago is listed even before slurmdbd has recorded it. While slurmdbd is away,
     slurmctld's jobs alone (squeue of every state it still holds), marked `live_only`."""
-    history = _query_jobs_or_none(user=user, all_users=all_users, accounts=accounts, since=since)
+    history = _sacct(user=user, all_users=all_users, accounts=accounts, since=since)
     merged = {r.job_id: r for r in history or ()}
-    live = parse_squeue(run_slurm(squeue_argv(user=user, all_users=all_users, accounts=accounts,
-                                              all_states=history is None)).stdout)
+    live = queue_jobs(user=user, all_users=all_users, accounts=accounts, all_states=history is None)
     merged.update({r.job_id: r for r in live})
     return JobListing(sorted(merged.values(), key=_job_sort_key), live_only=history is None)
 
@@ -116,14 +134,15 @@ def find_job(job_id: str) -> JobLookup:
     """job_record, also saying whether slurmdbd was away and slurmctld answered alone."""
     parse_job_id(job_id)
     # -a: a job id names the job whoever owns it; PrivateData decides what we may see.
-    records = _query_jobs_or_none(job_ids=[job_id], all_users=True)
+    records = _sacct(job_ids=[job_id], all_users=True)
     matches = [r for r in records or () if r.job_id == job_id or r.job_id_raw == job_id]
     if not matches:
         # slurmdbd learns of a job a moment after sbatch returns, and may be down for maintenance;
         # slurmctld knows a job from submission until MinJobAge after its end.
-        proc = run_slurm(["scontrol", "show", "job", "-o", job_id], check=False)
-        if proc.returncode == 0 and proc.stdout.strip():
-            return JobLookup(parse_scontrol_job(proc.stdout.strip().splitlines()[0]), live_only=records is None)
+        live = [r for r in queue_jobs(job_ids=[job_id], all_users=True, all_states=True, check=False)
+                if r.job_id == job_id or r.job_id_raw == job_id]
+        if live:
+            return JobLookup(live[-1], live_only=records is None)
         if records is None:
             raise JobNotFoundError(
                 f"Expected job {job_id} in slurmctld's jobs while slurmdbd is not reachable. Got none (it ended "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hpc_aidc.scheduler.daemon_log import LogScan, scan_log
 from hpc_aidc.scheduler.site_check import expand_prolog
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurm_client import run_slurm
 
 PRIVATE_DATA = ("accounts", "jobs", "usage", "users")
@@ -47,6 +47,16 @@ class PathFacts:
 
 
 @dataclass(frozen=True)
+class ChainLink:
+    """A link of what slurm.conf runs (a folder, a link hop, a script, the Python) that someone other than root
+    could change (hpc_aidc.install.kit_chain)."""
+
+    path: str
+    why: str         # "owned by uid 1000", "writable by everyone", ...
+    leads_to: str    # what runs through it: "Epilog /opt/hpcai/slurm/energy/epilog.sh"
+
+
+@dataclass(frozen=True)
 class AdminFacts:
     config: Mapping[str, str]                       # slurm.conf keys, lower-cased
     source: str                                     # "scontrol show config" or the slurm.conf path
@@ -56,6 +66,7 @@ class AdminFacts:
     job_submit_lua_path: str = "job_submit.lua"
     slurm_group: str | None = None                  # SlurmUser's primary group
     ctld_log: LogScan | None = None                 # slurmctld's log since its start (None: a slurm.conf file)
+    chain: tuple[ChainLink, ...] = ()               # links of what slurm.conf runs that others could change
 
 
 def parse_slurm_conf(text: str) -> dict[str, str]:
@@ -150,7 +161,17 @@ def admin_problems(site: SiteProfile, facts: AdminFacts, expected_lua: str | Non
                         f"PrivateData={','.join(PRIVATE_DATA)} in slurm.conf and slurmdbd.conf")
     problems += _path_problems(site, facts)
     problems += _log_problems(facts)
+    problems += _chain_problems(facts)
     return problems
+
+
+def _chain_problems(facts: AdminFacts) -> list[str]:
+    """One line per link of the Prolog/Epilog/EpilogSlurmctld chain (scripts, folders above them, settings,
+    Python) that someone other than root could change: they would run code as root (or as SlurmUser)."""
+    return [f"{link.path} ({link.why}) is on the way to {link.leads_to}: whoever can change it runs code as root; "
+            f"fix: make it root's and writable by root alone (chown root:root {link.path}, chmod go-w, setfacl -b; "
+            "a link: replace it), or install the kit under a root-only --prefix"
+            for link in facts.chain]
 
 
 def _log_problems(facts: AdminFacts) -> list[str]:

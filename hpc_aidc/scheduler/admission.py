@@ -1,22 +1,20 @@
-"""What every submission, of every kind, passes before sbatch sees it: the site's submission policy (the
-same rules and codes as its job_submit.lua, so a refusal comes at once with slurmctld's own words), the
-energy sampler line where no prolog starts one, and the audit tag slurmctld's epilog records. Each flow
-(run, train, sweep, infer, data pack, pipeline stages) calls `admit` once and `job_parameters` once."""
+"""What every submission, of every kind, carries to sbatch: the request the site's submission policy checks
+(the same rules and codes as its job_submit.lua, so a refusal comes at once with slurmctld's own words), the
+energy sampler line where no prolog starts one, and the audit tag slurmctld's epilog records. Every
+planner builds its JobRequest's policy with `policy_for` and its sbatch parameters with `job_parameters`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
+from hpc_aidc.spec.policy import PolicyRequest, request_from_resources
 from hpc_aidc.spec.resources import Resources
 
 
-def admit(site: SiteProfile, resources: Resources, user: str, *, time_given: bool) -> None:
-    """Refuse (SpecError, exit 2) what the site's policy would refuse at sbatch."""
-    from hpc_aidc.spec.policy import enforce, request_from_resources
-
-    enforce(site, request_from_resources(resources, user, time_given=time_given))
+def policy_for(resources: Resources, user: str, *, time_given: bool) -> PolicyRequest:
+    return request_from_resources(resources, user, time_given=time_given)
 
 
 def energy_setup(site: SiteProfile) -> list[str]:
@@ -30,8 +28,8 @@ def energy_setup(site: SiteProfile) -> list[str]:
 
 def job_parameters(site: SiteProfile, resources: Resources, *, audit_tag: str, extra_setup: Sequence[str] = (),
                    **render_kwargs: Any) -> dict[str, Any]:
-    """submitit's sbatch parameters for an admitted job: the energy line first in its setup, and its audit
-    tag as the comment (which hpcai command wrote the script; never trusted for identity)."""
+    """submitit's sbatch parameters for a job: the energy line first in its setup, and its audit tag as the
+    comment (which hpcai command wrote the script; never trusted for identity)."""
     from hpc_aidc.render.sbatch import submitit_parameters
 
     params = submitit_parameters(resources, site, extra_setup=[*energy_setup(site), *extra_setup], **render_kwargs)

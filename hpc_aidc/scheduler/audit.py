@@ -26,15 +26,16 @@ import os
 import pwd
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from hpc_aidc.errors import AccessError, ConfigError, SlurmError
-from hpc_aidc.scheduler.accounting import query_jobs, sacct_argv
-from hpc_aidc.scheduler.parse import AccountingRecord, parse_sacct
+from hpc_aidc.scheduler.accounting import query_jobs
+from hpc_aidc.scheduler.parse import AccountingRecord
 from hpc_aidc.slurm_client import run_slurm
 
 SCHEMA = "hpcai-audit-v1"
@@ -104,11 +105,21 @@ def record_job(log: Path, env: Mapping[str, str]) -> dict[str, Any]:
 # -- jobs that never ran -------------------------------------------------------------------------------------
 # A job cancelled while pending (by its user, an admin, or a failed dependency) ends without an allocation,
 # and slurmctld runs no EpilogSlurmctld for it. Every epilog therefore also records, from slurmdbd, the jobs
-# that ended that way since the previous sweep (the window's end is kept in <log>.cursor), so each is
-# recorded once. SWEEP_LAG leaves slurmdbd time to receive a cancellation before its window is closed.
+# that ended that way since the previous sweep. SWEEP_LAG leaves slurmdbd time to receive a cancellation
+# before its window is closed.
+# Thousands of such jobs (a user's cancelled backlog) must neither make one epilog overrun its time limit nor
+# make the others queue behind it: each sweep records at most `max_jobs` for at most `max_seconds`, in
+# (end time, job id) order, and moves the cursor (<log>.cursor: "END_UNIX_SECOND JOBID", every never-ran job
+# at or before it is recorded) past each job as soon as its line is written; a sweep that finds another
+# holding the lock leaves the work to it. So nothing is recorded twice (a sweep killed between a line and its
+# cursor finds the line at the log's end) and every job is recorded by some later epilog.
 SWEEP_LAG = timedelta(seconds=5)
 FIRST_SWEEP = timedelta(days=1)
 NEVER_RAN = "None assigned"  # sacct's NodeList of a job that never had an allocation
+SWEEP_JOBS = 200             # defaults of `hpcai admin audit-record` (energy.env: HPCAI_AUDIT_SWEEP_JOBS,
+SWEEP_SECONDS = 10.0         # HPCAI_AUDIT_SWEEP_SECONDS), well inside the epilog's 30 s
+_TAIL_BYTES = 256 << 10      # the log's end read for a line written just before a sweep was killed
+Cursor = tuple[int, int]     # (end, as a unix second; job id)
 
 
 def parse_batch_script(text: str) -> str | None:
@@ -132,6 +143,46 @@ def unstarted_record(r: AccountingRecord, uid: int | None, script: str | None, r
     }
 
 
+def parse_cursor(text: str) -> Cursor | None:
+    """The cursor file (pure). The older form, one number (the end of the last window, exclusive), means every
+    job that ended before that second."""
+    words = text.split()
+    if not words or not all(w.isdigit() for w in words) or len(words) > 2:
+        return None
+    if len(words) == 1:
+        return (int(words[0]) - 1, 1 << 62)
+    return (int(words[0]), int(words[1]))
+
+
+def format_cursor(cursor: Cursor) -> str:
+    return f"{cursor[0]} {cursor[1]}\n"
+
+
+def sweep_key(r: AccountingRecord) -> Cursor:
+    assert r.end is not None
+    return (int(r.end.timestamp()), int(r.job_id_raw))
+
+
+def pending_never_ran(rows: Iterable[AccountingRecord], cursor: Cursor, until: int) -> list[AccountingRecord]:
+    """The jobs that never ran, ended after the cursor and before `until` (a unix second), oldest first, each
+    once (pure)."""
+    found: dict[str, AccountingRecord] = {}
+    for r in rows:
+        if r.nodelist != NEVER_RAN or r.end is None or not r.job_id_raw.isdigit():
+            continue
+        key = sweep_key(r)
+        if cursor < key and key[0] < until:
+            found.setdefault(r.job_id_raw, r)
+    return sorted(found.values(), key=sweep_key)
+
+
+def recorded_never_ran(tail: bytes, whole: bool) -> set[str]:
+    """Job ids of the never-ran records among the log's last lines (pure); unless `tail` is the whole log, its
+    first line may be cut and is skipped."""
+    lines = tail.decode(errors="replace").splitlines()
+    return {str(r.get("job_id_raw")) for r in parse_log(lines if whole else lines[1:]).records if r.get("never_ran")}
+
+
 def _slurm_time(moment: datetime) -> str:
     return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # sacct reads local time
 
@@ -143,33 +194,80 @@ def _uid(user: str) -> int | None:
         return None
 
 
-def sweep_never_ran(log: Path, now: datetime) -> list[dict[str, Any]]:
-    """Record the jobs that ended without ever running since the last sweep; returns their records."""
-    from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
+@dataclass(frozen=True)
+class Sweep:
+    records: list[dict[str, Any]]
+    left: int          # jobs of this window left for later sweeps (budget spent)
+    busy: bool = False  # another sweep held the lock: nothing done here
 
-    cursor = log.with_name(log.name + ".cursor")
-    with file_lock(log.with_name(log.name + ".lock")):
+
+def _try_lock(dir_fd: int, name: str) -> int | None:
+    """An exclusive flock on <dir>/name without waiting; None when another sweep holds it."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_at(dir_fd: int, name: str, limit: int, tail: bool = False) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of a regular file in the directory (its last ones with `tail`), without following a
+    link, and whether that is the whole file; (b"", True) when it is not there."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return b"", True
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", True
+        size = min(st.st_size, limit)
+        return os.pread(fd, size, st.st_size - size if tail else 0), size == st.st_size
+    finally:
+        os.close(fd)
+
+
+def sweep_never_ran(log: Path, now: datetime, max_jobs: int = SWEEP_JOBS, max_seconds: float = SWEEP_SECONDS,
+                    clock: Callable[[], float] = time.monotonic) -> Sweep:
+    """Record jobs that ended without ever running since the cursor, within the budget (see above)."""
+    from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at
+
+    deadline = clock() + max_seconds
+    cursor_name = log.name + ".cursor"
+    dir_fd = os.open(log.parent, DIR_FLAGS)
+    try:
+        lock = _try_lock(dir_fd, log.name + ".lock")
+        if lock is None:
+            return Sweep([], 0, busy=True)
         try:
-            since = datetime.fromtimestamp(int(cursor.read_text().strip()), UTC)
-        except (FileNotFoundError, ValueError):
-            since = now - FIRST_SWEEP
-        until = (now - SWEEP_LAG).replace(microsecond=0)  # whole seconds, as sacct's times and the cursor
-        if until <= since:
-            return []
-        argv = [*sacct_argv(all_users=True, since=_slurm_time(since), until=_slurm_time(until)), "--state=CANCELLED"]
-        rows = [r for r in parse_sacct(run_slurm(argv).stdout)
-                if r.nodelist == NEVER_RAN and r.end and since.timestamp() <= r.end.timestamp() < until.timestamp()]
-        done = []
-        for r in rows:
-            script = parse_batch_script(run_slurm(["sacct", "--batch-script", "-j", r.job_id_raw], check=False).stdout)
-            done.append(unstarted_record(r, _uid(r.user), script, now))
-            append_record(log, done[-1])
-        dir_fd = os.open(log.parent, DIR_FLAGS)
-        try:
-            atomic_write_at(dir_fd, cursor.name, f"{int(until.timestamp())}\n".encode(), mode=LOG_MODE)
+            cursor = parse_cursor(_read_at(dir_fd, cursor_name, 4096)[0].decode(errors="replace"))
+            if cursor is None:
+                cursor = (int((now - FIRST_SWEEP).timestamp()), 0)
+            until = int((now - SWEEP_LAG).timestamp())  # whole seconds, as sacct's times and the cursor
+            if until <= cursor[0]:
+                return Sweep([], 0)
+            rows = query_jobs(all_users=True, since=_slurm_time(datetime.fromtimestamp(cursor[0], UTC)),
+                              until=_slurm_time(datetime.fromtimestamp(until, UTC)), states=["CANCELLED"])
+            todo = pending_never_ran(rows, cursor, until)
+            already = recorded_never_ran(*_read_at(dir_fd, log.name, _TAIL_BYTES, tail=True)) if todo else set()
+            done: list[dict[str, Any]] = []
+            for n, r in enumerate(todo):
+                if n >= max_jobs or clock() >= deadline:
+                    return Sweep(done, len(todo) - n)
+                if r.job_id_raw not in already:
+                    proc = run_slurm(["sacct", "--batch-script", "-j", r.job_id_raw], check=False)
+                    done.append(unstarted_record(r, _uid(r.user), parse_batch_script(proc.stdout), now))
+                    append_record(log, done[-1])
+                atomic_write_at(dir_fd, cursor_name, format_cursor(sweep_key(r)).encode(), mode=LOG_MODE)
+            # The whole window is recorded: next time starts at its end.
+            atomic_write_at(dir_fd, cursor_name, format_cursor((until - 1, 1 << 62)).encode(), mode=LOG_MODE)
+            return Sweep(done, 0)
         finally:
-            os.close(dir_fd)
-    return done
+            os.close(lock)
+    finally:
+        os.close(dir_fd)
 
 
 def append_record(log: Path, record: Mapping[str, Any]) -> None:

@@ -1,91 +1,43 @@
-"""`hpcai data pack --array N`: N submitit array tasks each write their own shards (pack_task), then a
-finalize job that depends on the whole array (afterok) writes the manifest. The plan was written
-before submission, so the tasks only read it. Kept small: the general submit module will absorb it."""
+"""The planner of `hpcai data pack --array N`: N array tasks each write their own shards, then a finalize
+job that depends on the whole array (afterok) writes the manifest; Slurm cancels the finalize job when a
+task fails. Scripts and logs in `<job_root>/<user>/data-pack/<pack>/`. Pure but for the folder's name."""
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
-from hpc_aidc.errors import SlurmError
-from hpc_aidc.ids import current_user
-from hpc_aidc.scheduler.submit import prepare_user_folder
-from hpc_aidc.site import SiteProfile
-from hpc_aidc.slurmtime import parse_time_limit
+from hpc_aidc.render.batch_script import array_script, array_spec, module_command, single_script
+from hpc_aidc.scheduler.admission import job_parameters, policy_for
+from hpc_aidc.scheduler.request import BatchJob, JobRequest, job_ref
+from hpc_aidc.site_profile import SiteProfile
+from hpc_aidc.spec.resources import parse_resources
+
+AUDIT_TAG = "hpcai-data-pack"
+PACKS = "data-pack"
 
 
-def _params(site: SiteProfile, account: str | None, partition: str | None, time_limit: str) -> dict[str, Any]:
-    """Each pack job is one CPU on one node: admitted like every submission (the site's policy, the energy
-    line, the audit tag), with submitit's parameter names."""
-    from hpc_aidc.scheduler.admission import admit, energy_setup
-    from hpc_aidc.spec.resources import parse_resources
-
+def plan_pack(site: SiteProfile, out: str, tasks: int, *, user: str, engine: str = "direct",
+              account: str | None = None, partition: str | None = None, time_limit: str = "01:00:00",
+              dependency: str | None = None) -> JobRequest:
+    """Each job is one CPU on one node. `dependency`: sbatch's --dependency for the array (a pipeline
+    stage)."""
     resources = parse_resources(site, nodes=1, ntasks_per_node=1, gpus_per_node=0, cpus_per_task=1,
-                                partition=partition, account=account, time=time_limit,
-                                job_name="hpcai-pack")
-    admit(site, resources, current_user(), time_given=True)
-    params: dict[str, Any] = {
-        "partition": resources.partition, "time": parse_time_limit(time_limit),
-        "ntasks_per_node": 1, "cpus_per_task": 1, "setup": [*site.setup, *energy_setup(site)],
-        "comment": "hpcai-data-pack",  # the audit tag (slurm/audit), never trusted for identity
-    }
-    if resources.account:
-        params["account"] = resources.account
-    return params
-
-
-def pack_scripts(site: SiteProfile, tasks: int, *, account: str | None = None, partition: str | None = None,
-                 time_limit: str = "01:00:00", dependency: str | None = None) -> list[str]:
-    """The two sbatch scripts submit_pack_array submits (the array, then its finalize job), for dry runs;
-    the finalize job's dependency names the array as `<array>`, whose id sbatch has not given yet."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    from hpc_aidc.render.sbatch import dependency_parameters, submitit_command
-
-    folder = site.job_root / current_user() / "data-pack" / "%j"
-    params = _params(site, account, partition, time_limit)
-    command = submitit_command(sys.executable, folder)
-    array = _make_sbatch_string(command=command, folder=folder, job_name="hpcai-pack", map_count=tasks,
-                                array_parallelism=tasks, additional_parameters=dependency_parameters(dependency),
-                                **params)
-    final = _make_sbatch_string(command=command, folder=folder, job_name="hpcai-pack-finalize",
-                                additional_parameters=dependency_parameters("afterok:<array>"), **params)
-    return [str(array), str(final)]
-
-
-def submit_pack_array(site: SiteProfile, out: str, tasks: int, *, engine: str = "direct",
-                      account: str | None = None, partition: str | None = None, time_limit: str = "01:00:00",
-                      wait: bool = False, dependency: str | None = None) -> dict[str, Any]:
-    """`dependency`: sbatch's --dependency for the array (a pipeline stage); the finalize job waits for
-    the array, and either is cancelled by Slurm when what it waits for fails."""
-    import submitit
-    from submitit.core.utils import FailedJobError
-
-    from hpc_aidc.data.pack import finalize_pack, pack_task
-    from hpc_aidc.render.sbatch import dependency_parameters
-
+                                partition=partition, account=account, time=time_limit, job_name="hpcai-pack")
     out = str(Path(out).resolve())
-    user_dir = site.job_root / current_user()
-    prepare_user_folder(user_dir)  # ours, and nobody else's to write, before anything is written in it
-    folder = user_dir / "data-pack" / "%j"
-    params = _params(site, account, partition, time_limit)
-    try:
-        executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
-        executor.update_parameters(job_name="hpcai-pack", array_parallelism=tasks,
-                                   additional_parameters=dependency_parameters(dependency), **params)
-        jobs = executor.map_array(pack_task, [out] * tasks, list(range(tasks)), [tasks] * tasks,
-                                  [engine] * tasks)
-        array_id = jobs[0].job_id.split("_")[0]
-        executor.update_parameters(job_name="hpcai-pack-finalize",
-                                   additional_parameters=dependency_parameters(f"afterok:{array_id}"))
-        final = executor.submit(finalize_pack, out)
-    except FailedJobError as exc:
-        raise SlurmError(f"Expected sbatch to accept the pack jobs. Got: {str(exc).strip().splitlines()[-1]}. "
-                         "Check --account/--partition with `sinfo` and `sacctmgr show assoc user=$USER`.") \
-            from None
-    if wait:
-        for job in [*jobs, final]:
-            job.result()  # raises with the task's traceback if a task failed
-    return {"array_job": array_id, "tasks": tasks, "finalize_job": final.job_id,
-            "folder": str(folder).replace("%j", "<jobid>"), "out": out}
+    user_dir = site.job_root / user
+    folder = user_dir / PACKS / f"pack-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    python = sys.executable
+    array = array_script(job_parameters(site, resources, audit_tag=AUDIT_TAG, dependency=dependency), folder,
+                         module_command(python, "hpc_aidc.node.pack_job", out, "--tasks", str(tasks), "--engine",
+                                        engine), array_spec(f"0-{tasks - 1}", None))
+    finalize = dataclasses.replace(resources, job_name="hpcai-pack-finalize")
+    final = single_script(job_parameters(site, finalize, audit_tag=AUDIT_TAG, dependency=f"afterok:{job_ref(0)}"),
+                          folder,
+                          module_command(python, "hpc_aidc.node.pack_job", out, "--finalize"))
+    jobs = (BatchJob(array, path=folder / "array.sbatch"), BatchJob(final, path=folder / "finalize.sbatch"))
+    return JobRequest(kind="data pack", user_dir=user_dir, policy=policy_for(resources, user, time_given=True),
+                      audit_tag=AUDIT_TAG, folders=(folder,), jobs=jobs, output=out, ends_with=(1,))

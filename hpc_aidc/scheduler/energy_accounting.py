@@ -85,29 +85,29 @@ def modify_id(row: dict[str, str], job_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class Stored:
+class SummaryStored:
     job_id: str
     line: str | None  # None: spooled
     error: str | None = None
 
 
 def end_of_run(store_root: Path, job_id: str, restart_count: int, nodes: Sequence[str],
-               wait_s: float) -> Stored:
+               wait_s: float) -> SummaryStored:
     """EpilogSlurmctld: combine the ended run's nodes, then store the job's totals or spool them."""
     combine_ended_run(store_root, job_id, restart_count, nodes, wait_s=wait_s)
     try:
         line = store_summary(store_root, job_id)
     except HpcAidcError as exc:
         spool.add(store_root, job_id)
-        return Stored(job_id, None, str(exc))
+        return SummaryStored(job_id, None, str(exc))
     spool.remove(store_root, job_id)
-    return Stored(job_id, line)
+    return SummaryStored(job_id, line)
 
 
-def backfill(store_root: Path, budget_s: float = 30.0) -> list[Stored]:
+def backfill(store_root: Path, budget_s: float = 30.0) -> list[SummaryStored]:
     """Store the spooled jobs' summaries, oldest first, within `budget_s`; stop at the first failure
     (slurmdbd is still away: trying the others now would only wait on it again)."""
-    done: list[Stored] = []
+    done: list[SummaryStored] = []
     deadline = time.monotonic() + budget_s
     for job_id in spool.pending(store_root):
         if time.monotonic() >= deadline:
@@ -115,11 +115,11 @@ def backfill(store_root: Path, budget_s: float = 30.0) -> list[Stored]:
         try:
             line = store_summary(store_root, job_id)
         except JobNotFoundError as exc:
-            done.append(Stored(job_id, None, str(exc)))
+            done.append(SummaryStored(job_id, None, str(exc)))
             continue
         except HpcAidcError as exc:
-            done.append(Stored(job_id, None, str(exc)))
+            done.append(SummaryStored(job_id, None, str(exc)))
             break
         spool.remove(store_root, job_id)
-        done.append(Stored(job_id, line))
+        done.append(SummaryStored(job_id, line))
     return done

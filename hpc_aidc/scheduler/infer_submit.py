@@ -6,11 +6,9 @@ as it was."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +16,34 @@ from hpc_aidc.data.infer_inputs import plan_inputs
 from hpc_aidc.errors import ConfigError, SpecError, expected
 from hpc_aidc.formats.infer_plan import (
     PLAN,
+    SUBMISSIONS,
     InferPlan,
-    append_submission,
     load_plan,
     make_plan,
     partial_rows,
+    plan_text,
     read_done,
     read_failures,
     read_submissions,
     same_run,
-    write_plan,
+    submission_line,
 )
 from hpc_aidc.formats.infer_status import Progress, progress, task_of
 from hpc_aidc.formats.model_source import ModelSource, resolve_model
 from hpc_aidc.ids import current_user
-from hpc_aidc.render.infer import array_spec, infer_array_script, infer_command
-from hpc_aidc.scheduler.admission import admit, job_parameters
+from hpc_aidc.render.batch_script import array_script, array_spec, module_command
+from hpc_aidc.scheduler.admission import job_parameters, policy_for
 from hpc_aidc.scheduler.infer import active_tasks, max_array_size
-from hpc_aidc.scheduler.submit import prepare_user_folder, sbatch_file
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.scheduler.request import BatchJob, FileWrite, JobRequest, job_ref
+from hpc_aidc.scheduler.user_folder import check_private_output
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.spec.infer import InferParams, compact_ranges, parse_infer_params, windows
+from hpc_aidc.spec.policy import PolicyRequest, enforce
 from hpc_aidc.spec.resources import Resources, parse_resources
 
 DEFAULT_MAX_TASKS = 64
 INDEX = "infer-jobs"  # <job_root>/<user>/infer-jobs/<array job id>: the run's output directory
+AUDIT_TAG = "hpcai-submit-infer"
 # Memory a model needs besides its weights and KV cache (CUDA context, allocator slack), GiB.
 _OVERHEAD_GIB = 1.5
 
@@ -77,22 +79,55 @@ class InferRequest:
                    o["output_format"], o["account"], o["partition"], o["qos"], o["time_limit"], o["job_name"])
 
 
-@dataclass
-class Prepared:
+@dataclass(frozen=True)
+class InferSubmission:
     plan: InferPlan
     out: Path
     resources: Resources
     parameters: dict[str, Any]
+    policy: PolicyRequest
     folder: Path
-    indices: list[int]  # the array tasks to submit
     max_concurrent: int | None
-    windows: list[tuple[int, list[int]]] = field(default_factory=list)
+    windows: tuple[tuple[int, list[int]], ...]  # (offset, array indices) of each array to submit
     resumed: bool = False
 
     def scripts(self) -> list[str]:
-        return [infer_array_script(self.parameters, self.folder, infer_command(sys.executable, self.out, off),
-                                   array_spec(compact_ranges(idx), self.max_concurrent))
-                for off, idx in self.windows]
+        return [array_script(self.parameters, self.folder, infer_command(sys.executable, self.out, offset),
+                             array_spec(compact_ranges(idx), self.max_concurrent))
+                for offset, idx in self.windows]
+
+    def request(self, user: str, now: float) -> JobRequest:
+        """The plan (unless resuming), one array per window, and once sbatch has numbered them a line per
+        array in the run's submissions and an index entry per array for `hpcai logs` and `jobs`."""
+        scripts = self.scripts()
+        jobs = tuple(BatchJob(script, path=self.folder / f"array-{offset}-{int(now * 1000)}.sh")
+                     for (offset, _), script in zip(self.windows, scripts, strict=True))
+        after: list[FileWrite] = []
+        for i, window in enumerate(self.windows):
+            record = {**self._array(job_ref(i), window), "time": now, "user": user,
+                      "resources": _resources_json(self.resources)}
+            after += [FileWrite(self.out / SUBMISSIONS, submission_line(record), 0o644, append=True),
+                      FileWrite(self.folder.parent / INDEX / job_ref(i), str(self.out) + "\n")]
+        return JobRequest(
+            kind="inference", user_dir=self.folder.parent, policy=self.policy, audit_tag=AUDIT_TAG, jobs=jobs,
+            folders=(self.folder, self.out),
+            before=() if self.resumed else (FileWrite(self.out / PLAN, plan_text(self.plan), 0o644),),
+            after=tuple(after), output=str(self.out))
+
+    def _array(self, job_id: str, window: tuple[int, list[int]]) -> dict[str, Any]:
+        offset, idx = window
+        return {"job_id": job_id, "offset": offset, "array": array_spec(compact_ranges(idx), self.max_concurrent),
+                "tasks": [offset + t for t in idx]}
+
+    def summary(self, job_ids: tuple[str, ...] = ()) -> dict[str, Any]:
+        arrays = [self._array(job_id, window) for job_id, window in zip(job_ids, self.windows, strict=False)]
+        summary = {"output": str(self.out), "shards": self.plan.num_shards, "rows": self.plan.input.num_rows,
+                   "tasks": self.plan.tasks, "arrays": arrays, "folder": str(self.folder), "resumed": self.resumed}
+        return {**summary, "nothing_to_do": True} if not self.windows else summary
+
+
+def infer_command(python: str, out: Path, offset: int) -> str:
+    return module_command(python, "hpc_aidc.node.infer.run", str(out), "--offset", str(int(offset)))
 
 
 def _resources(site: SiteProfile, r: InferRequest) -> Resources:
@@ -127,9 +162,9 @@ def estimate_gib(model: ModelSource, params: InferParams, context_tokens: int, b
     return float((weights * bytes_per_value / 4 + kv) / 2**30 + _OVERHEAD_GIB)
 
 
-def check_request(site: SiteProfile, r: InferRequest) -> tuple[InferParams, Resources]:
-    """The checks that need neither the model nor the input (a pipeline runs them at submission for an
-    inference stage whose model an earlier stage is still making)."""
+def check_infer_options(site: SiteProfile, r: InferRequest) -> tuple[InferParams, Resources]:
+    """The checks that need neither the model nor the input, the site's policy among them (a pipeline runs
+    them at submission for an inference stage whose model an earlier stage is still making)."""
     params = parse_infer_params(**r.params)
     if bool(r.model) == bool(r.entry):
         raise SpecError(expected("exactly one of --model or --entry", {"model": r.model, "entry": r.entry},
@@ -137,14 +172,15 @@ def check_request(site: SiteProfile, r: InferRequest) -> tuple[InferParams, Reso
     if r.max_concurrent is not None and r.max_concurrent < 1:
         raise SpecError(expected("--max-concurrent >= 1", r.max_concurrent, "Pass a positive count."))
     resources = _resources(site, r)
-    admit(site, resources, current_user(), time_given=r.time_limit is not None)
+    enforce(site, policy_for(resources, current_user(), time_given=r.time_limit is not None))
     return params, resources
 
 
-def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None], dependency: str | None = None) -> Prepared:
+def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None],
+            dependency: str | None = None) -> InferSubmission:
     """Every check before anything is written or submitted; raises with a one-line message. `dependency`:
     sbatch's --dependency for every array window (a pipeline stage)."""
-    params, resources = check_request(site, r)
+    params, resources = check_infer_options(site, r)
     model = resolve_model(r.model or r.entry or "", params.task)
     if Path(r.input).is_file() and Path(r.input).stat().st_size > 256 << 20:
         say(f"reading {r.input} once to plan its shards and checksums")
@@ -166,6 +202,7 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None], depe
                                      f"~{need:.1f} GiB (weights + KV cache of {params.batch_size} rows)",
                                      "Lower --batch-size or --max-input-tokens, or use --batch-tokens."))
     out = Path(r.output).resolve()
+    check_private_output(out, "--output")
     plan = make_plan(inputs, model, params, tasks, r.output_format, str(site.energy_store))
     resumed = False
     if (out / PLAN).exists():
@@ -187,55 +224,19 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None], depe
         indices = list(range(tasks))
     user_dir = site.job_root / current_user()
     folder = user_dir / f"infer-{plan.run_key}"
-    parameters = _parameters(site, resources, dependency)
-    prep = Prepared(plan, out, resources, parameters, folder, indices, r.max_concurrent, resumed=resumed)
-    prep.windows = windows(indices, max_array_size()) if indices else []
-    return prep
+    return InferSubmission(plan, out, resources, _parameters(site, resources, dependency),
+                    policy_for(resources, current_user(), time_given=r.time_limit is not None), folder,
+                    r.max_concurrent, tuple(windows(indices, max_array_size())) if indices else (), resumed)
 
 
 def _parameters(site: SiteProfile, resources: Resources, dependency: str | None = None) -> dict[str, Any]:
     """submitit's parameters for one array task: requeued by Slurm after a node failure or preemption."""
-    return job_parameters(site, resources, audit_tag="hpcai-submit-infer", additional={"requeue": True},
+    return job_parameters(site, resources, audit_tag=AUDIT_TAG, additional={"requeue": True},
                           extra_env={"PYTHONUNBUFFERED": "1"}, dependency=dependency)
 
 
 def _arrays(out: Path) -> list[tuple[str, int]]:
     return [(str(s["job_id"]), int(s["offset"])) for s in read_submissions(out)]
-
-
-def submit(site: SiteProfile, p: Prepared, submit_env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Write the plan (unless resuming), then sbatch each window; a refusal removes what this call wrote.
-    `submit_env`: variables every task gets through sbatch's environment (the submit context)."""
-    summary = {"output": str(p.out), "shards": p.plan.num_shards, "rows": p.plan.input.num_rows,
-               "tasks": p.plan.tasks, "arrays": [], "folder": str(p.folder), "resumed": p.resumed}
-    if not p.windows:
-        return {**summary, "nothing_to_do": True}
-    prepare_user_folder(p.folder.parent)
-    p.folder.mkdir(mode=0o750, exist_ok=True)
-    created_out = not p.out.exists()
-    if not p.resumed:
-        write_plan(p.out, p.plan)
-    submitted: list[dict[str, Any]] = []
-    try:
-        for (offset, idx), script in zip(p.windows, p.scripts(), strict=True):
-            path = p.folder / f"array-{offset}-{int(time.time() * 1000)}.sh"
-            path.write_text(script)
-            job_id = sbatch_file(path, submit_env, "the inference array")
-            record = {"job_id": job_id, "offset": offset, "array": array_spec(compact_ranges(idx), p.max_concurrent),
-                      "tasks": [offset + i for i in idx], "time": time.time(), "user": current_user(),
-                      "resources": _resources_json(p.resources)}
-            append_submission(p.out, record)
-            submitted.append(record)
-            index = p.folder.parent / INDEX
-            index.mkdir(mode=0o750, exist_ok=True)
-            (index / job_id).write_text(str(p.out) + "\n")
-    except Exception:
-        if not submitted and not p.resumed:
-            (p.out / PLAN).unlink(missing_ok=True)
-            if created_out:
-                shutil.rmtree(p.out, ignore_errors=True)
-        raise
-    return {**summary, "arrays": submitted}
 
 
 def _resources_json(r: Resources) -> dict[str, Any]:
@@ -263,8 +264,11 @@ def run_progress(out: Path) -> tuple[InferPlan, Progress]:
     return plan, progress([s.rows for s in plan.input.shards], plan.tasks, done, failures, partial, active)
 
 
-def retry_run(site: SiteProfile, out: Path, max_concurrent: int | None, dry_run: bool) -> dict[str, Any]:
+def retry_run(site: SiteProfile, out: Path, max_concurrent: int | None) -> tuple[InferSubmission, list[int]]:
+    """The tasks holding a run's missing and failed shards, prepared as a resumed submission with the last
+    one's resources; and those shards."""
     out = out.resolve()
+    check_private_output(out, "OUTPUT")
     plan, prog = run_progress(out)
     shards = prog.retryable
     if not shards:
@@ -278,13 +282,9 @@ def retry_run(site: SiteProfile, out: Path, max_concurrent: int | None, dry_run:
         None if gpus else last.get("ntasks_per_node"), last.get("cpus_per_task"), max_concurrent,
         plan.output_format, last.get("account"), last.get("partition"), last.get("qos"),
         str(last["time_min"]) if last.get("time_min") else None, last.get("job_name", "hpcai-infer")))
-    parameters = _parameters(site, resources)
     folder = site.job_root / current_user() / f"infer-{plan.run_key}"
-    prep = Prepared(plan, out, resources, parameters, folder, indices, max_concurrent, resumed=True)
-    prep.windows = windows(indices, max_array_size())
-    result: dict[str, Any] = {"retry_shards": shards, "shard_list": compact_ranges(shards),
-                              "task_list": compact_ranges(indices)}
-    if dry_run:
-        return {**result, "scripts": prep.scripts()}
-    return {**result, **submit(site, prep)}
+    prepared = InferSubmission(plan, out, resources, _parameters(site, resources),
+                        policy_for(resources, current_user(), time_given=bool(last.get("time_min"))), folder,
+                        max_concurrent, tuple(windows(indices, max_array_size())), resumed=True)
+    return prepared, shards
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-# sacct's fields we read, in order; printed with a unit-separator delimiter so names containing
-# '|' (allowed in job names) cannot shift columns.
+# sacct's fields we read, in order. Printed fenced (scheduler.fence: a random delimiter per call, a job-id
+# trailer), read back as lines of these fields joined by SACCT_DELIMITER, user text escaped.
 SACCT_FIELDS = (
     "JobID", "JobIDRaw", "JobName", "User", "Account", "Partition", "QOS", "State", "ExitCode",
     "Elapsed", "Timelimit", "NNodes", "NodeList", "AllocTRES", "ReqTRES", "Submit", "Start", "End",
@@ -199,31 +199,8 @@ def parse_gres(text: str) -> list[tuple[str, str | None, int]]:
     return out
 
 
-def parse_scontrol_job(line: str) -> AccountingRecord:
-    """`scontrol show job -o ID`: slurmctld's view, for jobs slurmdbd has not recorded yet."""
-    kv = parse_key_values(line)
-    job_id = kv.get("JobId", "")
-    if kv.get("ArrayJobId") and kv.get("ArrayTaskId", "").isdigit():
-        job_id = f"{kv['ArrayJobId']}_{kv['ArrayTaskId']}"
-    nnodes = kv.get("NumNodes", "0").split("-")[0]
-    tres = parse_tres(kv.get("TRES", ""))
-    running = kv.get("JobState") not in {"PENDING"}
-    return AccountingRecord(
-        job_id=job_id, job_id_raw=kv.get("JobId", ""), name=kv.get("JobName", ""),
-        user=kv.get("UserId", "").split("(")[0], account=kv.get("Account", ""), partition=kv.get("Partition", ""),
-        qos=kv.get("QOS", ""), state=kv.get("JobState", "UNKNOWN"), exit_code=kv.get("ExitCode", ""),
-        elapsed_s=parse_elapsed(kv.get("RunTime", "")), time_limit=kv.get("TimeLimit", ""),
-        nnodes=int(nnodes) if nnodes.isdigit() else 0, nodelist=kv.get("NodeList", ""),
-        alloc_tres=tres if running else {}, req_tres=tres,
-        submit=parse_timestamp(kv.get("SubmitTime", "")), start=parse_timestamp(kv.get("StartTime", "")),
-        end=parse_timestamp(kv.get("EndTime", "")) if not running or kv.get("JobState") != "RUNNING" else None,
-        workdir=kv.get("WorkDir", ""), admin_comment=kv.get("AdminComment", ""), comment=kv.get("Comment", ""),
-    )
-
-
-# squeue's view of queued and running jobs (slurmctld), same delimiter as sacct.
+# squeue's view of queued and running jobs (slurmctld), read fenced (scheduler.fence) like sacct's.
 SQUEUE_FIELDS = ("%i", "%A", "%j", "%u", "%a", "%P", "%q", "%T", "%M", "%l", "%D", "%N", "%b", "%V", "%S")
-SQUEUE_FORMAT = SACCT_DELIMITER.join(SQUEUE_FIELDS)
 
 
 def parse_squeue(text: str) -> list[AccountingRecord]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpc_aidc.scheduler.parse import parse_gres, parse_key_values
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurm_client import run_slurm
 from hpc_aidc.slurmtime import parse_time_limit
 

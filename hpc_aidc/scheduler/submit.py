@@ -1,181 +1,128 @@
-"""Submission through submitit's SlurmExecutor: the one place where jobs enter Slurm."""
+"""`submit(site, request)`: the one place where jobs enter Slurm. Every kind's planner returns a JobRequest
+(scheduler.request); this checks it against the site's policy and the user folder, lays down its folders and
+files, sbatch'es its jobs in order (a pickled call through submitit's own job layout), and writes its
+records once Slurm has numbered the jobs. All or nothing: when sbatch refuses a job, the jobs this call
+submitted are cancelled and what it laid down is removed. `dry_run` checks the same and returns the scripts."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
+import functools
 import os
-import pwd
-import shlex
 import shutil
-import stat
-import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from hpc_aidc.errors import AccessError, SlurmError
-from hpc_aidc.ids import current_user
-from hpc_aidc.render.sbatch import render_sbatch
+from hpc_aidc.fsutil import atomic_write_bytes
+from hpc_aidc.scheduler.request import BatchJob, FileWrite, JobRequest, PickledCall, resolve_refs
+from hpc_aidc.scheduler.user_folder import claim_folder, prepare_user_folder
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurm_client import first_error_line, run_slurm
 
-if TYPE_CHECKING:
-    import submitit
-
-# The user folder: created like this, refused when others can write to it.
-USER_FOLDER_MODE = 0o750
-_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
-# A submission's private staging folder inside the user folder (mkdtemp: unique name, mode 0700).
+# A submission's private staging folder inside the user folder (mkdtemp: unique name, mode 0700): a pickled
+# call and its script wait there until sbatch has numbered the job.
 STAGING_PREFIX = ".submitting-"
+# submitit's own default: how many times a job that timed out is requeued from its checkpoint.
+_MAX_NUM_TIMEOUT = 3
 
 
 @dataclass(frozen=True)
-class SubmittedJob:
-    job_id: str
-    folder: Path
-    script: Path
+class Submitted:
+    request: JobRequest
+    job_ids: tuple[str, ...]
+
+    def resolve(self, text: str) -> str:
+        """A path or text of the request with the job ids sbatch gave."""
+        return resolve_refs(text, self.job_ids)
 
 
-def python_command(launcher_prefix: str = "") -> str:
-    """How each task starts Python: the interpreter itself, or behind a launcher such as mpirun."""
-    return f"{launcher_prefix} {shlex.quote(sys.executable)}".strip()
+def admit(site: SiteProfile, request: JobRequest) -> None:
+    """Refuse (exit 2, one line) what the site's policy would refuse at sbatch."""
+    from hpc_aidc.spec.policy import enforce
+
+    if request.policy is not None:
+        enforce(site, request.policy)
 
 
-def _owner(uid: int) -> str:
+def dry_run(site: SiteProfile, request: JobRequest, ask_slurm: bool = False) -> tuple[list[str], str | None]:
+    """The scripts `submit` would hand to sbatch, after the same checks; with `ask_slurm`, slurmctld's
+    verdict on the first job (sbatch --test-only; later jobs wait for earlier ones not submitted yet)."""
+    from hpc_aidc.slurm_client import slurm_available
+
+    admit(site, request)
+    verdict = None
+    if ask_slurm and request.jobs and slurm_available():
+        verdict = _explained(request, lambda: test_only(request.jobs[0].script))
+    return request.scripts(), verdict
+
+
+def submit(site: SiteProfile, request: JobRequest) -> Submitted:
+    from hpc_aidc.scheduler.submit_context import submit_context_env
+
+    admit(site, request)
+    prepare_user_folder(request.user_dir)
+    env = submit_context_env()  # the job's environment.json gets it through sbatch's environment
+    laid: list[Path] = []       # what this call created, removed again if sbatch refuses
+    job_ids: list[str] = []
     try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+        for folder in request.folders:
+            _make_folder(folder, request.user_dir, laid)
+        for item in request.before:
+            _write(item, request.user_dir, laid)
+        for job in request.jobs:
+            job_ids.append(_explained(request, functools.partial(_sbatch_job, request, job, job_ids, env, laid)))
+    except BaseException:
+        _undo(job_ids, laid)
+        raise
+    done = Submitted(request, tuple(job_ids))
+    for item in request.after:
+        _write(FileWrite(Path(done.resolve(str(item.path))), done.resolve(item.text), item.mode, item.append),
+               request.user_dir, [])
+    return done
 
 
-def _folder_refusal(user_dir: Path, st: os.stat_result | None, user: str) -> AccessError | None:
-    """Why `user_dir` (as lstat saw it) is not a folder hpcai may submit into, or None if it is."""
-    where = shlex.quote(str(user_dir))
-    if st is None:
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        try:
-            target = os.readlink(user_dir)
-        except OSError:
-            target = "?"
-        return AccessError(
-            f"Expected the job directory {user_dir} to be a directory of yours. Got a symbolic link to "
-            f"{target!r} instead. Remove the link (`rm {where}`; ask your admins if it is not yours) and submit "
-            "again: hpcai creates the directory itself."
-        )
-    if not stat.S_ISDIR(st.st_mode):
-        return AccessError(
-            f"Expected the job directory {user_dir} to be a directory. Got a file instead. Move it away "
-            f"(`mv {where} {shlex.quote(str(user_dir) + '.old')}`) and submit again."
-        )
-    if st.st_uid != os.getuid():
-        return AccessError(
-            f"Expected the job directory {user_dir} to be owned by you ({user}). Got owner {_owner(st.st_uid)!r} "
-            f"instead. Ask your admins to give it to you (`chown {shlex.quote(user)} {where}`) or to remove it."
-        )
-    if st.st_mode & _WRITABLE_BY_OTHERS:
-        who = " and ".join(w for w, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if st.st_mode & bit)
-        return AccessError(
-            f"Expected the job directory {user_dir} to be writable by you alone. Got mode "
-            f"{stat.S_IMODE(st.st_mode):04o} (writable by {who}) instead. Run `chmod go-w {where}`."
-        )
-    return None
+def _explained(request: JobRequest, call: Callable[[], str]) -> str:
+    """When Slurm refuses a job and the account or QoS is why, say which ones the user may use (a slurmdbd
+    round trip, ~0.3 s, made only on refusal)."""
+    from hpc_aidc.scheduler.associations import check_association
 
-
-def prepare_user_folder(user_dir: Path) -> None:
-    """Make sure `<job_root>/<user>` is a directory of the current user that nobody else can write to,
-    creating it (0750) when missing. Anything else (another owner, group/world-writable, a symlink) is
-    refused with one line that says how to fix it. Never lists the folder: a submission costs the same
-    whatever the number of past jobs."""
-    user = current_user()
-    hint = "Check the site profile's job_root (it must be shared, and writable by users)."
     try:
-        user_dir.parent.mkdir(parents=True, exist_ok=True)  # the shared root, where admins have not made it
-        os.mkdir(user_dir, 0o700)  # private until checked, then USER_FOLDER_MODE
-        created = True
-    except FileExistsError:
-        created = False
-    except OSError as exc:
-        raise AccessError(
-            f"Expected to create the job directory {user_dir}. Got {exc.strerror!r} instead. {hint}"
-        ) from None
-    # O_NOFOLLOW: a symlink put in place of the folder is refused, never followed; fstat checks what
-    # was opened, so a swap between the check and the open cannot pass.
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(user_dir, flags)
-    except OSError as exc:
-        try:
-            seen: os.stat_result | None = os.lstat(user_dir)
-        except OSError:
-            seen = None
-        refusal = _folder_refusal(user_dir, seen, user)
-        if refusal is not None:
-            raise refusal from None
-        reason = "a symbolic link" if exc.errno == errno.ELOOP else repr(exc.strerror)
-        raise AccessError(f"Expected to open the job directory {user_dir}. Got {reason} instead. {hint}") from None
-    try:
-        refusal = _folder_refusal(user_dir, os.fstat(fd), user)
-        if refusal is not None:
-            raise refusal
-        if created:
-            os.fchmod(fd, USER_FOLDER_MODE)  # exactly 0750, whatever the umask
-    finally:
-        os.close(fd)
+        return call()
+    except SlurmError:
+        if request.policy is not None:
+            check_association(request.policy.user, request.policy.account, request.policy.qos)
+        raise
 
 
-def _staged_executor(folder_pattern: Path, staging: Path, python: str,
-                     submit_env: Mapping[str, str]) -> submitit.SlurmExecutor:
-    """submitit's SlurmExecutor, except that its temporary files (the pickled call, and the batch script
-    until sbatch has numbered the job) go to `staging`, a private folder of this one submission, instead
-    of the user folder itself. A refused submission then removes exactly what it wrote (the staging
-    folder), never a file another submission wrote meanwhile, and nothing lists the user folder.
-    After sbatch accepts, both files move to `<job_root>/<user>/<jobid>/` under submitit's own names,
-    exactly where submitit would have put them; no per-submission symlink is left in the user folder.
-    `submit_env` is added to sbatch's environment, which Slurm passes on to the job."""
-    import submitit
-    from submitit.core import core, utils
-
-    class StagedSlurmExecutor(submitit.SlurmExecutor):
-        def _internal_process_submissions(
-            self, delayed_submissions: list[utils.DelayedSubmission]
-        ) -> list[core.Job[Any]]:
-            if len(delayed_submissions) != 1:
-                raise NotImplementedError("hpcai submits one job per call")
-            delayed = delayed_submissions[0]
-            pickle_path = staging / "submitted.pkl"
-            delayed.set_timeout(self.parameters.get("time", 5), self.max_num_timeout)
-            delayed.dump(pickle_path)
-            job = self._submit_command(self._submitit_command_str)
-            job.paths.move_temporary_file(pickle_path, "submitted_pickle")
-            return [job]
-
-        def _submit_command(self, command: str) -> core.Job[Any]:
-            script = staging / "submission.sh"
-            script.write_text(self._make_submission_file_text(command, staging.name))
-            output = utils.CommandFunction(self._make_submission_command(script), verbose=False,
-                                           env={**os.environ, **submit_env})()
-            job_id = self._get_job_id_from_submission_command(output)
-            job: core.Job[Any] = self.job_class(folder=self.folder, job_id=job_id,
-                                                tasks=list(range(self._num_tasks())))
-            job.paths.move_temporary_file(script, "submission_file")
-            return job
-
-    return StagedSlurmExecutor(folder=folder_pattern, python=python)
+def _sbatch_job(request: JobRequest, job: BatchJob, earlier: list[str], env: Mapping[str, str],
+                laid: list[Path]) -> str:
+    script = resolve_refs(job.script, earlier)
+    if job.call is not None:
+        return _sbatch_pickled(request.user_dir, job.call, script, env)
+    if job.path is None:
+        raise ValueError("a batch job needs a script path or a pickled call")
+    _write(FileWrite(job.path, script), request.user_dir, laid)
+    return _sbatch(job.path, env, f"the {request.kind} job")
 
 
-def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: Mapping[str, Any],
-                    folder_pattern: Path, launcher_prefix: str = "",
-                    submit_env: Mapping[str, str] | None = None) -> SubmittedJob:
-    """Pickle fn(*args) and submit it; returns once sbatch has accepted the job. `submit_env`: variables
-    the job gets through sbatch's environment rather than its script (so --dry-run stays reproducible)."""
-    from submitit.core.utils import FailedJobError, FailedSubmissionError
+def _sbatch(script: Path, env: Mapping[str, str], what: str) -> str:
+    """The job id (for an array, the array job id)."""
+    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False, env=env)
+    if proc.returncode != 0:
+        raise SlurmError(f"sbatch refused {what}: {first_error_line(proc.stderr or proc.stdout)}")
+    return proc.stdout.strip().split(";")[0]
 
-    user_dir = folder_pattern.parent
-    prepare_user_folder(user_dir)
+
+def _sbatch_pickled(user_dir: Path, call: PickledCall, script: str, env: Mapping[str, str]) -> str:
+    """What submitit's SlurmExecutor does, with its temporary files (the pickled call, and the script until
+    sbatch has numbered the job) in a private folder of this one submission instead of the user folder:
+    a refusal removes exactly what it wrote, never a file another submission wrote meanwhile. Once sbatch
+    accepts, both move to `<job_root>/<user>/<jobid>/` under submitit's own names."""
+    from submitit.core import utils
+
     try:
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=user_dir))
     except OSError as exc:
@@ -184,32 +131,73 @@ def submit_function(fn: Callable[..., Any], args: tuple[Any, ...], parameters: M
             "there (`df -h`, `du -sh`) or ask your admins."
         ) from None
     try:
-        executor = _staged_executor(folder_pattern, staging, python_command(launcher_prefix), submit_env or {})
-        executor.update_parameters(**parameters)
-        # submitit echoes sbatch's stderr itself; we report it once, as our one-line error.
-        with contextlib.redirect_stderr(io.StringIO()):
-            job = executor.submit(fn, *args)
-    except (FailedJobError, FailedSubmissionError) as exc:
-        raise SlurmError(f"sbatch refused the job: {first_error_line(str(exc))}") from None
+        delayed = utils.DelayedSubmission(call.fn, *call.args)
+        delayed.set_timeout(call.time_min, _MAX_NUM_TIMEOUT)
+        delayed.dump(staging / "submitted.pkl")
+        (staging / "submission.sh").write_text(script)
+        job_id = _sbatch(staging / "submission.sh", env, "the job")
+        paths = utils.JobPaths(call.folder, job_id=job_id, task_id=0)
+        try:
+            # the job's folder must be ours alone before its pickled call goes there: one someone else
+            # made could swap the call and run their code as us
+            claim_folder(paths.folder)
+            os.rename(staging / "submitted.pkl", paths.submitted_pickle)
+            os.rename(staging / "submission.sh", paths.submission_file)
+        except BaseException:
+            _undo([job_id], [])
+            raise
+        return job_id
     finally:
         # Empty after a submission (its files moved to the job folder); what a refused one wrote otherwise.
         shutil.rmtree(staging, ignore_errors=True)
-    folder = Path(str(folder_pattern).replace("%j", job.job_id))
-    return SubmittedJob(job_id=str(job.job_id), folder=folder, script=job.paths.submission_file)
 
 
-def sbatch_file(script: Path, env: Mapping[str, str] | None = None, what: str = "the job") -> str:
-    """sbatch a script file that the caller laid down in the job's own folder (`env`: variables for the job,
-    through sbatch's environment); the job id (for an array, the array job id). The one plain sbatch call:
-    submitit's jobs go through `submit_function`."""
-    proc = run_slurm(["sbatch", "--parsable", str(script)], check=False, env=env)
-    if proc.returncode != 0:
-        raise SlurmError(f"sbatch refused {what}: {first_error_line(proc.stderr or proc.stdout)}")
-    return proc.stdout.strip().split(";")[0]
+def _make_folder(folder: Path, user_dir: Path, laid: list[Path]) -> None:
+    """Make what is missing of `folder` (0750); inside the user folder, every part must be ours alone."""
+    chain = [p for p in [folder, *folder.parents] if p == user_dir or user_dir in p.parents]
+    outside = [p for p in [folder, *folder.parents] if p not in chain and p != user_dir]
+    for path in reversed(outside):
+        if not path.exists():
+            path.mkdir(mode=0o750)
+            laid.append(path)
+    for path in reversed(chain):
+        if path == user_dir:
+            continue
+        existed = path.exists() or path.is_symlink()
+        claim_folder(path)
+        if not existed:
+            laid.append(path)
 
 
-def dry_run_script(parameters: Mapping[str, Any], folder_pattern: Path, launcher_prefix: str = "") -> str:
-    return render_sbatch(parameters, folder_pattern, python_command(launcher_prefix))
+def _write(item: FileWrite, user_dir: Path, laid: list[Path]) -> None:
+    existed = item.path.exists()
+    _make_folder(item.path.parent, user_dir, laid)
+    if item.append:
+        # one whole line in one write: concurrent appenders never interleave
+        fd = os.open(item.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, item.mode)
+        try:
+            os.write(fd, (item.text.rstrip("\n") + "\n").encode())
+        finally:
+            os.close(fd)
+    else:
+        atomic_write_bytes(item.path, item.text.encode(), item.mode)
+    if not existed:
+        laid.append(item.path)
+
+
+def _undo(job_ids: list[str], laid: list[Path]) -> None:
+    """After a refusal: cancel what this call submitted, remove what it laid down (newest first)."""
+    if job_ids:
+        from hpc_aidc.scheduler.accounting import cancel_jobs
+
+        with contextlib.suppress(SlurmError):
+            cancel_jobs(job_ids)
+    for path in reversed(laid):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
 
 
 def test_only(script: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import secrets
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,14 +23,14 @@ from typing import Any
 
 from hpc_aidc.errors import ConfigError, JobNotFoundError, SpecError, expected
 from hpc_aidc.formats.sweep_trial import TRIALS, trial_path
-from hpc_aidc.fsutil import atomic_write_text
 from hpc_aidc.ids import parse_job_id
-from hpc_aidc.render.infer import array_spec, infer_array_script
+from hpc_aidc.render.batch_script import array_script, array_spec, module_command
 from hpc_aidc.render.progress import read_metrics
 from hpc_aidc.render.sweep import TrialResult
 from hpc_aidc.scheduler.infer import array_task, max_array_size
 from hpc_aidc.scheduler.parse import AccountingRecord
-from hpc_aidc.scheduler.submit import prepare_user_folder, sbatch_file
+from hpc_aidc.scheduler.request import BatchJob, FileWrite, JobRequest, job_ref
+from hpc_aidc.spec.policy import PolicyRequest
 from hpc_aidc.spec.resources import Resources
 from hpc_aidc.spec.sweep import SweepSpec
 from hpc_aidc.spec.train import TrainConfig
@@ -39,6 +38,7 @@ from hpc_aidc.spec.train import TrainConfig
 INDEX = "sweeps"
 SWEEP_FILE = "sweep.json"
 SCRIPT = "sweep.sbatch"
+AUDIT_TAG = "hpcai-submit-sweep"
 
 
 @dataclass(frozen=True)
@@ -51,23 +51,40 @@ class Trial:
 
 @dataclass(frozen=True)
 class SweepPlan:
-    folder: Path               # the sweep directory, created only by submit_sweep
+    folder: Path               # the sweep directory, made when the request is submitted
     user_dir: Path
     config_path: str
     spec: SweepSpec
     trials: tuple[Trial, ...]
     resources: Resources
     parameters: dict[str, Any]
+    policy: PolicyRequest
 
     @property
     def array(self) -> str:
         return array_spec(f"0-{len(self.trials) - 1}", self.spec.max_concurrent)
 
     def script(self) -> str:
-        command = " ".join([shlex.quote(sys.executable), "-u -m hpc_aidc.node.sweep_trial",
-                            shlex.quote(str(self.folder))])
-        return infer_array_script(self.parameters, self.folder, command, self.array,
-                                  task_logs=self.user_dir / "%A_%a")
+        command = module_command(sys.executable, "hpc_aidc.node.sweep_trial", str(self.folder))
+        return array_script(self.parameters, self.folder, command, self.array, task_logs=self.user_dir / "%A_%a")
+
+    def request(self, now: float) -> JobRequest:
+        """The sweep directory (its trials' resolved configs, its record), the array, and once sbatch has
+        numbered it the record's array id and the index entry `hpcai sweep show ID` reads."""
+        trials = tuple(FileWrite(trial_path(self.folder, t.index), json.dumps(
+            {"index": t.index, "overrides": t.overrides, "config": t.config.to_dict(), "env": t.env,
+             "user_dir": str(self.user_dir)}, indent=2)) for t in self.trials)
+        record = {"config": self.config_path, "grid": [a.text() for a in self.spec.axes],
+                  "random": self.spec.random, "seed": self.spec.seed, "max_concurrent": self.spec.max_concurrent,
+                  "trials": [t.overrides for t in self.trials], "user_dir": str(self.user_dir), "submitted": now}
+        return JobRequest(
+            kind="sweep", user_dir=self.user_dir, policy=self.policy, audit_tag=AUDIT_TAG,
+            jobs=(BatchJob(self.script(), path=self.folder / SCRIPT),),
+            folders=(self.folder, self.folder / TRIALS),
+            before=(*trials, FileWrite(self.folder / SWEEP_FILE, json.dumps(record, indent=2))),
+            after=(FileWrite(self.folder / SWEEP_FILE, json.dumps({**record, "array_job_id": job_ref(0)}, indent=2)),
+                   FileWrite(self.user_dir / INDEX / job_ref(0), str(self.folder) + "\n")),
+            output=str(self.folder))
 
 
 def new_sweep_folder(user_dir: Path) -> Path:
@@ -86,33 +103,9 @@ def check_array_size(count: int) -> None:
                                  "Use --random N to draw fewer, or shorten the --grid lists."))
 
 
-def submit_sweep(plan: SweepPlan) -> dict[str, Any]:
-    """Write the sweep directory, sbatch the array, index it; a refusal removes what this call wrote."""
-    prepare_user_folder(plan.user_dir)
-    plan.folder.mkdir(mode=0o750)
-    try:
-        (plan.folder / TRIALS).mkdir(mode=0o750)
-        for t in plan.trials:
-            atomic_write_text(trial_path(plan.folder, t.index), json.dumps(
-                {"index": t.index, "overrides": t.overrides, "config": t.config.to_dict(), "env": t.env,
-                 "user_dir": str(plan.user_dir)}, indent=2))
-        record = {"config": plan.config_path, "grid": [a.text() for a in plan.spec.axes],
-                  "random": plan.spec.random, "seed": plan.spec.seed, "max_concurrent": plan.spec.max_concurrent,
-                  "trials": [t.overrides for t in plan.trials], "user_dir": str(plan.user_dir),
-                  "submitted": time.time()}
-        atomic_write_text(plan.folder / SWEEP_FILE, json.dumps(record, indent=2))
-        script = plan.folder / SCRIPT
-        script.write_text(plan.script())
-        job_id = sbatch_file(script, what="the sweep's array")
-    except BaseException:
-        shutil.rmtree(plan.folder, ignore_errors=True)
-        raise
-    atomic_write_text(plan.folder / SWEEP_FILE, json.dumps({**record, "array_job_id": job_id}, indent=2))
-    index = plan.user_dir / INDEX
-    index.mkdir(mode=0o750, exist_ok=True)
-    atomic_write_text(index / job_id, str(plan.folder) + "\n")
-    return {"sweep_id": job_id, "folder": str(plan.folder), "trials": len(plan.trials), "array": plan.array,
-            "jobs": [f"{job_id}_{t.index}" for t in plan.trials]}
+def submitted_summary(plan: SweepPlan, array_job: str) -> dict[str, Any]:
+    return {"sweep_id": array_job, "folder": str(plan.folder), "trials": len(plan.trials), "array": plan.array,
+            "jobs": [f"{array_job}_{t.index}" for t in plan.trials]}
 
 
 def sweep_folder(user_dir: Path, sweep_id: str) -> Path:

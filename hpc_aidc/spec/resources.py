@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from hpc_aidc.errors import SpecError
-from hpc_aidc.site import Partition, SiteProfile
+from hpc_aidc.site_profile import Partition, SiteProfile
 from hpc_aidc.slurmtime import parse_time_limit
 
 # Requests no node of the partition can hold: the site policy's code (hpc_aidc/spec/policy.py), which

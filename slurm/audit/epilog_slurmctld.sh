@@ -9,8 +9,13 @@ set -euo pipefail
 
 main() {
   local out
-  if ! out="$(timeout 30 "$HPCAI_PYTHON" -I -m hpc_aidc.cli.main admin audit-record 2>&1)"; then
+  # Jobs cancelled while pending are recorded too, a bounded number per run (energy.env may set the budget):
+  # a backlog of thousands is worked off by the following epilogs, none overruns this timeout.
+  if ! out="$(timeout 30 "$HPCAI_PYTHON" -I -m hpc_aidc.cli.main admin audit-record \
+      --sweep-jobs "${HPCAI_AUDIT_SWEEP_JOBS:-200}" --sweep-seconds "${HPCAI_AUDIT_SWEEP_SECONDS:-10}" 2>&1)"; then
     energy_log "audit: record failed: $out"
+  elif [[ "$out" == *"left for later epilogs"* ]]; then
+    energy_log "audit: ${out##*; }"
   fi
 }
 

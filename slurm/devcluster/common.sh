@@ -23,8 +23,62 @@ DEV_NODE_EXPORTER_ADDR="127.0.0.1:19100"
 log() { printf '[devcluster] %s\n' "$*" >&2; }
 die() { printf '[devcluster] error: %s\n' "$*" >&2; exit 1; }
 
-# alive PIDFILE: true when the pid in PIDFILE is a running process.
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+# The daemons' programs: a pid read from a file another account can write counts only while /proc shows it
+# running the program it should (see pid_of).
+SLURMCTLD_BIN=/usr/sbin/slurmctld
+SLURMD_BIN=/usr/sbin/slurmd
+SLURMDBD_BIN=/usr/sbin/slurmdbd
+MUNGED_BIN=/usr/sbin/munged
+MARIADBD_BIN=/usr/sbin/mariadbd
+
+# pid_of PIDFILE [PROGRAM]: print the live pid PIDFILE names, when root may signal it; fail otherwise. Root keeps
+# its pid files in $DEV_RUN, root's alone; a pid another account could have written (slurmctld and slurmdbd
+# write theirs as SlurmUser, munged and MariaDB in folders of their own) counts only when /proc/PID/exe is
+# PROGRAM, so neither a planted number nor a reused pid makes root signal some other process. A pid file that
+# is a link or not a regular file, or in a folder others may write, never counts without PROGRAM.
+pid_of() {
+  local file="$1" program="${2:-}" pid facts
+  { [ -f "$file" ] && [ ! -L "$file" ]; } || return 1
+  pid="$(timeout 2 head -c 32 -- "$file" 2>/dev/null | tr -d '[:space:]')" || return 1
+  [[ "$pid" =~ ^[1-9][0-9]{0,9}$ ]] || return 1
+  if [ -n "$program" ]; then
+    # the binary itself (Debian's /usr/sbin/slurmctld is a link to slurmctld-wlm)
+    [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f -- "$program")" ] || return 1
+  else
+    facts="$(stat -c '%u %a' -- "$file" "$(dirname -- "$file")" | tr '\n' ' ')" || return 1
+    [[ "$facts" =~ ^0\ [0-7]+\ 0\ [0-7]*[0145][0145]\ $ ]] || return 1  # root's file, root's folder, no g/o write
+  fi
+  kill -0 "$pid" 2>/dev/null || return 1
+  printf '%s\n' "$pid"
+}
+
+# alive PIDFILE [PROGRAM]: true when PIDFILE names a running process root may signal (pid_of).
+alive() { pid_of "$@" >/dev/null; }
+
+# signal_daemon SIGNAL PIDFILE [PROGRAM]: send SIGNAL to the daemon PIDFILE names, only as pid_of allows.
+signal_daemon() {
+  local pid
+  pid="$(pid_of "$2" "${3:-}")" || return 0
+  kill "-$1" "$pid" 2>/dev/null || true
+}
+
+# secure_root_dir DIR: DIR root's own (0755) with nothing in it that root or its daemons would follow. The run
+# and log folders were the SlurmUser's before: a link left there would make root's daemons write (slurmd's pid
+# file, slurmctld's chown of its log at start) or root's scripts kill through it.
+secure_root_dir() {
+  local dir="$1" entry
+  if [ -L "$dir" ]; then rm -f -- "$dir"; fi
+  mkdir -p -- "$dir"
+  chown root:root -- "$dir"
+  chmod 0755 -- "$dir"
+  for entry in "$dir"/* "$dir"/.[!.]*; do
+    { [ -e "$entry" ] || [ -L "$entry" ]; } || continue
+    if [ -L "$entry" ] || [ ! -f "$entry" ]; then
+      log "removing $entry from $dir (not a plain file)"
+      rm -rf -- "$entry"
+    fi
+  done
+}
 
 # wait_for WHAT SECONDS CMD...: retry CMD once a second until it succeeds.
 wait_for() {

@@ -10,7 +10,7 @@ source "$HERE/common.sh"
 
 while sleep 2; do
   for i in 1 2 3 4; do
-    alive "$DEV_RUN/slurmd-n$i.pid" && continue
+    alive "$DEV_RUN/slurmd-n$i.pid" "$SLURMD_BIN" && continue
     log "$(date -Is) slurmd n$i is not running: starting it again"
     /usr/sbin/slurmd -N "n$i" || log "slurmd n$i did not start (see $DEV_STATE/log/slurmd-n$i.log)"
   done

@@ -49,8 +49,14 @@ write_configs() {
   local host
   host="$(hostname)"
   mkdir -p /etc/slurm "$DEV_STATE"/{ctld,spool,log,gpu} "$DEV_RUN" "$DEV_JOBS"
-  chmod 1777 "$DEV_JOBS"
-  chown "$SLURM_USER:" "$DEV_STATE"/{ctld,log} "$DEV_RUN"
+  # Root's, not writable by users: root makes each user's folder (ensure_user_folders), since a user who
+  # could make their own could make another's and own that user's job tree.
+  chown root:root "$DEV_JOBS"
+  chmod 0755 "$DEV_JOBS"
+  # Only slurmctld's state is the SlurmUser's. The log and run folders stay root's (secure_root_dir, at the
+  # start): slurmctld and slurmdbd open their log and pid files as root, then hand the files (not the
+  # folders) to the SlurmUser, and root's daemons and scripts write and kill through these folders.
+  chown "$SLURM_USER:" "$DEV_STATE/ctld"
   # Character devices with NVIDIA's major number (195) but no driver behind them: Slurm accepts them
   # as GPU device files and sets CUDA_VISIBLE_DEVICES/SLURM_JOB_GPUS exactly as on a GPU node.
   for i in 0 1 2 3; do
@@ -97,12 +103,12 @@ SQL
 
 start_slurmdbd() {
   # slurmdbd reads slurmdbd.conf (PrivateData among it) only at start: a changed config means a restart.
-  if [ "$DBD_CONFIG_CHANGED" = 1 ] && alive "$DEV_RUN/slurmdbd.pid"; then
+  if [ "$DBD_CONFIG_CHANGED" = 1 ] && alive "$DEV_RUN/slurmdbd.pid" "$SLURMDBD_BIN"; then
     log "config changed: restarting slurmdbd"
-    kill "$(cat "$DEV_RUN/slurmdbd.pid")"
-    while alive "$DEV_RUN/slurmdbd.pid"; do sleep 0.2; done
+    signal_daemon TERM "$DEV_RUN/slurmdbd.pid" "$SLURMDBD_BIN"
+    while alive "$DEV_RUN/slurmdbd.pid" "$SLURMDBD_BIN"; do sleep 0.2; done
   fi
-  alive "$DEV_RUN/slurmdbd.pid" || /usr/sbin/slurmdbd
+  alive "$DEV_RUN/slurmdbd.pid" "$SLURMDBD_BIN" || /usr/sbin/slurmdbd
   wait_for "slurmdbd" 60 sacctmgr -n show cluster
 }
 
@@ -131,18 +137,20 @@ restart_on_config_change() {
   # slurmctld and slurmd read slurm.conf, gres.conf and the Prolog/Epilog settings only at start
   # (EpilogSlurmctld is not picked up by `scontrol reconfigure`), so a changed config means a restart.
   [ "$SLURM_CONFIG_CHANGED" = 1 ] || return 0
-  local pidfile
+  local pidfile program
   for pidfile in "$DEV_RUN"/slurmd-n?.pid "$DEV_RUN/slurmctld.pid"; do
-    if alive "$pidfile"; then
+    program="$SLURMD_BIN"
+    [ "$pidfile" != "$DEV_RUN/slurmctld.pid" ] || program="$SLURMCTLD_BIN"
+    if alive "$pidfile" "$program"; then
       log "config changed: restarting $(basename "$pidfile" .pid)"
-      kill "$(cat "$pidfile")"
-      while alive "$pidfile"; do sleep 0.2; done
+      signal_daemon TERM "$pidfile" "$program"
+      while alive "$pidfile" "$program"; do sleep 0.2; done
     fi
   done
 }
 
 start_slurmctld() {
-  alive "$DEV_RUN/slurmctld.pid" || /usr/sbin/slurmctld
+  alive "$DEV_RUN/slurmctld.pid" "$SLURMCTLD_BIN" || /usr/sbin/slurmctld
   wait_for "slurmctld" 60 scontrol ping
 }
 
@@ -150,7 +158,7 @@ start_slurmd() {
   local i
   for i in 1 2 3 4; do
     mkdir -p "$DEV_STATE/spool/n$i"
-    alive "$DEV_RUN/slurmd-n$i.pid" || /usr/sbin/slurmd -N "n$i"
+    alive "$DEV_RUN/slurmd-n$i.pid" "$SLURMD_BIN" || /usr/sbin/slurmd -N "n$i"
   done
 }
 
@@ -195,6 +203,13 @@ install_admin_kit() {
     --prefix "$DEV_PREFIX" --python "$DEV_PYTHON" --energy-log "$DEV_ENERGY_LOG" --energy-interval 1 2>&1)" ||
     die "hpcai admin install failed: $out"
   printf '%s\n' "$out" >"$DEV_STATE/admin-install.log"  # root's folder, not SlurmUser's log folder
+}
+
+ensure_user_folders() {
+  # <job root>/<user> for every user with an association, made by root as a site's admins would.
+  local out
+  out="$(cd / && "$DEV_PYTHON" -I -m hpc_aidc.cli.main --site /etc/hpcai/site.toml admin user-folders \
+    --all-associated --repair 2>&1)" || die "hpcai admin user-folders failed: $out"
 }
 
 setup_fake_nvml() {
@@ -248,41 +263,115 @@ start_daemon() {
   echo "$!" >"$pidfile"
 }
 
+# The dev cluster's one monitoring login: Prometheus scrapes node_exporter with it, admins and tests query
+# Prometheus with it. Both servers ask for it (a web config): their metrics name every running job's user
+# and account, which PrivateData hides from other users.
+MONITORING_LOGIN=hpcai
+
+# bcrypt_hash FILE: a bcrypt hash of the password in FILE, which is read on stdin (a command line is
+# readable by every local user). Python's crypt (libxcrypt does bcrypt) or else htpasswd (apache2-utils).
+bcrypt_hash() {
+  local hash
+  hash="$(cd / && "$DEV_PYTHON" -I -W ignore::DeprecationWarning -c 'import crypt, sys
+print(crypt.crypt(sys.stdin.read().strip(), crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)) or "")' \
+    <"$1" 2>/dev/null)" || hash=""
+  if [ -z "$hash" ] && command -v htpasswd >/dev/null; then
+    hash="$(htpasswd -niBC 10 "" <"$1" | tr -d ':\n')"
+  fi
+  case "$hash" in
+    \$2*) printf '%s\n' "$hash" ;;
+    *) die "cannot make a bcrypt hash for the monitoring web config (install apache2-utils for htpasswd)" ;;
+  esac
+}
+
+# ensure_monitoring_login GID: $DEV_MONITORING/web/{password,web-config.yml}, root:GID 0640 in a 0750
+# folder, made once (a fresh password and its hash together). node_exporter and Prometheus re-read the web
+# config at every request.
+ensure_monitoring_login() {
+  local gid="$1" dir="$DEV_MONITORING/web" hash
+  install -d -o root -g "$gid" -m 0750 "$dir"
+  if [ ! -s "$dir/password" ] || [ ! -s "$dir/web-config.yml" ]; then
+    (umask 077 && cd / && "$DEV_PYTHON" -I -c 'import secrets; print(secrets.token_urlsafe(24))' >"$dir/password.tmp")
+    hash="$(bcrypt_hash "$dir/password.tmp")"
+    printf '# Written by slurm/devcluster/up.sh: the login node_exporter and Prometheus ask for.\nbasic_auth_users:\n  %s: "%s"\n' \
+      "$MONITORING_LOGIN" "$hash" >"$dir/web-config.yml.tmp"
+    chown root:"$gid" "$dir/password.tmp" "$dir/web-config.yml.tmp"
+    chmod 0640 "$dir/password.tmp" "$dir/web-config.yml.tmp"
+    mv "$dir/password.tmp" "$dir/password"
+    mv "$dir/web-config.yml.tmp" "$dir/web-config.yml"
+  fi
+}
+
+# stop_unless_running_with PIDFILE ARG: stop a daemon whose command line lacks ARG (started by an older
+# up.sh, e.g. without its web config), so that start_daemon starts it again as it is now.
+stop_unless_running_with() {
+  local pidfile="$1" arg="$2" pid
+  pid="$(pid_of "$pidfile")" || return 0
+  tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$arg" && return 0
+  log "restarting $(basename "$pidfile" .pid) with $arg"
+  signal_daemon TERM "$pidfile"
+  while alive "$pidfile"; do sleep 0.2; done
+}
+
 start_monitoring() {
   # node_exporter serves the textfile directory the per-node metrics writers (`hpcai admin metrics`,
   # root, like the prolog) fill; Prometheus scrapes it. All on loopback; data under $DEV_MONITORING.
-  local python="$DEV_PYTHON" i user
+  # Nothing of it is readable by ordinary users: the textfile folder is root:prometheus 0750 (the writers'
+  # files 0640), Prometheus's data 0700, and both servers ask for the monitoring login.
+  local python="$DEV_PYTHON" i user gid web code
   mkdir -p "$DEV_MONITORING/textfile" "$DEV_MONITORING/tsdb"
-  chown root:root "$DEV_MONITORING/textfile"
-  chmod 0755 "$DEV_MONITORING/textfile"
   user=prometheus
   getent passwd "$user" >/dev/null || user=nobody
+  gid="$(id -g "$user")"
+  chown root:"$gid" "$DEV_MONITORING/textfile"
+  chmod 0750 "$DEV_MONITORING/textfile"
   chown "$user:" "$DEV_MONITORING/tsdb"
+  chmod 0700 "$DEV_MONITORING/tsdb"
+  ensure_monitoring_login "$gid"
+  web="$DEV_MONITORING/web"
+  stop_unless_running_with "$DEV_RUN/node-exporter.pid" "--web.config.file=$web/web-config.yml"
+  stop_unless_running_with "$DEV_RUN/prometheus.pid" "--web.config.file=$web/web-config.yml"
+  # A writer started before hpc-aidc was (re)installed runs the old code (e.g. 0644 files): restart it.
+  code="$(cd / && "$python" -I -c 'import hpc_aidc.monitor.exporter as m; print(m.__file__)')"
+  for i in 1 2 3 4; do
+    if alive "$DEV_RUN/metrics-n$i.pid" && [ "$code" -nt "$DEV_RUN/metrics-n$i.pid" ]; then
+      log "restarting the metrics writer of n$i (hpc-aidc was reinstalled)"
+      signal_daemon TERM "$DEV_RUN/metrics-n$i.pid"
+      while alive "$DEV_RUN/metrics-n$i.pid"; do sleep 0.2; done
+    fi
+  done
   CONFIG_CHANGED=0
-  render "$HERE/prometheus.yml.in" "$DEV_MONITORING/prometheus.yml" "@NODE_EXPORTER@=$DEV_NODE_EXPORTER_ADDR"
+  render "$HERE/prometheus.yml.in" "$DEV_MONITORING/prometheus.yml" "@NODE_EXPORTER@=$DEV_NODE_EXPORTER_ADDR" \
+    "@LOGIN@=$MONITORING_LOGIN" "@PASSWORD_FILE@=$web/password"
   if [ "$CONFIG_CHANGED" = 1 ] && alive "$DEV_RUN/prometheus.pid"; then
-    kill -HUP "$(cat "$DEV_RUN/prometheus.pid")"  # Prometheus reloads its config on SIGHUP
+    signal_daemon HUP "$DEV_RUN/prometheus.pid"  # Prometheus reloads its config on SIGHUP
   fi
   start_daemon "$DEV_RUN/node-exporter.pid" "$DEV_STATE/log/node-exporter.log" \
-    /usr/bin/prometheus-node-exporter --web.listen-address="$DEV_NODE_EXPORTER_ADDR" \
+    setpriv --reuid="$user" --regid="$gid" --init-groups -- /usr/bin/prometheus-node-exporter \
+    --web.listen-address="$DEV_NODE_EXPORTER_ADDR" --web.config.file="$web/web-config.yml" \
     --collector.disable-defaults --collector.textfile --collector.textfile.directory="$DEV_MONITORING/textfile"
   start_daemon "$DEV_RUN/prometheus.pid" "$DEV_STATE/log/prometheus.log" \
-    setpriv --reuid="$user" --regid="$(id -g "$user")" --init-groups -- /usr/bin/prometheus \
+    setpriv --reuid="$user" --regid="$gid" --init-groups -- /usr/bin/prometheus \
     --config.file="$DEV_MONITORING/prometheus.yml" --storage.tsdb.path="$DEV_MONITORING/tsdb" \
-    --storage.tsdb.retention.time=2d --web.listen-address="$DEV_PROMETHEUS_ADDR"
+    --storage.tsdb.retention.time=2d --web.listen-address="$DEV_PROMETHEUS_ADDR" \
+    --web.config.file="$web/web-config.yml"
   for i in 1 2 3 4; do
     start_daemon "$DEV_RUN/metrics-n$i.pid" "$DEV_STATE/log/metrics-n$i.log" \
       env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SLURMD_NODENAME="n$i" \
       "$python" -I -m hpc_aidc.cli.main admin metrics --node "n$i" --interval 2 \
       --textfile-dir "$DEV_MONITORING/textfile" --spool "$DEV_STATE/spool/n$i"
   done
-  wait_for "Prometheus" 60 "$python" -c "import urllib.request as u; u.urlopen('http://$DEV_PROMETHEUS_ADDR/-/ready', timeout=2)"
+  # The password is read from its file by Python, never put on a command line.
+  wait_for "Prometheus" 60 "$python" -I -c 'import base64, sys, urllib.request as u
+login = base64.b64encode(f"{sys.argv[2]}:{open(sys.argv[3]).read().strip()}".encode()).decode()
+u.urlopen(u.Request(sys.argv[1], headers={"Authorization": f"Basic {login}"}), timeout=2)' \
+    "http://$DEV_PROMETHEUS_ADDR/-/ready" "$MONITORING_LOGIN" "$web/password"
 }
 
 stop_watchdog() {
   # up.sh restarts daemons itself (a changed config): the watchdog must not race it.
   alive "$DEV_RUN/slurmd-watchdog.pid" || return 0
-  kill "$(cat "$DEV_RUN/slurmd-watchdog.pid")"
+  signal_daemon TERM "$DEV_RUN/slurmd-watchdog.pid"
   while alive "$DEV_RUN/slurmd-watchdog.pid"; do sleep 0.2; done
 }
 
@@ -291,7 +380,8 @@ start_watchdog() {
 }
 
 start=$SECONDS
-mkdir -p "$DEV_RUN"
+secure_root_dir "$DEV_RUN"  # first: every pid root reads below comes from here
+secure_root_dir "$DEV_STATE/log"
 stop_watchdog
 install_packages
 install_monitoring_packages
@@ -307,6 +397,7 @@ start_munge
 start_mariadb
 start_slurmdbd
 ensure_accounting
+ensure_user_folders
 restart_on_config_change
 start_slurmctld
 start_slurmd

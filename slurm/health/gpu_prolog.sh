@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Slurm Prolog part (root, every node of the job, at allocation with PrologFlags=Alloc): check the job's
 # GPUs (SLURM_JOB_GPUS) through NVML before anything of the job runs on them, with `hpcai doctor`'s
-# verdicts: a GPU that is missing, has uncorrectable ECC errors or retired pages, pending or failed row
-# remapping, or a hardware slowdown (thermal, power brake) is bad. Then the node is drained with a reason
+# verdicts, draining only for what lasts (`hpcai admin gpu-health --catalogue`): a GPU that is missing, has
+# uncorrectable ECC errors or retired pages, pending or failed row remapping, a hardware slowdown (thermal,
+# power brake) still there after 5 s of samples, or a critical Xid the driver reports meanwhile, is bad; a
+# slowdown that clears (a hot previous job) is logged only. Then the node is drained with a reason
 # naming the GPU and the fault (`hpcai admin gpu-health --drain`), and this script exits 1: Slurm requeues
 # the job (with SchedulerParameters=nohold_on_prolog_fail it is not held) and it runs on another node.
 # A failure of the check itself (no NVML, a crash, a timeout) is logged and never fails the prolog, so a
@@ -27,6 +29,8 @@ main() {
   fi
   if [ "$rc" != 0 ]; then
     energy_log "gpu-health could not check ${SLURMD_NODENAME:-?} (exit $rc); job allowed: $out"
+  elif [ -n "$out" ]; then
+    energy_log "gpu-health on ${SLURMD_NODENAME:-?}: ${out//$'\n'/; }; job allowed"  # notes: what passed
   fi
   return 0
 }

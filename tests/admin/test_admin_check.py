@@ -4,6 +4,8 @@ fix; the prolog.d glob counts for `hpcai site check` too."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from hpc_aidc.scheduler import admin_check
 from hpc_aidc.scheduler.admin_check import AdminFacts, PathFacts, admin_problems, parse_show_config, parse_slurm_conf
 from hpc_aidc.scheduler.daemon_log import LogScan, invalid_scripts
 from hpc_aidc.scheduler.site_check import ClusterFacts, runs_energy_prolog
-from hpc_aidc.site import SiteProfile, parse_site
+from hpc_aidc.site_profile import SiteProfile, parse_site
 
 STORE = "/energy"
 GOOD_CONF = {
@@ -165,3 +167,97 @@ def test_the_dev_cluster_passes(hpcai: RunHpcai, tmp_path: Path) -> None:
     proc = hpcai("admin", "check", "--slurm-conf", str(broken), "--json")
     assert proc.returncode == 1
     assert "PrivateData lacks accounts,jobs,usage,users" in proc.stdout
+
+
+# -- the chain of what slurm.conf runs as root ----------------------------------------------------------------
+
+def test_configured_scripts_and_the_kit_beside_them(tmp_path: Path) -> None:
+    from hpc_aidc.install.kit_chain import configured_scripts, kit_scripts
+    from hpc_aidc.install.plan import SLURM_SCRIPTS
+
+    config = {"prolog": "/k/slurm/prolog.d/*", "epilog": "/k/slurm/energy/epilog.sh", "epilogslurmctld": "",
+              "prologslurmctld": "/site/ctld-prolog.sh"}
+    assert configured_scripts(config, SCRIPTS) == [
+        ("Prolog (/k/slurm/prolog.d/*)", SCRIPTS[0]), ("Prolog (/k/slurm/prolog.d/*)", SCRIPTS[1]),
+        ("Epilog", "/k/slurm/energy/epilog.sh"), ("PrologSlurmctld", "/site/ctld-prolog.sh")]
+    kit = tmp_path / "slurm"
+    for rel in SLURM_SCRIPTS:
+        (kit / rel).parent.mkdir(parents=True, exist_ok=True)
+        (kit / rel).write_text("#!/bin/sh\n")
+    found = kit_scripts([str(kit / "energy/epilog.sh"), "/site/other.sh"])
+    assert sorted(found) == sorted(str(kit / rel) for rel in SLURM_SCRIPTS)
+
+
+def test_each_chain_link_is_one_problem_line() -> None:
+    from hpc_aidc.scheduler.admin_check import ChainLink
+
+    links = (ChainLink("/opt/kit", "owned by uid 1001", "Epilog /opt/kit/slurm/energy/epilog.sh"),
+             ChainLink("/opt/venv/bin/python", "writable by everyone", "the Python the scripts run"))
+    problems = admin_problems(site(), facts(chain=links), "LUA")
+    assert len(problems) == 2
+    assert problems[0].startswith("/opt/kit (owned by uid 1001) is on the way to Epilog /opt/kit/slurm/energy/")
+    assert all("fix: " in p and "\n" not in p for p in problems)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or subprocess.run(["id", "alice"], capture_output=True, check=False).returncode,
+                    reason="needs root and the dev cluster's user alice")
+def test_check_names_each_link_of_the_chain_others_could_change(hpcai: RunHpcai) -> None:
+    """A kit laid out as `hpcai admin install` does, then weakened link by link as alice could use it: a folder
+    above a script hers, a script anyone may write, and the Python in her folder. `hpcai admin check` names each
+    (and runs no Python it cannot trust); the same kit, root's alone, has no such problem."""
+    import shutil
+    import sys
+    import tempfile
+
+    from hpc_aidc.install.plan import SLURM_SCRIPTS
+
+    top = Path(tempfile.mkdtemp(prefix="hpcai-chain-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        kit = top / "kit" / "slurm"
+        for rel in SLURM_SCRIPTS:
+            (kit / rel).parent.mkdir(parents=True, exist_ok=True)
+            (kit / rel).parent.chmod(0o755)
+            shutil.copyfile(REPO / "slurm" / rel, kit / rel)
+            (kit / rel).chmod(0o755)
+        (kit.parent).chmod(0o755)
+        settings = top / "energy.env"
+        common = kit / "energy" / "common.sh"
+        common.write_text(common.read_text().replace("HPCAI_ENERGY_CONF=/etc/hpcai/energy.env",
+                                                     f"HPCAI_ENERGY_CONF={settings}"))
+        alice = top / "alice"
+        alice.mkdir(mode=0o755)
+        shutil.chown(alice, "alice")
+        conf = top / "slurm.conf"
+        conf.write_text(f"Prolog={kit}/prolog.d/*\nEpilog={kit}/energy/epilog.sh\n"
+                        f"EpilogSlurmctld={kit}/epilog_slurmctld.sh\n")
+
+        def chain_problems() -> list[str]:
+            proc = hpcai("admin", "check", "--slurm-conf", str(conf), "--json")
+            assert "Traceback" not in proc.stderr, proc.stderr
+            return [p for p in json.loads(proc.stdout)["problems"] if "is on the way to" in p]
+
+        settings.write_text(f"HPCAI_PYTHON={sys.executable}\n")
+        settings.chmod(0o644)
+        assert chain_problems() == []  # root's alone
+
+        subprocess.run(["runuser", "-u", "alice", "--", "ln", "-s", sys.executable, str(alice / "python")], check=True)
+        settings.write_text(f"HPCAI_PYTHON={alice}/python\n")
+        shutil.chown(kit / "health", "alice")
+        (kit / "energy" / "epilog.sh").chmod(0o757)
+        problems = chain_problems()
+        uid = str(pwd_uid("alice"))
+        expected = {f"{kit}/health (owned by uid {uid})": "the admin kit's", f"{alice} (owned by uid {uid})": "Python",
+                    f"{alice}/python (a link owned by uid {uid})": "Python",
+                    f"{kit}/energy/epilog.sh (writable by everyone)": "Epilog"}
+        for link, what in expected.items():
+            assert [p for p in problems if p.startswith(link) and what in p], (link, problems)
+        assert len(problems) == len(expected), problems
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def pwd_uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid

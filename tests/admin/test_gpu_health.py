@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunHpcai, assert_clean_error, wait_until
+from conftest import FAKE_NVML, REPO, RunHpcai, assert_clean_error, wait_until
 
-sys.path.insert(0, str(REPO / "tests/monitor/fake_nvml"))
-from fake_scenario import FakeDevice, Scenario, build_library
+sys.path.insert(0, str(FAKE_NVML))
+from fake_scenario import FakeDevice, Scenario
 
 from hpc_aidc.monitor.gpu_health import GpuFault, check_gpus, drain_reason
 from hpc_aidc.monitor.gpus import parse_gpu_list
@@ -37,11 +37,6 @@ def devices(**faults: dict[str, str]) -> list[FakeDevice]:
     """Four healthy GPUs; faults={"2": {"ecc_uncorrected": "3"}} breaks GPU 2."""
     return [FakeDevice(power=((0.0, 100.0),), uuid=f"GPU-0000000{i}-0000-4000-8000-000000000000",
                        extra={"temp": "50", **faults.get(str(i), {})}) for i in range(4)]
-
-
-@pytest.fixture(scope="module")
-def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_library(REPO / "tests/monitor/fake_nvml/fake_nvml.c", tmp_path_factory.mktemp("nvml"))
 
 
 @pytest.fixture()
@@ -71,9 +66,56 @@ def test_healthy_gpus(nvml_env: Callable[[Scenario], dict[str, str]]) -> None:
 def test_a_bad_gpu_is_named_with_its_fault(nvml_env: Callable[[Scenario], dict[str, str]], fault: dict[str, str],
                                            needle: str) -> None:
     env = nvml_env(Scenario(devices(**{"2": fault})))
-    (found,) = check_gpus(parse_gpu_list("1,2"), env)
+    (found,) = check_gpus(parse_gpu_list("1,2"), env, sustain_s=1.0)
     assert found.gpu == "GPU 2 (GPU-00000002-0000-4000-8000-000000000000)" and needle in found.fault
-    assert check_gpus(parse_gpu_list("0,1"), env) == []  # the job's GPUs only
+    assert check_gpus(parse_gpu_list("0,1"), env, sustain_s=1.0) == []  # the job's GPUs only
+
+
+@pytest.mark.parametrize("bits", ["0x40", "0x8", "0x80"])
+def test_a_passing_hardware_slowdown_is_a_note_never_a_fault(nvml_env: Callable[[Scenario], dict[str, str]],
+                                                            bits: str) -> None:
+    # The heat a previous job left: the slowdown shows at the first sample and clears within a second.
+    env = nvml_env(Scenario(devices(**{"1": {"throttle": bits, "throttle_for": "0.4"}})))
+    notes: list[str] = []
+    started = time.monotonic()
+    assert check_gpus(parse_gpu_list("0,1"), env, sustain_s=3.0, notes=notes) == []
+    assert time.monotonic() - started < 2.5  # no need to watch it to the end once it cleared
+    (note,) = notes
+    assert note.startswith("GPU 1 (GPU-00000001-") and "cleared within 3 s (passing: not drained)" in note
+
+
+def test_a_sustained_slowdown_is_a_fault(nvml_env: Callable[[Scenario], dict[str, str]]) -> None:
+    env = nvml_env(Scenario(devices(**{"3": {"throttle": "0x40", "throttle_for": "30"}})))
+    (found,) = check_gpus(parse_gpu_list("3"), env, sustain_s=1.0)
+    assert found.fault == "hw thermal slowdown sustained over 1 s"
+
+
+def test_xids_the_driver_reports_drain_only_for_a_broken_gpu(nvml_env: Callable[[Scenario], dict[str, str]]) -> None:
+    env = nvml_env(Scenario(devices(**{"0": {"xid": "79"}, "1": {"xid": "13"}, "2": {"xid": "48",
+                                                                                     "ecc_uncorrected": "2"}})))
+    notes: list[str] = []
+    faults = {f.gpu.split(" (")[0]: f.fault for f in check_gpus(parse_gpu_list("0,1,2,3"), env, notes=notes)}
+    assert faults == {"GPU 0": "Xid 79 (GPU has fallen off the bus)",
+                      "GPU 2": "2 uncorrectable ECC errors; Xid 48 (double-bit ECC error)"}
+    assert notes == ["GPU 1 (GPU-00000001-0000-4000-8000-000000000000): Xid 13 (an application's fault: not drained)"]
+    assert check_gpus(parse_gpu_list("3"), env) == []  # another GPU's Xid is not this job's
+
+
+def test_sustained_is_every_sample() -> None:
+    from hpc_aidc.monitor.gpu_health import sustained
+
+    assert sustained([0x40, 0x40, 0x44]) == 0x40 and sustained([0x40, 0x0, 0x40]) == 0
+    assert sustained([0x48, 0x40]) == 0x40 and sustained([0x4]) == 0 and sustained([]) == 0
+
+
+def test_the_catalogue_says_what_drains(hpcai: RunHpcai, site_file: Path) -> None:
+    proc = hpcai("--site", str(site_file), "admin", "gpu-health", "--catalogue")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in proc.stdout.splitlines()[2:]}
+    assert rows["hardware slowdown (hw slowdown, hw thermal slowdown, hw power brake)"] == "drain"
+    assert rows["uncorrectable ECC errors"] == rows["missing GPU"] == "drain"
+    assert rows["other Xids (13, 31, 43, 45: an application's faults)"] == "no"
+    assert "sustained: in every sample for 5 s" in proc.stdout
 
 
 def test_warnings_never_fail_a_job(nvml_env: Callable[[Scenario], dict[str, str]]) -> None:
@@ -217,6 +259,31 @@ def test_ecc_fault_drains_the_node_and_the_job_runs_elsewhere(held: HeldJobs) ->
     # the failed run started no energy sampler on the bad node
     assert not (ENERGY_STORE / job / "r0" / f"{node}.meta.json").exists()
     assert f"job={job}: gpu-health on {node}: hpcai gpu-health: GPU" in LOG.read_text()
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("cluster")
+def test_a_passing_thermal_slowdown_never_drains(held: HeldJobs) -> None:
+    # The previous job left the GPUs hot: each is slowed down when the prolog first looks, not a second later.
+    job = held.submit()
+    passing = {str(i): {"throttle": "0x40", "throttle_for": "1"} for i in range(4)}
+    # the shared scenario's own throttle lines (GPU 3: software thermal) would override ours
+    text = "\n".join(line for line in _scenario(passing).splitlines()
+                     if not line.startswith("throttle ") or line.startswith("throttle 0x40")) + "\n"
+    (FAKE / f"scenario.job{job}").write_text(text)
+    (FAKE / f"scenario.job{job}").chmod(0o644)
+    before = _sh("sinfo", "-h", "-R", "-o", "%N %E")
+    try:
+        _sh("scontrol", "release", job)
+        wait_until("the job completed",
+                   lambda: _sh("sacct", "-j", job, "-X", "-n", "-P", "-o", "State") == "COMPLETED", 90, interval=0.3)
+    finally:  # were a node drained for it, it is not left so
+        drained = _sh("sinfo", "-h", "-R", "-N", "-o", "%N|%E").splitlines()
+        held.drained += [n for n, _, why in (d.partition("|") for d in drained)
+                         if why.startswith("hpcai gpu-health") and "slowdown" in why and n not in before]
+    assert _sh("sinfo", "-h", "-R", "-o", "%N %E") == before
+    line = next(line for line in LOG.read_text().splitlines() if f"job={job}: gpu-health on " in line)
+    assert "hw thermal slowdown cleared within 5 s (passing: not drained)" in line and line.endswith("job allowed")
 
 
 @pytest.mark.cluster

@@ -1,14 +1,21 @@
 """The node metrics writer and the Grafana dashboard: the exposition passes `promtool check metrics`,
 cardinality is bounded (a finished job's series go), the writer refuses a directory others could write,
 and on the dev cluster every dashboard panel's query returns data from the real Prometheus for a running
-GPU job, whose series disappear once it ends."""
+GPU job, whose series disappear once it ends. The metrics name every job's user and account, which
+PrivateData hides: an ordinary user (alice) reads neither the writer's files nor Prometheus's data, and
+node_exporter and Prometheus answer her 401 without the monitoring login."""
 
 from __future__ import annotations
 
+import base64
+import grp
 import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
+import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -17,12 +24,17 @@ from typing import Any
 import pytest
 from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 
-from hpc_aidc.monitor.exporter import job_energy_j, running_jobs
+from hpc_aidc.monitor.exporter import WriterConfig, job_energy_j, run_writer, running_jobs
 from hpc_aidc.render.metrics import MAPPING, GpuMetrics, JobMetrics, NodeMetrics, mapping_markdown, render_node_metrics
 
 DASHBOARD = REPO / "monitoring/grafana/hpcai-gpu-energy.json"
 PROMETHEUS = "http://127.0.0.1:19090"
-TEXTFILES = Path("/var/lib/hpcai-devcluster/monitoring/textfile")
+NODE_EXPORTER = "http://127.0.0.1:19100"
+MONITORING = Path("/var/lib/hpcai-devcluster/monitoring")
+TEXTFILES = MONITORING / "textfile"
+# The dev cluster's monitoring login (slurm/devcluster/up.sh): its password file is root:prometheus 0640.
+LOGIN = "hpcai"
+PASSWORD_FILE = MONITORING / "web" / "password"
 
 
 def gpu(i: int, **kw: Any) -> GpuMetrics:
@@ -100,6 +112,28 @@ def test_writer_refuses_a_directory_others_can_write(hpcai: RunHpcai, tmp_path: 
     assert_clean_error(hpcai("admin", "metrics", "--textfile-dir", str(shared), "--interval", "0"), "--interval")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the file the directory's group needs root")
+def test_the_writers_file_is_readable_by_the_directorys_group_only(tmp_path: Path) -> None:
+    textfile = tmp_path / "textfile"
+    textfile.mkdir(mode=0o750)
+    group = _collector_group()
+    os.chown(textfile, 0, group)
+    run_writer(WriterConfig(node="n1", textfile_dir=textfile, spool_dir=tmp_path / "spool", energy_store=None),
+               threading.Event(), once=True)
+    st = (textfile / "hpcai-n1.prom").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, group, 0o640)
+
+
+def _collector_group() -> int:
+    """prometheus's group where the package made it, else nogroup: any group but root's."""
+    for name in ("prometheus", "nogroup"):
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+    return 65534
+
+
 def test_dashboard_is_complete() -> None:
     dash = json.loads(DASHBOARD.read_text())
     titles = [p["title"] for p in dash["panels"]]
@@ -111,9 +145,15 @@ def test_dashboard_is_complete() -> None:
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"][0]["expr"]
 
 
+def _login() -> dict[str, str]:
+    """The Authorization header of the monitoring login (the test runs as root, who reads its password)."""
+    token = base64.b64encode(f"{LOGIN}:{PASSWORD_FILE.read_text().strip()}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def _query(expr: str) -> list[dict[str, Any]]:
     url = f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_login()), timeout=10) as response:
         body = json.load(response)
     assert body["status"] == "success", body
     return list(body["data"]["result"])
@@ -162,3 +202,54 @@ def test_monitoring_daemons_listen_on_loopback_only() -> None:
         listening = [line for line in out.splitlines() if f":{port} " in line]
         assert listening and all("127.0.0.1:" in line for line in listening), listening
     assert os.stat(TEXTFILES).st_uid == 0 and not os.stat(TEXTFILES).st_mode & 0o022
+
+
+def _as_alice(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", "alice", "--", *argv], capture_output=True, text=True, cwd="/tmp",
+                          timeout=60, check=False)
+
+
+# Prints the HTTP status of each URL (argv) as alice sees it, with the Authorization header in $AUTH if any.
+_STATUS = """import os, sys, urllib.error, urllib.request
+for url in sys.argv[1:]:
+    headers = {"Authorization": os.environ["AUTH"]} if os.environ.get("AUTH") else {}
+    try:
+        print(urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).status)
+    except urllib.error.HTTPError as exc:
+        print(exc.code)
+"""
+_SCRAPES = [f"{NODE_EXPORTER}/metrics", f"{PROMETHEUS}/api/v1/query?query=hpcai_job_power_watts",
+            f"{PROMETHEUS}/api/v1/series?match%5B%5D=hpcai_gpu_job_info", f"{PROMETHEUS}/federate?match%5B%5D=up",
+            f"{PROMETHEUS}/graph", f"{PROMETHEUS}/-/ready"]
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("cluster")
+def test_an_ordinary_user_reads_no_metrics_file() -> None:
+    wait_until("a writer's file", lambda: list(TEXTFILES.glob("hpcai-n*.prom")), 30)
+    for path in TEXTFILES.glob("hpcai-n*.prom"):
+        st = path.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_uid == 0, path
+        assert st.st_gid == TEXTFILES.stat().st_gid, path  # the collector's group, not root's
+        read = _as_alice("cat", str(path))
+        assert read.returncode != 0 and "Permission denied" in read.stderr and read.stdout == ""
+    assert stat.S_IMODE(TEXTFILES.stat().st_mode) & 0o007 == 0
+    for folder in (TEXTFILES, MONITORING / "tsdb", MONITORING / "web"):
+        listed = _as_alice("ls", str(folder))
+        assert listed.returncode != 0 and "Permission denied" in listed.stderr, folder
+    assert _as_alice("cat", str(PASSWORD_FILE)).returncode != 0
+
+
+@pytest.mark.cluster
+@pytest.mark.usefixtures("cluster")
+def test_node_exporter_and_prometheus_answer_an_ordinary_user_401() -> None:
+    no_login = _as_alice("env", "AUTH=", sys.executable, "-I", "-c", _STATUS, *_SCRAPES)
+    assert no_login.stdout.split() == ["401"] * len(_SCRAPES), no_login.stderr
+    wrong = "Basic " + base64.b64encode(f"{LOGIN}:not-the-password".encode()).decode()
+    guessed = _as_alice("env", f"AUTH={wrong}", sys.executable, "-I", "-c", _STATUS, *_SCRAPES)
+    assert guessed.stdout.split() == ["401"] * len(_SCRAPES), guessed.stderr
+    # with the login (read by root) the same requests succeed, and the series still carry their labels
+    with_login = subprocess.run([sys.executable, "-I", "-c", _STATUS, *_SCRAPES], capture_output=True, text=True,
+                                env={**os.environ, "AUTH": _login()["Authorization"]}, timeout=60, check=False)
+    assert with_login.stdout.split() == ["200"] * len(_SCRAPES), with_login.stderr
+    assert _query("up") and all(s["value"][1] == "1" for s in _query('up{job="node"}'))

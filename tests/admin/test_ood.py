@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,12 @@ puts JSON.generate(YAML.safe_load(out))
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def app(tmp_path_factory: pytest.TempPathFactory, hpcai: RunHpcai) -> Path:
     out = tmp_path_factory.mktemp("ood")
     text = (REPO / "slurm/devcluster/site.toml.in").read_text()
     site = out / "site.toml"
     site.write_text(text.replace("@JOBS@", "/j").replace("@STATE@", "/s").replace("@CLUSTER@", "devcluster"))
-    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "--site", str(site), "admin",
-                           "ood", "--out", str(out / "app"), "-A", "physics"],
-                          capture_output=True, text=True, check=False)
+    proc = hpcai("--site", str(site), "admin", "ood", "--out", str(out / "app"), "-A", "physics")
     assert proc.returncode == 0, proc.stderr
     return out / "app"
 

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunHpcai, assert_clean_error
+from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 from site_fixture import site_doc
 
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.render.admin_templates import TemplateOptions, render_templates, template_context
-from hpc_aidc.site import load_site, parse_site
-from hpc_aidc.spec.policy import JobRequest, check_request
+from hpc_aidc.site_profile import load_site, parse_site
+from hpc_aidc.spec.policy import PolicyRequest, first_broken_rule
 
 TEMPLATES = REPO / "templates" / "sbatch"
 NAMES = ["infer-array.sbatch", "interactive-gpu.sbatch", "multinode-pytorch.sbatch", "pack-array.sbatch",
@@ -90,14 +90,14 @@ def test_profile_values_reach_the_scripts(tmp_path: Path) -> None:
     assert "#SBATCH --array=0-2" in dev["infer-array.sbatch"]
 
 
-def _request(text: str) -> JobRequest:
+def _request(text: str) -> PolicyRequest:
     """The request a rendered script makes, from its #SBATCH lines."""
     opts = dict(line[len("#SBATCH --"):].split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --")
                 and "=" in line)
     nodes, tasks, cpus = int(opts["nodes"]), int(opts["ntasks-per-node"]), int(opts["cpus-per-task"])
     gpus = int(opts["gres"].rsplit(":", 1)[1]) if "gres" in opts else 0
     gpu_type = opts["gres"].split(":")[1] if "gres" in opts and opts["gres"].count(":") == 2 else None
-    return JobRequest(user="alice", account=opts.get("account"), partition=opts["partition"], qos=opts.get("qos"),
+    return PolicyRequest(user="alice", account=opts.get("account"), partition=opts["partition"], qos=opts.get("qos"),
                       time_given="time" in opts, nodes=nodes, gpus=gpus * nodes, gpus_per_node=gpus,
                       gpu_type=gpu_type, cpus=tasks * cpus * nodes, cpus_per_node=tasks * cpus)
 
@@ -109,7 +109,7 @@ def test_rendered_scripts_keep_the_sites_own_policy(profile: str, tmp_path: Path
     site = load_site(tmp_path / "site.toml", environ={})
     assert site.policy.enabled
     for name, script in rendered.items():
-        assert check_request(site, _request(script)) is None, name
+        assert first_broken_rule(site, _request(script)) is None, name
 
 
 def test_strict_undefined_and_unsafe_values() -> None:
@@ -224,12 +224,14 @@ def test_training_template_saves_requeues_and_resumes_on_the_warning_signal(hpca
         # what Slurm sends --signal=B:USR2@120 before the time limit, sent now
         assert _as_alice(workdir, "scancel", "--batch", "--signal=USR2", job).returncode == 0
         _wait_log(workdir, job, "saved checkpoint at step")
-        deadline = time.monotonic() + 30
-        while not all(x in (show := subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
-                                                     check=False).stdout)
-                      for x in ("Restarts=1", "JobState=PENDING", "Reason=BeginTime")):
-            assert time.monotonic() < deadline, show
-            time.sleep(0.5)
+        shown: list[str] = []
+
+        def requeued_and_held() -> bool:
+            shown.append(subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                                        check=False).stdout)
+            return all(x in shown[-1] for x in ("Restarts=1", "JobState=PENDING", "Reason=BeginTime"))
+
+        wait_until(f"job {job} requeued and held", requeued_and_held, 30, detail=lambda: shown[-1])
         # Slurm holds a requeued job two minutes (BeginTime); an admin's StartTime=now skips the wait
         subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
         saved = _log(workdir, job).split("saved checkpoint at step ")[1].split()[0]
@@ -240,7 +242,5 @@ def test_training_template_saves_requeues_and_resumes_on_the_warning_signal(hpca
 
 
 def _wait_log(workdir: Path, job: str, needle: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in _log(workdir, job):
-        assert time.monotonic() < deadline, (needle, _log(workdir, job)[-2000:])
-        time.sleep(0.5)
+    wait_until(f"{needle!r} in the log of job {job}", lambda: needle in _log(workdir, job), timeout,
+               detail=lambda: _log(workdir, job)[-2000:])

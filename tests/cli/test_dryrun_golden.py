@@ -1,6 +1,8 @@
-"""`--dry-run` of every kind that prints a script prints exactly the one in tests/golden/ (paths normalised):
-`submit train`, `submit run` and `submit sweep`. Each carries the parts every submission gets from
-scheduler/admission.py: the audit tag, the energy line (this profile starts no prolog)."""
+"""`--dry-run` of every kind prints exactly the scripts in tests/golden/ (paths normalised): `submit train`,
+`submit run`, `submit sweep`, `submit infer`, and a pipeline whose stages are a data pack (its array and
+finalize job), a run and an inference stage submitted by its launcher job. Each carries the parts every
+submission gets from scheduler/admission.py: the audit tag, the energy line (this profile starts no
+prolog)."""
 
 from __future__ import annotations
 
@@ -52,12 +54,69 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+INFER = ["submit", "infer", "--dry-run", "--entry", "myentry:run", "--input", "prompts.jsonl", "--output", "out",
+         "--rows-per-shard", "5", "--tasks", "2", "-A", "physics", "--time", "00:30:00"]
+PIPELINE = """
+[pipeline]
+name = "golden"
+[stage.pack]
+kind = "data-pack"
+inputs = ["tokens.npy"]
+out = "corpus.zarr"
+seq_len = 65
+array = 2
+account = "physics"
+[stage.count]
+kind = "run"
+after = ["pack"]
+command = ["python", "count.py", "{stage.pack.out}"]
+account = "physics"
+time = "00:05:00"
+[stage.embed]
+kind = "infer"
+after = ["pack"]
+entry = "myentry:run"
+input = "{stage.pack.out}"
+output = "embedded"
+account = "physics"
+time = "00:30:00"
+"""
+
+
+@pytest.mark.parametrize("kind", [*sorted(CASES), "infer", "pipeline"])
 def test_dry_run_matches_golden(kind: str, hpcai: RunHpcai, tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
     site.write_text(SITE)
-    proc = hpcai("--site", str(site), *CASES[kind])
+    (tmp_path / "myentry.py").write_text("def run(texts, task, params):\n    return [t.upper() for t in texts]\n")
+    (tmp_path / "prompts.jsonl").write_text("".join(f'{{"text": "row {i}"}}\n' for i in range(10)))
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "tokens.npy", (np.arange(5000) % 251).astype(np.uint16))
+    (tmp_path / "golden.toml").write_text(PIPELINE)
+    argv = {"infer": INFER, "pipeline": ["submit", "pipeline", "--dry-run", "golden.toml"]}.get(kind) or CASES[kind]
+    proc = hpcai("--site", str(site), *argv, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    text = re.sub(r"sweep-\d{8}-\d{6}-[0-9a-f]{6}", "sweep-{TIME}-{HEX}", normalise(proc.stdout))
+    text = normalise(proc.stdout).replace(str(tmp_path), "{TMP}")
+    for pattern, stands_for in [(r"sweep-\d{8}-\d{6}-[0-9a-f]{6}", "sweep-{TIME}-{HEX}"),
+                                (r"pack-\d{8}-\d{6}-[0-9a-f]{6}", "pack-{TIME}-{HEX}"),
+                                (r"infer-[0-9a-f]{8,}", "infer-{RUN}")]:
+        text = re.sub(pattern, stands_for, text)
     assert sys.executable not in text
     assert text == (GOLDEN / f"{kind}_dryrun.sbatch").read_text()
+
+
+def test_dry_run_json_is_the_whole_request(hpcai: RunHpcai, tmp_path: Path) -> None:
+    """`--dry-run --json`: the request submit would hand to Slurm, its script the same as the plain dry run."""
+    import json
+
+    site = tmp_path / "site.toml"
+    site.write_text(SITE)
+    plain = hpcai("--site", str(site), *CASES["train"])
+    proc = hpcai("--site", str(site), *CASES["train"], "--json")
+    assert proc.returncode == 0 and plain.returncode == 0, proc.stderr
+    request = json.loads(proc.stdout)
+    assert request["kind"] == "train" and request["audit_tag"] == "hpcai-submit-train"
+    assert [job["script"] for job in request["jobs"]] == [plain.stdout]
+    assert request["jobs"][0]["pickled_call"]["function"] == "hpc_aidc.node.train:train_task"
+    assert request["policy"]["account"] == "physics" and request["policy"]["gpus"] == 32
+    assert request["output"].endswith("/<job:0>")
+    assert [Path(p).name for p in request["writes_after"]] == ["config.json", "deepspeed.json"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +25,6 @@ def job_root(tmp_path: Path) -> Path:
     root = tmp_path / "jobs"
     root.mkdir()
     return root
-
-
-@pytest.fixture
-def shared_root() -> Iterator[Path]:
-    """A job root every test user can reach (pytest's tmp_path sits under a root-only directory)."""
-    root = Path(tempfile.mkdtemp(prefix="hpcai-jobs-", dir="/tmp"))
-    root.chmod(0o1777)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def _env(job_root: Path) -> dict[str, str]:
@@ -90,10 +78,10 @@ def test_bad_job_ids(hpcai: RunHpcai, job_id: str) -> None:
 @pytest.mark.cluster
 @pytest.mark.usefixtures("cluster")
 class TestAgainstTheCluster:
-    def test_account_without_association(self, hpcai: RunHpcai, shared_root: Path) -> None:
-        proc = hpcai("submit", "run", "-A", "climate", "--", "true", user="alice", env=_env(shared_root))
+    def test_account_without_association(self, hpcai: RunHpcai, user_folders: Path) -> None:
+        proc = hpcai("submit", "run", "-A", "climate", "--", "true", user="alice", env=_env(user_folders))
         assert_clean_error(proc, "associated with (physics)", "'climate'")
-        assert [p for p in shared_root.rglob("*") if not p.is_dir()] == []
+        assert [p for p in user_folders.rglob("*") if not p.is_dir()] == []
 
     def test_job_root_the_user_cannot_reach(self, hpcai: RunHpcai, job_root: Path) -> None:
         # pytest's tmp_path lies under a root-only directory: alice can neither create nor list it

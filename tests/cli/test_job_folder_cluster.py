@@ -7,37 +7,20 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cluster_kit import jobs_named, submit_json
 from conftest import RunHpcai, assert_clean_error
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 
 
-@pytest.fixture()
-def shared_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="hpcai-jobs-", dir="/tmp"))
-    root.chmod(0o1777)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
 def _uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
-
-
-def _nothing_submitted(name: str, user: str = "alice") -> bool:
-    queued = subprocess.run(["squeue", "-h", "-u", user, "-n", name, "-o", "%i"], capture_output=True, text=True,
-                            check=True)
-    known = subprocess.run(["sacct", "-n", "-X", "-P", "-u", user, "--name", name, "-S", "now-1hours", "-o",
-                            "jobid"], capture_output=True, text=True, check=True)
-    return queued.stdout.strip() == "" and known.stdout.strip() == ""
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, bytes | str | None]]:
@@ -79,10 +62,11 @@ def _symlink_to_bobs(d: Path) -> None:
 
 
 @pytest.mark.parametrize(("make", "needles"), [
-    (_owned_by_bob, ["to be owned by you (alice)", "Got owner 'bob' instead", "Ask your admins"]),
+    (_owned_by_bob, ["to be owned by you (alice)", "Got owner 'bob' instead",
+                     "Ask your admins to move it away and make it anew (`hpcai admin user-folders alice --repair`)"]),
     (_group_writable, ["writable by you alone", "mode 0770 (writable by group)", "chmod go-w"]),
     (_world_writable, ["writable by group and others", "chmod go-w"]),
-    (_symlink_to_bobs, ["Got a symbolic link to", "Remove the link"]),
+    (_symlink_to_bobs, ["Got a symbolic link to", "hpcai admin user-folders alice --repair"]),
 ], ids=["other-owner", "group-writable", "world-writable", "symlink"])
 def test_unsafe_user_folder_is_refused_and_nothing_submitted(
         hpcai: RunHpcai, shared_root: Path, make: Callable[[Path], None], needles: list[str]) -> None:
@@ -95,24 +79,52 @@ def test_unsafe_user_folder_is_refused_and_nothing_submitted(
     assert_clean_error(proc, str(user_dir), *needles)
     assert proc.stdout == ""
     assert _tree(shared_root) == before  # nothing written, nothing "repaired"
-    assert _nothing_submitted(name)
+    assert jobs_named(name, user="alice") == ""
 
 
-def test_missing_user_folder_is_created_private(hpcai: RunHpcai, shared_root: Path) -> None:
-    proc = hpcai("submit", "run", "-A", "physics", "--wait", "--json", "--", "true", user="alice",
-                 env={"HPCAI_JOB_ROOT": str(shared_root)})
-    assert proc.returncode == 0, proc.stderr
+def test_a_missing_user_folder_is_made_by_root_not_by_the_user(hpcai: RunHpcai, shared_root: Path) -> None:
+    env = {"HPCAI_JOB_ROOT": str(shared_root)}
+    name = f"nofolder-{uuid.uuid4().hex[:8]}"
+    proc = hpcai("submit", "run", "-A", "physics", "-J", name, "--", "true", user="alice", env=env)
+    assert_clean_error(proc, f"Expected your job directory {shared_root / 'alice'}. Got none",
+                       "Ask your admins to run `hpcai admin user-folders alice`")
+    assert not (shared_root / "alice").exists() and jobs_named(name, user="alice") == ""
+    made = hpcai("admin", "user-folders", "alice", "--job-root", str(shared_root), "--json")
+    assert made.returncode == 0, made.stderr
+    assert [o["action"] for o in json.loads(made.stdout)] == ["created"]
+    job_id = submit_json(hpcai, "run", "-A", "physics", "--wait", "--", "true", user="alice", env=env)["job_id"]
     st = (shared_root / "alice").lstat()
     assert st.st_uid == _uid("alice") and st.st_mode & 0o7777 == 0o750
-    job_id = json.loads(proc.stdout)["job_id"]
     assert sorted(p.name for p in (shared_root / "alice").iterdir()) == [job_id]  # no staging left, no symlink
 
 
-def test_refused_sbatch_leaves_the_user_folder_exactly_as_it_was(hpcai: RunHpcai, shared_root: Path) -> None:
+def test_alice_cannot_own_a_part_of_bobs_job_tree(hpcai: RunHpcai, shared_root: Path) -> None:
+    """alice makes bob's folder in the shared job root before him (with a folder inside, where a job of his
+    would go): bob is refused with advice that hands him nothing of hers; root moves hers aside."""
+    env = {"HPCAI_JOB_ROOT": str(shared_root)}
+    for path in (shared_root / "bob", shared_root / "bob" / "4242"):
+        subprocess.run(["runuser", "-u", "alice", "--", "mkdir", "-m", "0755", str(path)], check=True)
+    proc = hpcai("submit", "run", "-A", "climate", "--", "true", user="bob", env=env)
+    assert_clean_error(proc, "Got owner 'alice'", "hpcai admin user-folders bob --repair")
+    assert "chown" not in proc.stderr
+    report = hpcai("admin", "user-folders", "bob", "--job-root", str(shared_root))
+    assert report.returncode == 1 and "unsafe" in report.stdout and "owned by alice" in report.stdout
+    assert (shared_root / "bob").lstat().st_uid == _uid("alice")  # reported, not touched
+    repaired = hpcai("admin", "user-folders", "bob", "--job-root", str(shared_root), "--repair")
+    assert repaired.returncode == 0 and "repaired" in repaired.stdout, repaired.stderr
+    bob_dir = shared_root / "bob"
+    assert bob_dir.lstat().st_uid == _uid("bob") and list(bob_dir.iterdir()) == []
+    aside = [p for p in shared_root.iterdir() if p.name.startswith(".bob.foreign-")]
+    assert len(aside) == 1 and (aside[0] / "4242").is_dir()  # kept for the admins, out of bob's tree
+    job_id = submit_json(hpcai, "run", "-A", "climate", "--wait", "--", "true", user="bob", env=env)["job_id"]
+    assert {p.lstat().st_uid for p in bob_dir.rglob("*")} == {_uid("bob")} and (bob_dir / job_id).is_dir()
+
+
+def test_refused_sbatch_leaves_the_user_folder_exactly_as_it_was(hpcai: RunHpcai, user_folders: Path) -> None:
+    shared_root = user_folders
     user_dir = shared_root / "alice"
     env = {"HPCAI_JOB_ROOT": str(shared_root)}
-    first = hpcai("submit", "run", "-A", "physics", "--wait", "--json", "--", "true", user="alice", env=env)
-    assert first.returncode == 0, first.stderr
+    submit_json(hpcai, "run", "-A", "physics", "--wait", "--", "true", user="alice", env=env)
     subprocess.run(["runuser", "-u", "alice", "--", "mkdir", str(user_dir / "notes")], check=True)
     subprocess.run(["runuser", "-u", "alice", "--", "touch", str(user_dir / "notes" / "todo")], check=True)
     before = _tree(shared_root)
@@ -121,7 +133,7 @@ def test_refused_sbatch_leaves_the_user_folder_exactly_as_it_was(hpcai: RunHpcai
     proc = hpcai("submit", "run", "-A", "climate", "-J", name, "--", "true", user="alice", env=env)
     assert_clean_error(proc, "associated with (physics)", "'climate'")
     assert _tree(shared_root) == before
-    assert _nothing_submitted(name)
+    assert jobs_named(name, user="alice") == ""
 
 
 def test_data_pack_array_checks_the_user_folder_too(hpcai: RunHpcai, shared_root: Path) -> None:
@@ -140,4 +152,4 @@ def test_data_pack_array_checks_the_user_folder_too(hpcai: RunHpcai, shared_root
                        "chmod go-w")
     assert {k: v for k, v in _tree(shared_root).items() if k in name_before} == name_before
     assert not (shared_root / "alice" / "data-pack").exists()
-    assert _nothing_submitted("hpcai-pack")  # alice has never packed as an array on this cluster
+    assert jobs_named("hpcai-pack", user="alice") == ""  # alice has never packed as an array on this cluster

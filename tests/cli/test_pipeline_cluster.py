@@ -6,35 +6,22 @@ in the file submit nothing."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunHpcai, assert_clean_error
+from cluster_kit import jobs_named, json_output, submit_json, tiny_train_config
+from conftest import RunHpcai, assert_clean_error, wait_until
 
 from hpc_aidc.data.spec import MANIFEST_NAME
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
 
-TRAIN = """
-[model]
-preset = "tiny"
-n_layer = 2
-[optimizer]
-lr = 0.003
-warmup_steps = 2
-[train]
-max_steps = 6
-micro_batch = 4
-zero = 1
-[checkpoint]
-every = 3
-keep_last = 1
-"""
+TRAIN = tiny_train_config(optimizer={"lr": 0.003, "warmup_steps": 2},
+                          train={"max_steps": 6, "micro_batch": 4, "zero": 1},
+                          checkpoint={"every": 3, "keep_last": 1})
 
 WHERE = 'account = "physics"\npartition = "cpu"\ntime = "00:10:00"\n'
 
@@ -56,15 +43,15 @@ def _pipeline(folder: Path, name: str, body: str) -> Path:
 
 
 def _wait(hpcai: RunHpcai, name: str, timeout: float = 400) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        proc = hpcai("status", name, "--json")
-        assert proc.returncode == 0, proc.stderr
-        status: dict[str, Any] = json.loads(proc.stdout)
-        if all(s["state"] not in ("PENDING", "RUNNING", "UNKNOWN") for s in status["stages"]):
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    """The pipeline's status once none of its stages is pending, running or unknown."""
+    seen: list[dict[str, Any]] = []
+
+    def ended() -> bool:
+        seen.append(json_output(hpcai("status", name, "--json")))
+        return all(s["state"] not in ("PENDING", "RUNNING", "UNKNOWN") for s in seen[-1]["stages"])
+
+    wait_until(f"pipeline {name} to end", ended, timeout, interval=3, detail=lambda: seen[-1])
+    return seen[-1]
 
 
 def _states(status: dict[str, Any]) -> dict[str, str]:
@@ -118,9 +105,7 @@ command = ["test", "-s", "{stage.infer.out}/done/000000.json"]
     assert "#SBATCH --kill-on-invalid-dep=yes" in dry.stdout
     assert hpcai("status", name).returncode == 2  # a dry run records and submits nothing
 
-    proc = hpcai("submit", "pipeline", str(path), "--json")
-    assert proc.returncode == 0, proc.stderr
-    submitted = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    submitted = {s["stage"]: s for s in submit_json(hpcai, "pipeline", str(path))["stages"]}
     assert [s["reused"] for s in submitted.values()] == [False, False, False, False]
     assert submitted["infer"]["launcher"] and submitted["check"]["jobs"] == []
     # the train job waits for the pack's finalize job, the check for the train job
@@ -137,9 +122,7 @@ command = ["test", "-s", "{stage.infer.out}/done/000000.json"]
     text = hpcai("status", name).stdout
     assert "STAGE" in text and submitted["train"]["jobs"][0] in text
 
-    again = hpcai("submit", "pipeline", str(path), "--json")
-    assert again.returncode == 0, again.stderr
-    stages = json.loads(again.stdout)["stages"]
+    stages = submit_json(hpcai, "pipeline", str(path))["stages"]
     assert [s["reused"] for s in stages] == [True, True, True, True]
     assert [s["jobs"] for s in stages] == [jobs[s["stage"]] for s in stages]
 
@@ -165,9 +148,7 @@ dependency = "afterany"
 command = ["true"]
 """ + WHERE
     path = _pipeline(folder, name, body.replace("{code}", "1"))
-    first = hpcai("submit", "pipeline", str(path), "--json")
-    assert first.returncode == 0, first.stderr
-    jobs = {s["stage"]: s["jobs"] for s in json.loads(first.stdout)["stages"]}
+    jobs = {s["stage"]: s["jobs"] for s in submit_json(hpcai, "pipeline", str(path))["stages"]}
     status = _wait(hpcai, name)
     assert _states(status) == {"pack": "COMPLETED", "middle": "FAILED", "last": "CANCELLED",
                                "always": "COMPLETED"}, status
@@ -176,21 +157,12 @@ command = ["true"]
     assert "cancelled: dependency middle failed" in hpcai("status", name).stdout
 
     path.write_text(path.read_text().replace("sys.exit(1)", "sys.exit(0)"))
-    second = hpcai("submit", "pipeline", str(path), "--json")
-    assert second.returncode == 0, second.stderr
-    rerun = {s["stage"]: s for s in json.loads(second.stdout)["stages"]}
+    rerun = {s["stage"]: s for s in submit_json(hpcai, "pipeline", str(path))["stages"]}
     assert {n for n, s in rerun.items() if s["reused"]} == {"pack"}
     assert rerun["pack"]["jobs"] == jobs["pack"]
     assert all(set(rerun[n]["jobs"]).isdisjoint(jobs[n]) for n in ("middle", "last", "always"))
     status = _wait(hpcai, name)
     assert set(_states(status).values()) == {"COMPLETED"}, status
-
-
-def _queued(job_name: str) -> str:
-    return subprocess.run(["squeue", "-h", "-n", job_name, "-o", "%i"], capture_output=True, text=True,
-                          check=True).stdout + subprocess.run(
-        ["sacct", "-n", "-X", "--name", job_name, "-o", "jobid", "-S", "now-1hours"], capture_output=True, text=True,
-        check=True).stdout
 
 
 @pytest.mark.parametrize(("last_stage", "needles"), [
@@ -220,7 +192,7 @@ job_name = "{job_name}"
 """ + WHERE)
     proc = hpcai("submit", "pipeline", str(path))
     assert_clean_error(proc, *needles)
-    assert _queued(job_name) == ""
+    assert jobs_named(job_name) == ""
     assert not (folder / "corpus.zarr").exists()  # the pack stage wrote nothing either
     assert hpcai("status", name).returncode == 2  # no record
 
@@ -256,4 +228,4 @@ output = "out"
 max_concurrent = 0
 """ + WHERE)
     assert_clean_error(hpcai("submit", "pipeline", str(path)), "--max-concurrent >= 1")
-    assert _queued("pinfer-train") == ""
+    assert jobs_named("pinfer-train") == ""

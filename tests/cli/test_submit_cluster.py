@@ -4,37 +4,34 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from conftest import RunHpcai
+from cluster_kit import json_output, submit_json
+from conftest import RunHpcai, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("cluster")]
 
 REPORT = 'echo "node=$SLURMD_NODENAME rank=$SLURM_PROCID gpus=$CUDA_VISIBLE_DEVICES argv=[$*]"'
 
 
-def _json(proc: subprocess.CompletedProcess[str]) -> dict:  # type: ignore[type-arg]
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)  # type: ignore[no-any-return]
-
-
 def _sacct(job_id: str, fields: str) -> str:
-    for _ in range(20):  # slurmdbd receives the final record a moment after the job ends
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        if out and "allocation" not in out:
-            return out
-        time.sleep(0.5)
-    return out
+    """The job's sacct line, once slurmdbd has the final record (it arrives a moment after the job ends)."""
+    seen: list[str] = []
+
+    def final() -> bool:
+        seen.append(subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True,
+                                   text=True, check=True).stdout.strip())
+        return bool(seen[-1]) and "allocation" not in seen[-1]
+
+    wait_until(f"sacct's final record of job {job_id}", final, 10, detail=lambda: seen[-1])
+    return seen[-1]
 
 
 def test_two_node_job_completes_and_sacct_has_it(hpcai: RunHpcai) -> None:
-    proc = hpcai("submit", "run", "--nodes", "2", "--gpus-per-node", "2", "--account", "physics",
-                 "--job-name", "two-node", "--wait", "--json", "--", "bash", "-c", REPORT, "argv0", "a b", "c")
-    result = _json(proc)
+    result = submit_json(hpcai, "run", "--nodes", "2", "--gpus-per-node", "2", "--account", "physics",
+                         "--job-name", "two-node", "--wait", "--", "bash", "-c", REPORT, "argv0", "a b", "c")
     assert result["state"] == "COMPLETED" and result["nodes"] == 2
     job_id = result["job_id"]
     assert _sacct(job_id, "account,nnodes,alloctres,state").split("|") == [
@@ -45,7 +42,7 @@ def test_two_node_job_completes_and_sacct_has_it(hpcai: RunHpcai) -> None:
                    if line.startswith("node="))
     assert ranks == ["n1 rank=0 gpus=0,1", "n1 rank=1 gpus=0,1", "n2 rank=2 gpus=0,1", "n2 rank=3 gpus=0,1"]
     assert all("argv=[a b c]" in out for out in lines)
-    status = _json(hpcai("status", job_id, "--json"))
+    status = json_output(hpcai("status", job_id, "--json"))
     assert status["account"] == "physics" and status["gpus"] == 4 and status["nodelist"] == "n[1-2]"
 
 
@@ -55,7 +52,7 @@ def test_dry_run_prints_exactly_what_is_submitted(hpcai: RunHpcai) -> None:
     assert dry.returncode == 0, dry.stderr
     assert "sbatch --test-only: Job" in dry.stderr and "to start at" in dry.stderr
     assert dry.stdout.startswith("#!/bin/bash\n")
-    submitted = _json(hpcai(*args[:2], "--json", *args[2:]))
+    submitted = json_output(hpcai(*args[:2], "--json", *args[2:]))  # as the dry run: right after `run`
     assert Path(submitted["script"]).read_text() == dry.stdout
 
 
@@ -63,8 +60,8 @@ def test_injection_strings_are_never_executed(hpcai: RunHpcai, tmp_path: Path) -
     marker = Path("/tmp") / f"pwned-{uuid.uuid4().hex}"
     evil = [f"x'; touch {marker}; '", f"$(touch {marker})", f"`touch {marker}`", f"; touch {marker}"]
     for name in evil[:2]:
-        result = _json(hpcai("submit", "run", "-N", "2", "-A", "physics", "-J", name, "--wait", "--json",
-                             "--", "printf", "%s\\n", *evil))
+        result = submit_json(hpcai, "run", "-N", "2", "-A", "physics", "-J", name, "--wait",
+                             "--", "printf", "%s\\n", *evil)
         assert result["state"] == "COMPLETED"
         assert _sacct(result["job_id"], "jobname") == name
         log = hpcai("logs", result["job_id"]).stdout
@@ -77,13 +74,12 @@ def test_injection_strings_are_never_executed(hpcai: RunHpcai, tmp_path: Path) -
 
 
 def test_ordinary_user_submits_to_their_project(hpcai: RunHpcai) -> None:
-    result = _json(hpcai("submit", "run", "-N", "2", "-A", "physics", "--wait", "--json", "--", "id", "-un",
-                         user="alice"))
+    result = submit_json(hpcai, "run", "-N", "2", "-A", "physics", "--wait", "--", "id", "-un", user="alice")
     assert result["user"] == "alice" and result["state"] == "COMPLETED"
     assert "alice" in hpcai("logs", result["job_id"], user="alice").stdout
-    mine = _json(hpcai("jobs", "--json", user="alice"))
-    assert result["job_id"] in {j["job_id"] for j in mine}  # type: ignore[attr-defined]
-    assert {j["user"] for j in mine} == {"alice"}  # type: ignore[attr-defined]
+    mine = json_output(hpcai("jobs", "--json", user="alice"))
+    assert result["job_id"] in {j["job_id"] for j in mine}
+    assert {j["user"] for j in mine} == {"alice"}
 
 
 def test_failed_command_fails_the_job(hpcai: RunHpcai) -> None:
@@ -93,21 +89,17 @@ def test_failed_command_fails_the_job(hpcai: RunHpcai) -> None:
 
 
 def test_follow_cancel_and_list(hpcai: RunHpcai) -> None:
-    job = _json(hpcai("submit", "run", "-A", "physics", "--json", "--", "bash", "-c",
-                      "for i in 1 2 3; do echo tick $i; sleep 1; done"))
+    job = submit_json(hpcai, "run", "-A", "physics", "--", "bash", "-c",
+                      "for i in 1 2 3; do echo tick $i; sleep 1; done")
     follow = hpcai("logs", job["job_id"], "--follow", timeout=120)
     assert [line for line in follow.stdout.splitlines() if line.startswith("tick")] == ["tick 1", "tick 2", "tick 3"]
 
-    sleeper = _json(hpcai("submit", "run", "-A", "physics", "--json", "--", "sleep", "300"))
-    listed = _json(hpcai("jobs", "--json"))
-    assert sleeper["job_id"] in {j["job_id"] for j in listed}  # type: ignore[attr-defined]
+    sleeper = submit_json(hpcai, "run", "-A", "physics", "--", "sleep", "300")
+    listed = json_output(hpcai("jobs", "--json"))
+    assert sleeper["job_id"] in {j["job_id"] for j in listed}
     assert hpcai("cancel", sleeper["job_id"]).returncode == 0
-    for _ in range(40):
-        state = _json(hpcai("status", sleeper["job_id"], "--json"))["state"]
-        if state == "CANCELLED":
-            break
-        time.sleep(0.5)
-    assert state == "CANCELLED"
+    wait_until(f"job {sleeper['job_id']} CANCELLED",
+               lambda: json_output(hpcai("status", sleeper["job_id"], "--json"))["state"] == "CANCELLED", 20)
     table = hpcai("jobs").stdout
     assert table.splitlines()[0].split()[:3] == ["JOBID", "NAME", "USER"]
 

@@ -10,42 +10,22 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HPCAI, RunHpcai, wait_until
+from cluster_kit import json_output, release_requeued, submit_json, tiny_train_config
+from conftest import RunHpcai, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
 
-BASE = """
-[model]
-preset = "tiny"
-n_layer = 2
-[optimizer]
-warmup_steps = 5
-[train]
-max_steps = 150
-zero = 2
-[checkpoint]
-every = 20
-keep_last = 1
-[eval]
-every = 30
-batches = 2
-"""
+BASE = tiny_train_config(optimizer={"warmup_steps": 5}, train={"max_steps": 150, "zero": 2},
+                         checkpoint={"every": 20, "keep_last": 1}, eval={"every": 30, "batches": 2})
 KILLED = 2  # the trial whose rank is killed
 
 
-def _show(*flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HPCAI, "sweep", "show", *flags], capture_output=True, text=True, cwd="/tmp", check=False)
-
-
-def _rows(sweep_id: str) -> list[dict[str, Any]]:
-    proc = _show(sweep_id, "--json")
-    assert proc.returncode == 0, proc.stderr
-    rows: list[dict[str, Any]] = json.loads(proc.stdout)["trials"]
+def _rows(hpcai: RunHpcai, sweep_id: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = json_output(hpcai("sweep", "show", sweep_id, "--json"))["trials"]
     return rows
 
 
@@ -74,35 +54,27 @@ def _kill_a_rank(job_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def sweep(tmp_path_factory: pytest.TempPathFactory, hpcai: RunHpcai) -> dict[str, Any]:
     config = tmp_path_factory.mktemp("sweep") / "base.toml"
     config.write_text(BASE)
-    proc = subprocess.run([*HPCAI, "submit", "sweep", "--config", str(config), "-A", "physics", "--nodes", "2",
-                           "-G", "1", "--precision", "fp32", "-J", "sweep-test",
-                           "--grid", "optimizer.lr=[1e-3,3e-3]", "--grid", "train.micro_batch=[4,8]",
-                           "--max-concurrent", "4", "--json"], capture_output=True, text=True, cwd="/tmp", check=False)
-    assert proc.returncode == 0, proc.stderr
-    sweep: dict[str, Any] = json.loads(proc.stdout)
+    sweep = submit_json(hpcai, "sweep", "--config", str(config), "-A", "physics", "--nodes", "2",
+                        "-G", "1", "--precision", "fp32", "-J", "sweep-test",
+                        "--grid", "optimizer.lr=[1e-3,3e-3]", "--grid", "train.micro_batch=[4,8]",
+                        "--max-concurrent", "4")
     sweep_id = sweep["sweep_id"]
     user_dir = Path(sweep["folder"]).parent
     killed = f"{sweep_id}_{KILLED}"
     wait_until(f"trial {killed} to pass step 50", lambda: _steps(user_dir / killed) >= 50, 600)
     _kill_a_rank(killed)
-    wait_until(f"trial {killed} to fail", lambda: _rows(sweep_id)[KILLED]["state"] == "FAILED", 120)
-    sweep["failed_rows"] = _rows(sweep_id)
+    wait_until(f"trial {killed} to fail", lambda: _rows(hpcai, sweep_id)[KILLED]["state"] == "FAILED", 120)
+    sweep["failed_rows"] = _rows(hpcai, sweep_id)
     subprocess.run(["scontrol", "requeue", killed], check=True)
-    # Slurm holds a requeued job two minutes; as an admin, release it once it is back in the queue.
-    for _ in range(120):
-        state = subprocess.run(["squeue", "-h", "-j", killed, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() == "RUNNING" or (state.strip() == "PENDING" and subprocess.run(
-                ["scontrol", "update", f"jobid={killed}", "StartTime=now"], capture_output=True).returncode == 0):
-            break
-        time.sleep(0.5)
+    release_requeued(killed)
     wait_until("the sweep to end", lambda: all(r["state"] not in {"PENDING", "RUNNING", "REQUEUED", "COMPLETING"}
-                            for r in _rows(sweep_id)), 900)
+                                               for r in _rows(hpcai, sweep_id)), 900)
     # sacct may still lack the last trial's energy summary for a moment after it ends
-    wait_until("every trial's energy", lambda: all(r["kwh"] for r in _rows(sweep_id)), 120)
-    sweep["rows"] = _rows(sweep_id)
+    wait_until("every trial's energy", lambda: all(r["kwh"] for r in _rows(hpcai, sweep_id)), 120)
+    sweep["rows"] = _rows(hpcai, sweep_id)
     sweep["user_dir"] = user_dir
     return sweep
 
@@ -122,7 +94,7 @@ def test_one_array_one_task_and_job_directory_per_trial(sweep: dict[str, Any]) -
         assert (folder / f"{job}_0_log.out").exists() and (folder / "checkpoints" / "latest").exists()
 
 
-def test_every_trial_has_its_row_and_the_best_is_marked(sweep: dict[str, Any]) -> None:
+def test_every_trial_has_its_row_and_the_best_is_marked(sweep: dict[str, Any], hpcai: RunHpcai) -> None:
     rows = sweep["rows"]
     assert [r["trial"] for r in rows] == [0, 1, 2, 3] and all(r["state"] == "COMPLETED" for r in rows)
     assert [r["overrides"] for r in rows] == [{"optimizer.lr": lr, "train.micro_batch": mb}
@@ -133,11 +105,11 @@ def test_every_trial_has_its_row_and_the_best_is_marked(sweep: dict[str, Any]) -
         assert r["loss_drop_per_kwh"] > 0
     best = [r for r in rows if r["best"]]
     assert len(best) == 1 and best[0]["best_val_loss"] == min(r["best_val_loss"] for r in rows)
-    table = _show(sweep["sweep_id"])
+    table = hpcai("sweep", "show", sweep["sweep_id"])
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert len(lines) == 6 and sum(line.startswith("*") for line in lines) == 1  # title, header, 4 trials
-    csv = _show(sweep["sweep_id"], "--csv").stdout.splitlines()
+    csv = hpcai("sweep", "show", sweep["sweep_id"], "--csv").stdout.splitlines()
     assert len(csv) == 5 and csv[0].startswith("trial,job_id,state")
 
 
@@ -152,7 +124,7 @@ def test_a_killed_trial_shows_failed_then_finishes_after_requeue(sweep: dict[str
 
 
 def test_a_refused_sweep_leaves_nothing(hpcai: RunHpcai, tmp_path: Path) -> None:
-    from hpc_aidc.site import load_site
+    from hpc_aidc.site_profile import load_site
 
     config = tmp_path / "base.toml"
     config.write_text(BASE)
@@ -166,7 +138,8 @@ def test_a_refused_sweep_leaves_nothing(hpcai: RunHpcai, tmp_path: Path) -> None
     # the plan's note (as `submit train` prints it), then the refusal in one line
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("hpcai: error: sbatch refused the sweep's array") and "Invalid account" in last
+    # sbatch refused it for its account: the error says which accounts bob may use
+    assert last.startswith("hpcai: error: Expected an account that user bob is associated with (climate)"), last
     assert set(os.listdir(user_dir)) == before  # no sweep directory, no index
 
 

@@ -10,13 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import RunHpcai
 
 from hpc_aidc.cli.main import cli
-
-
-def _hpcai(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from hpc_aidc.cli.main import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_pack_info_verify_stage(token_file: tuple[Path, np.ndarray], tmp_path: Path) -> None:
@@ -65,27 +61,28 @@ def test_interrupted_pack_finishes_missing_shards(token_file: tuple[Path, np.nda
     (["data", "verify", "{out}"], "Expected a packed dataset with manifest.json"),
     (["data", "info", "{missing}"], "Expected a packed dataset"),
 ])
-def test_errors_are_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+def test_errors_are_one_line_exit_2_nothing_written(hpcai: RunHpcai, tmp_path: Path, args: list[str],
+                                                    message: str) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n')
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"abc")
     out = tmp_path / "out.zarr"
     values = {"missing": str(tmp_path / "nope"), "bad": str(bad), "odd": str(odd), "out": str(out)}
-    res = _hpcai(*(a.format(**values) for a in args))
+    res = hpcai(*(a.format(**values) for a in args), timeout=120)
     assert res.returncode == 2, res.stderr
     assert res.stdout == "" and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert message in res.stderr
     assert not out.exists()
 
 
-def test_corrupt_store_verify_names_shard(tmp_path: Path, packed: tuple[Path, np.ndarray]) -> None:
+def test_corrupt_store_verify_names_shard(hpcai: RunHpcai, tmp_path: Path, packed: tuple[Path, np.ndarray]) -> None:
     store, _ = packed
     shard = store / "samples" / "c" / "5" / "0"
     shard.write_bytes(shard.read_bytes()[:-10])
-    res = _hpcai("data", "verify", str(store))
+    res = hpcai("data", "verify", str(store), timeout=120)
     assert res.returncode == 2 and "samples/c/5/0" in res.stderr and res.stderr.count("\n") == 1
-    res = _hpcai("data", "verify", str(store), "--json")
+    res = hpcai("data", "verify", str(store), "--json", timeout=120)
     assert res.returncode == 2 and json.loads(res.stdout)["ok"] is False
 
 

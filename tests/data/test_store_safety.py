@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import RunHpcai
 
 from hpc_aidc.data.dataset import ShardedDataset
 from hpc_aidc.data.spec import MANIFEST_NAME, open_in_store, parse_manifest, read_manifest, store_relpath
@@ -24,11 +25,6 @@ from hpc_aidc.errors import DataError
 from hpc_aidc.ids import current_user
 
 OTHER_UID = 4242  # "bob" for the unit tests (any uid but ours)
-
-
-def _hpcai(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from hpc_aidc.cli.main import main; main()", *args],
-                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def _one_line_exit_2(proc: subprocess.CompletedProcess[str], needle: str) -> None:
@@ -86,7 +82,7 @@ def test_good_paths_pass() -> None:
 
 
 def test_manifest_naming_dotdot_is_one_line_and_reads_nothing_outside(
-        packed: tuple[Path, np.ndarray], tmp_path: Path, opens: list[str]) -> None:
+        packed: tuple[Path, np.ndarray], tmp_path: Path, opens: list[str], hpcai: RunHpcai) -> None:
     store, _ = packed
     secret = tmp_path / "x"
     secret.write_text("secret")
@@ -100,8 +96,9 @@ def test_manifest_naming_dotdot_is_one_line_and_reads_nothing_outside(
     assert any(p == MANIFEST_NAME for p in opens), opens  # the hook sees the opens (the manifest's)
     assert not [p for p in opens if ".." in p.split("/") or p == str(secret)], opens
     assert not list((tmp_path / "scratch").rglob(MANIFEST_NAME))
-    _one_line_exit_2(_hpcai("data", "verify", str(store)), "Got '../x' instead")
-    _one_line_exit_2(_hpcai("data", "stage", str(store), "--scratch", str(tmp_path / "s2")), "relative path")
+    _one_line_exit_2(hpcai("data", "verify", str(store), timeout=120), "Got '../x' instead")
+    _one_line_exit_2(hpcai("data", "stage", str(store), "--scratch", str(tmp_path / "s2"), timeout=120),
+                     "relative path")
 
 
 def test_array_name_with_a_path_is_refused(packed: tuple[Path, np.ndarray]) -> None:
@@ -115,7 +112,8 @@ def test_array_name_with_a_path_is_refused(packed: tuple[Path, np.ndarray]) -> N
         parse_manifest(doc, str(store))
 
 
-def test_symlinked_shard_leading_out_is_refused_everywhere(packed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+def test_symlinked_shard_leading_out_is_refused_everywhere(packed: tuple[Path, np.ndarray], tmp_path: Path,
+                                                           hpcai: RunHpcai) -> None:
     store, _ = packed
     outside = tmp_path / "outside"
     outside.write_bytes((store / "samples/c/0/0").read_bytes())  # even identical bytes: a link is refused
@@ -130,7 +128,7 @@ def test_symlinked_shard_leading_out_is_refused_everywhere(packed: tuple[Path, n
     with pytest.raises(DataError, match="symbolic link"):
         stage(store, tmp_path / "scratch")
     assert not list((tmp_path / "scratch").rglob(MANIFEST_NAME))  # no half-staged copy
-    _one_line_exit_2(_hpcai("data", "verify", str(store)), "symbolic link")
+    _one_line_exit_2(hpcai("data", "verify", str(store), timeout=120), "symbolic link")
 
 
 def test_symlinked_folder_and_metadata_in_the_store_are_refused(packed: tuple[Path, np.ndarray],
@@ -167,7 +165,8 @@ def _user_dir(scratch: Path) -> Path:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting a folder owned by someone else needs root")
-def test_planted_folder_of_another_user_is_refused(packed: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+def test_planted_folder_of_another_user_is_refused(packed: tuple[Path, np.ndarray], tmp_path: Path,
+                                                   hpcai: RunHpcai) -> None:
     store, ref = packed
     scratch = tmp_path / "scratch"
     scratch.mkdir(mode=0o1777)
@@ -184,7 +183,8 @@ def test_planted_folder_of_another_user_is_refused(packed: tuple[Path, np.ndarra
     fake.mkdir(parents=True)
     (fake / MANIFEST_NAME).write_text("{}")
     assert staged_copy(store, scratch, {"SLURM_JOB_ID": "5"}) is None
-    _one_line_exit_2(_hpcai("data", "stage", str(store), "--scratch", str(scratch)), f"owned by uid {OTHER_UID}")
+    _one_line_exit_2(hpcai("data", "stage", str(store), "--scratch", str(scratch), timeout=120),
+                     f"owned by uid {OTHER_UID}")
     np.testing.assert_array_equal(ShardedDataset(store)[1], ref[1])
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunHpcai, assert_clean_error, wait_until
+from cluster_kit import json_output, submit_json
+from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 from infer_testkit import run_local
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -29,27 +29,23 @@ def work() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny_job(cluster: None, work: Path) -> Path:
+def tiny_job(cluster: None, work: Path, hpcai: RunHpcai) -> Path:
     """The tiny GPT, trained by `hpcai submit train` (its checkpoint is what inference runs)."""
-    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "submit", "train", "-N", "1",
-                           "--ntasks-per-node", "1", "-p", "debug", "-A", "physics", "--config",
-                           str(Path(__file__).resolve().parents[2] / "examples" / "tiny.toml"), "--wait", "--json"],
-                          capture_output=True, text=True, check=False, cwd=work, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return Path(json.loads(proc.stdout)["folder"])
+    job = submit_json(hpcai, "train", "-N", "1", "--ntasks-per-node", "1", "-p", "debug", "-A", "physics",
+                      "--config", str(REPO / "examples" / "tiny.toml"), "--wait", cwd=work, timeout=600)
+    return Path(job["folder"])
 
 
 @pytest.fixture(scope="module")
-def packed(cluster: None, work: Path) -> Path:
+def packed(cluster: None, work: Path, hpcai: RunHpcai) -> Path:
     """A packed token store the tiny GPT can read: ids below its vocabulary (256), 24 tokens a row."""
     import numpy as np
 
     tokens = work / "tokens.bin"
     np.random.default_rng(0).integers(0, 256, size=24 * 300, dtype=np.uint16).tofile(tokens)
     store = work / "corpus.zarr"
-    proc = subprocess.run([sys.executable, "-m", "hpc_aidc.cli.main", "data", "pack", str(tokens), "--out", str(store),
-                           "--seq-len", "24", "--token-dtype", "uint16", "--vocab-size", "256", "--shard-mib", "0.001",
-                           "--chunk-samples", "4"], capture_output=True, text=True, check=False)
+    proc = hpcai("data", "pack", str(tokens), "--out", str(store), "--seq-len", "24", "--token-dtype", "uint16",
+                 "--vocab-size", "256", "--shard-mib", "0.001", "--chunk-samples", "4")
     assert proc.returncode == 0, proc.stderr
     return store
 
@@ -60,9 +56,7 @@ def _state(job: str) -> str:
 
 
 def _status(hpcai: RunHpcai, out: Path) -> dict[str, object]:
-    proc = hpcai("infer", "status", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    result: dict[str, object] = json.loads(proc.stdout)
+    result: dict[str, object] = json_output(hpcai("infer", "status", str(out), "--json"))
     return result
 
 
@@ -82,11 +76,10 @@ def _shards_of_task(task: int, tasks: int, shards: int) -> list[int]:
 def test_array_with_a_cancelled_and_a_requeued_task_ends_bitwise_equal_to_a_one_shot_run(
         tiny_job: Path, packed: Path, work: Path, hpcai: RunHpcai) -> None:
     out = work / "out-array"
-    sub = hpcai("submit", "infer", "--model", str(tiny_job), "--input", str(packed), "--output", str(out),
-                "--tasks", "4", "-A", "physics", "--max-new-tokens", "40", "--batch-size", "1",
-                "--temperature", "0.9", "--top-p", "0.9", "--seed", "3", "--json")
-    assert sub.returncode == 0, sub.stderr
-    job = json.loads(sub.stdout)["arrays"][0]["job_id"]
+    sub = submit_json(hpcai, "infer", "--model", str(tiny_job), "--input", str(packed), "--output", str(out),
+                      "--tasks", "4", "-A", "physics", "--max-new-tokens", "40", "--batch-size", "1",
+                      "--temperature", "0.9", "--top-p", "0.9", "--seed", "3")
+    job = sub["arrays"][0]["job_id"]
     shards = json.loads((out / "plan.json").read_text())["input"]["shards"]
     n = len(shards)
     assert n >= 12
@@ -136,11 +129,9 @@ def test_a_small_max_array_size_splits_the_run_into_several_arrays(work: Path, h
     data = work / "lines.txt"
     data.write_text("".join(f"line {i}\n" for i in range(60)))
     out = work / "out-windows"
-    proc = hpcai("submit", "infer", "--entry", "upper_entry:run", "--input", str(data), "--output", str(out),
-                 "--rows-per-shard", "2", "--tasks", "10", "-A", "physics", "--gpus-per-task", "0", "--json",
-                 env={"HPCAI_MAX_ARRAY_SIZE": "4", "PYTHONPATH": str(work)})
-    assert proc.returncode == 0, proc.stderr
-    arrays = json.loads(proc.stdout)["arrays"]
+    arrays = submit_json(hpcai, "infer", "--entry", "upper_entry:run", "--input", str(data), "--output", str(out),
+                         "--rows-per-shard", "2", "--tasks", "10", "-A", "physics", "--gpus-per-task", "0",
+                         env={"HPCAI_MAX_ARRAY_SIZE": "4", "PYTHONPATH": str(work)})["arrays"]
     assert [(a["offset"], a["array"]) for a in arrays] == [(0, "0-3"), (4, "0-3"), (8, "0-1")]
     wait_until("the windows did not finish",
                lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == 30, 300, interval=0.2)

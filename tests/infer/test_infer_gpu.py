@@ -48,7 +48,7 @@ LOGIT_TIE = 5e-2      # the largest logit gap a bf16 run may decide the other wa
 TRAIN = """
 import json, sys
 from hpc_aidc.formats.train_task import TrainTask
-from hpc_aidc.node.train import train_task
+from hpc_aidc.node.train.start import train_task
 from hpc_aidc.spec.train import parse_train_config
 config = parse_train_config(json.loads(sys.argv[1]))
 print(json.dumps(train_task(TrainTask(config=config, folder_pattern=sys.argv[2]))))

@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_until
 from infer_testkit import CORPUS, run_local, write_plan_for
 
 from hpc_aidc.data.infer_inputs import plan_inputs, read_shard
@@ -190,6 +190,18 @@ def test_user_entry_function_errors_are_per_row(tmp_path: Path, prompts_jsonl: P
     assert rows[0]["output"] == CORPUS[0].upper()
 
 
+def _wait_flushed(proc: subprocess.Popen[str] | subprocess.Popen[bytes], partial: Path, batches: int) -> None:
+    """Until the running task has flushed `batches` batches of its shard; fails at once if it ended."""
+
+    def flushed() -> bool:
+        if len(list(partial.glob("b*.json"))) >= batches:
+            return True
+        assert proc.poll() is None, "no batches were flushed"
+        return False
+
+    wait_until("no batches were flushed", flushed, 120, interval=0.05)
+
+
 def test_a_task_killed_mid_shard_resumes_to_the_one_shot_output(hf_causal: Path, tmp_path: Path) -> None:
     path = tmp_path / "many.txt"
     path.write_text("".join(f"{CORPUS[i % 200]} {i}\n" for i in range(120)))
@@ -201,10 +213,7 @@ def test_a_task_killed_mid_shard_resumes_to_the_one_shot_output(hf_causal: Path,
     proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer.run", str(resumed), "--task", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = resumed / "partial" / "000000"
-    deadline = time.monotonic() + 120
-    while len(list(partial.glob("b*.json"))) < 4:
-        assert time.monotonic() < deadline and proc.poll() is None, "no batches were flushed"
-        time.sleep(0.05)
+    _wait_flushed(proc, partial, 4)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     flushed = len(list(partial.glob("b*.json")))
@@ -245,10 +254,7 @@ def test_the_warning_signal_stops_at_a_batch_boundary_and_the_rerun_is_bitwise(h
     proc = subprocess.Popen([sys.executable, "-m", "hpc_aidc.node.infer.run", str(warned), "--task", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     partial = warned / "partial" / "000000"
-    deadline = time.monotonic() + 120
-    while len(list(partial.glob("b*.json"))) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None, "no batches were flushed"
-        time.sleep(0.05)
+    _wait_flushed(proc, partial, 2)
     proc.send_signal(signal.SIGUSR2)
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 3 and "stopped at a batch boundary" in stdout
@@ -260,7 +266,7 @@ def test_the_warning_signal_stops_at_a_batch_boundary_and_the_rerun_is_bitwise(h
 def test_out_of_memory_halves_the_batch_and_a_single_row_that_does_not_fit_is_fatal(tmp_path: Path) -> None:
     from hpc_aidc.data.infer_inputs import Row
     from hpc_aidc.node.infer.model import Engine
-    from hpc_aidc.node.infer.run import EngineFailure, Prepared, ShardRunner
+    from hpc_aidc.node.infer.run import EngineFailure, PreparedRow, ShardRunner
 
     class SmallDevice(Engine):
         def __init__(self) -> None:
@@ -281,12 +287,12 @@ def test_out_of_memory_halves_the_batch_and_a_single_row_that_does_not_fit_is_fa
     runner = ShardRunner(out, load_plan(out), "1", 0, "n1")
     engine = SmallDevice()
     runner._engine = engine
-    batch = [Prepared(Row(str(i)), ids=[1] * (3 + i)) for i in range(5)]
+    batch = [PreparedRow(Row(str(i)), ids=[1] * (3 + i)) for i in range(5)]
     results = runner.compute(batch)
     assert [r["loglik"] for r in results] == [-3.0, -4.0, -5.0, -6.0, -7.0]
     assert engine.calls == [5, 2, 3, 1, 2]  # 5 -> 2 + 3, 3 -> 1 + 2
     with pytest.raises(EngineFailure, match="Expected one row to fit the device"):
-        runner.compute([Prepared(Row("big"), ids=[1] * 60)])
+        runner.compute([PreparedRow(Row("big"), ids=[1] * 60)])
 
 
 def test_builtin_gpt_kv_cache_generation_equals_full_recomputation() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ from conftest import RunHpcai, assert_clean_error, wait_until
 from fake_scenario import Scenario
 
 from hpc_aidc.monitor import acct
-from hpc_aidc.site import load_site
+from hpc_aidc.site_profile import load_site
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -209,8 +208,10 @@ def test_store_is_roots_alone_and_records_are_read_only_for_the_user(site_store:
         proc = subprocess.run(["runuser", "-u", "alice", "--", "bash", "-c", command], capture_output=True,
                               text=True, check=False)
         assert proc.returncode != 0, command
-    # but she reports her job's work in its work directory
-    assert (store / job / "r0" / "work").stat().st_uid == pwd.getpwnam("alice").pw_uid
+    # she reported her job's work in its work directory while it ran; the epilog took it back at the end
+    work = (store / job / "r0" / "work").stat()
+    assert (work.st_uid, work.st_mode & 0o7777) == (0, 0o700)
+    assert (store / job / "r0" / f"{node}.work.json").stat().st_uid == 0
 
 
 def test_job_requeued_after_a_node_failure_has_energy_per_run_that_adds_up(

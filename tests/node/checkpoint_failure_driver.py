@@ -34,10 +34,12 @@ def main() -> None:
                        "LOCAL_RANK": "0", "SLURM_JOB_ID": "4242", "OMP_NUM_THREADS": "1"})
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from hpc_aidc.node.train import StartupPhases, Trainer, _skip_inference_shm_kernel
+    from hpc_aidc.node.train.deepspeed_patches import skip_inference_shm_kernel
+    from hpc_aidc.node.train.run_timing import StartupPhases
+    from hpc_aidc.node.train.trainer import Trainer
     from hpc_aidc.spec.train import parse_train_config
 
-    _skip_inference_shm_kernel()
+    skip_inference_shm_kernel()
     if len(sys.argv) > 3:
         tag, kind = sys.argv[3], sys.argv[4]
         save = TorchCheckpointEngine.save

@@ -162,7 +162,7 @@ def test_space_warning_when_keep_last_plus_one_do_not_fit(tmp_path: Path, monkey
 def test_stale_submitit_result_of_an_earlier_run_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit refuses to save a result while `<job>_<task>_result.pkl.save_tmp` exists ("A temporary
     saved file already exists"): a rerun of the job removes its own task's leftover, and only that."""
-    from hpc_aidc.node.train import remove_stale_result_tmp
+    from hpc_aidc.node.train.start import remove_stale_result_tmp
 
     assert remove_stale_result_tmp() is None or "SUBMITIT_FOLDER" in os.environ
     job = tmp_path / "77"

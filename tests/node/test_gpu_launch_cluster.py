@@ -19,7 +19,7 @@ import pytest
 from conftest import HPCAI
 
 from hpc_aidc.monitor.launch import batch_script_line
-from hpc_aidc.site import load_site
+from hpc_aidc.site_profile import load_site
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
 

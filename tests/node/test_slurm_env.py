@@ -9,7 +9,7 @@ from hpc_aidc.node.slurm_env import (
     requeue_target,
     restart_count,
 )
-from hpc_aidc.site import DEFAULT_RENDEZVOUS_PORTS, LINUX_EPHEMERAL_PORTS
+from hpc_aidc.site_profile import DEFAULT_RENDEZVOUS_PORTS, LINUX_EPHEMERAL_PORTS
 
 
 @pytest.mark.parametrize(("hostlist", "hosts"), [

@@ -39,7 +39,7 @@ PLAN_BAND = 1.35        # the estimate may exceed the measured peak allocation b
 RANK = """
 import json, sys
 from hpc_aidc.formats.train_task import TrainTask
-from hpc_aidc.node.train import train_task
+from hpc_aidc.node.train.start import train_task
 from hpc_aidc.spec.train import parse_train_config
 config = parse_train_config(json.loads(sys.argv[1]))
 print(json.dumps(train_task(TrainTask(config=config, folder_pattern=sys.argv[2]))))

@@ -13,7 +13,8 @@ import torch
 
 from hpc_aidc.node.batches import Prefetcher
 from hpc_aidc.node.model import GPT, lm_loss
-from hpc_aidc.node.train import RunTiming, StartupPhases, Trainer
+from hpc_aidc.node.train.run_timing import RunTiming, StartupPhases
+from hpc_aidc.node.train.trainer import Trainer
 from hpc_aidc.spec.flops import flops_per_token, mfu
 from hpc_aidc.spec.train import parse_train_config
 

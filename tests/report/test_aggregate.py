@@ -12,7 +12,7 @@ from hpc_aidc.report.aggregate import Filters, build_report, quantile
 from hpc_aidc.report.energy import job_energy
 from hpc_aidc.report.period import Period, make_period
 from hpc_aidc.report.rows import parse_rows
-from hpc_aidc.site import Prices
+from hpc_aidc.site_profile import Prices
 
 PRICES = Prices(currency="EUR", gpu_hour=2.5, kwh=0.25, pue=1.3, carbon_g_per_kwh=300.0)
 DAY = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-07T00:00"))

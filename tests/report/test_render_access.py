@@ -17,7 +17,7 @@ from hpc_aidc.report.aggregate import Filters, build_report
 from hpc_aidc.report.charts import bar_chart, hbar_chart, sparkline
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.render import render, to_json, write_parquet
-from hpc_aidc.site import Prices
+from hpc_aidc.site_profile import Prices
 
 PRICES = Prices(currency="EUR", gpu_hour=2.5, kwh=0.25, pue=1.3, carbon_g_per_kwh=300.0)
 PERIOD = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-07T00:00"))

@@ -21,8 +21,8 @@ from hpc_aidc.report.charts import _CHAR_W, bar_chart, hbar_chart
 from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import Period, make_period, parse_when
 from hpc_aidc.report.render import render
-from hpc_aidc.report.site import site_data, site_pages
-from hpc_aidc.site import Prices
+from hpc_aidc.report.website import site_data, site_pages
+from hpc_aidc.site_profile import Prices
 
 PRICES = Prices(currency="EUR", gpu_hour=2.5, kwh=0.25, pue=1.3, carbon_g_per_kwh=300.0)
 PERIOD = Period(at("2026-10-05T00:00"), at("2026-10-06T00:00"), at("2026-10-07T00:00"))

@@ -19,13 +19,15 @@ from hpc_aidc.report.ingest import ingest, ingest_file
 from hpc_aidc.report.jobs import JobEnergyRow
 from hpc_aidc.report.period import Period
 from hpc_aidc.report.rows import format_row
-from hpc_aidc.report.site import site_data
-from hpc_aidc.report.store import StoreState, StoreWriter, list_store, live_parts, read_state
-from hpc_aidc.report.store_query import site_data_from_store, store_report
-from hpc_aidc.report.store_rollup import KINDS, Rollups
-from hpc_aidc.report.store_source import months_between
-from hpc_aidc.report.store_table import multi_run_ids, tail_rows, to_table
-from hpc_aidc.site import Prices
+from hpc_aidc.report.store.inputs import months_between
+from hpc_aidc.report.store.layout import StoreState, live_parts, read_state
+from hpc_aidc.report.store.listing import list_store
+from hpc_aidc.report.store.query import site_data_from_store, store_report
+from hpc_aidc.report.store.rollup import KINDS, Rollups
+from hpc_aidc.report.store.table import multi_run_ids, tail_rows, to_table
+from hpc_aidc.report.store.writer import StoreWriter
+from hpc_aidc.report.website import site_data
+from hpc_aidc.site_profile import Prices
 
 PRICES = Prices(gpu_hour=2.0, kwh=0.3)
 OCT = (at("2026-10-01T00:00"), at("2026-11-01T00:00"))
@@ -284,20 +286,25 @@ def test_many_ingests_keep_partitions_small(tmp_path: Path) -> None:
                                      rollups=_rollups(root, ["2026-10"])))
 
 
-def test_store_files_belong_to_the_account_group(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readers", ["", "{account}"], ids=["roots-alone", "readers-group"])
+def test_store_files_belong_to_root_and_the_sites_readers_group(tmp_path: Path, readers: str) -> None:
+    """An account's partitions: root's alone by default (a project's members must not read every member's
+    jobs); the site's readers group where it names one. Nobody lists which accounts the store holds."""
     if os.geteuid() != 0:
         pytest.skip("sets group ownership as root")
     import grp
 
     root = tmp_path / "s"
-    with StoreWriter(root).locked() as w:
+    with StoreWriter(root, readers).locked() as w:
         ingest_file(w, StoreState(), [job("77", start="2026-10-05T10:00", end="2026-10-05T11:00", account="physics")])
     part = next(root.rglob("*.parquet"))
-    want = grp.getgrnam("physics").gr_gid if "physics" in {g.gr_name for g in grp.getgrall()} else 0
+    known = {g.gr_name for g in grp.getgrall()}
+    want = grp.getgrnam("physics").gr_gid if readers and "physics" in known else 0
     for path in (part, part.parent, part.parent.parent):
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (0, want)
         assert st.st_mode & 0o007 == 0
+    assert (root / "jobs").stat().st_mode & 0o777 == 0o711
 
 
 @pytest.mark.parametrize("in_tail", [(2,), (1, 2)], ids=["window", "every-run"])
@@ -423,7 +430,7 @@ def test_queue_wait_quantiles_of_two_multisets_are_exact(seed: int) -> None:
     import random
 
     from hpc_aidc.report.aggregate import quantile
-    from hpc_aidc.report.store_query import _QUANTILES, _cumulative, _quantiles, _Store
+    from hpc_aidc.report.store.query import _QUANTILES, _cumulative, _quantiles, _Store
 
     rng = random.Random(seed)
     base = [(rng.choice("ab"), rng.randint(0, 60)) for _ in range(rng.choice([1, 2, 3, 50, 400]))]

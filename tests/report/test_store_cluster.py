@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, RunHpcai, assert_clean_error
 
 from hpc_aidc.monitor import spool
-from hpc_aidc.site import load_trusted_site
+from hpc_aidc.site_profile import load_trusted_site
 
 pytestmark = pytest.mark.cluster
 FMT = "%Y-%m-%dT%H:%M:%S"
@@ -200,9 +200,15 @@ def test_bob_cannot_read_physics_rows(jobs: dict[str, object], store: Path, hpca
         assert "physics" not in proc.stdout and "alice" not in proc.stdout, (argv, proc.stdout)
         # refused, or (find, a glob over the store) nothing of physics listed
         assert proc.returncode != 0 or argv[0] == "find" or proc.stdout.strip() == "[]", (argv, proc.stdout)
-    alice = _sh(python, "-c", f"import pyarrow.parquet as pq; print(set(pq.read_table('{part}')['user'].to_pylist()))",
-                user="alice", check=False)
-    assert alice.returncode == 0 and "alice" in alice.stdout, alice.stderr  # a member reads her project
+    # a plain member of physics reads none of it either (PrivateData=jobs: not her fellow members' jobs), nor
+    # can she list which accounts the store holds; her reports ask sacct, which shows her what Slurm allows
+    for argv in ([python, "-c", f"import pyarrow.parquet as pq; print(pq.read_table('{part}'))"],
+                 ["ls", str(store / "jobs")], ["ls", str(store / "rollups")], ["cat", str(days)]):
+        proc = _sh(*argv, user="alice", check=False)
+        assert proc.returncode != 0 and "physics" not in proc.stdout, (argv, proc.stdout)
+    mine = hpcai("report", "usage", "-A", "physics", "--by", "user", "--json", "--since", "now-1days", user="alice")
+    assert mine.returncode == 0, mine.stderr
+    assert {row["user"] for row in json.loads(mine.stdout)["lines"]} <= {"alice"}
     assert_clean_error(hpcai("report", "usage", "-A", "physics", user="bob"), "physics")
     climate = hpcai("report", "usage", "--json", "--since", "now-1days", user="bob")
     assert climate.returncode == 0 and "physics" not in climate.stdout, climate.stderr

@@ -145,3 +145,134 @@ def test_cli_errors_are_clean(hpcai: RunHpcai, tmp_path: Path) -> None:
     assert not (tmp_path / "audit.jsonl").exists()
     listing = run("--site", str(audited), "admin", "audit", "--json")  # no job has ended yet: empty, not an error
     assert listing.returncode == 0 and listing.stdout.strip() == "[]"
+
+
+# -- the sweep of jobs that never ran: bounded per epilog, each job once --------------------------------------
+
+def _never_ran(job: int, end: datetime, user: str = "alice") -> str:
+    from hpc_aidc.scheduler.parse import SACCT_DELIMITER
+
+    stamp = end.astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # sacct prints local time
+    return SACCT_DELIMITER.join([str(job), str(job), "held", user, "physics", "gpu", "normal", "CANCELLED by 0",
+                                 "0:0", "00:00:00", "00:30:00", "1", "None assigned", "", "billing=1", stamp, "None",
+                                 stamp, "/tmp", "", ""])
+
+
+class FakeSlurmdbd:
+    """query_jobs and `sacct --batch-script` over a fixed set of jobs cancelled while pending (as slurmdbd
+    answers them: every row whose end falls in the window), counting the script lookups."""
+
+    def __init__(self, jobs: dict[int, datetime]) -> None:
+        from hpc_aidc.scheduler.parse import parse_sacct
+
+        self.rows = parse_sacct("".join(_never_ran(j, end) + "\n" for j, end in jobs.items()))
+        self.lookups: list[str] = []
+
+    def query_jobs(self, *, since: str, until: str, **_: object) -> list[object]:
+        lo, hi = (datetime.fromisoformat(t) for t in (since, until))  # local time, as sacct's rows
+        return [r for r in self.rows if r.end is not None and lo <= r.end <= hi]
+
+    def run_slurm(self, argv: list[str], **_: object) -> object:
+        import subprocess
+
+        self.lookups.append(argv[-1])
+        return subprocess.CompletedProcess(argv, 0, stdout=f"Batch Script for {argv[-1]}\n----\n#!/bin/sh\ntrue\n\n")
+
+
+def _sweep_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, jobs: dict[int, datetime]) -> FakeSlurmdbd:
+    from hpc_aidc.scheduler import audit
+
+    dbd = FakeSlurmdbd(jobs)
+    monkeypatch.setattr(audit, "query_jobs", dbd.query_jobs)
+    monkeypatch.setattr(audit, "run_slurm", dbd.run_slurm)
+    return dbd
+
+
+def _log_ids(log: Path) -> list[str]:
+    return [json.loads(line)["job_id_raw"] for line in log.read_text().splitlines()]
+
+
+def test_a_flood_is_swept_in_bounded_steps_each_job_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from hpc_aidc.scheduler.audit import sweep_never_ran
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    # 230 jobs cancelled within three seconds (many in the same second), ids not in end order
+    jobs = {1000 + i: now - timedelta(minutes=10) + timedelta(seconds=(i * 7) % 3) for i in range(230)}
+    dbd = _sweep_setup(monkeypatch, tmp_path, jobs)
+    log = tmp_path / "audit.jsonl"
+    (tmp_path / "audit.jsonl.cursor").write_text(f"{int((now - timedelta(hours=1)).timestamp())}\n")  # older form
+    steps = []
+    for _ in range(6):
+        sweep = sweep_never_ran(log, now, max_jobs=50, max_seconds=60)
+        steps.append((len(sweep.records), sweep.left))
+    assert steps == [(50, 180), (50, 130), (50, 80), (50, 30), (30, 0), (0, 0)]
+    assert sorted(_log_ids(log)) == sorted(str(j) for j in jobs)  # every job once
+    assert sorted(dbd.lookups) == sorted(str(j) for j in jobs)    # and looked up once
+
+
+def test_the_sweep_stops_at_its_time_budget_and_the_next_goes_on(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from hpc_aidc.scheduler.audit import sweep_never_ran
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    jobs = {2000 + i: now - timedelta(minutes=5) for i in range(10)}
+    _sweep_setup(monkeypatch, tmp_path, jobs)
+    log = tmp_path / "audit.jsonl"
+    ticks = iter(range(100))
+    first = sweep_never_ran(log, now, max_jobs=100, max_seconds=3.5, clock=lambda: float(next(ticks)))
+    assert (len(first.records), first.left) == (3, 7)  # one clock tick per job: three fit in 3.5 s
+    rest = sweep_never_ran(log, now, max_jobs=100, max_seconds=60)
+    assert len(rest.records) == 7 and sorted(_log_ids(log)) == sorted(str(j) for j in jobs)
+
+
+def test_a_sweep_killed_after_a_line_does_not_record_it_again(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from hpc_aidc.scheduler.audit import append_record, format_cursor, sweep_never_ran, unstarted_record
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    jobs = {3000 + i: now - timedelta(minutes=5) for i in range(4)}
+    dbd = _sweep_setup(monkeypatch, tmp_path, jobs)
+    log = tmp_path / "audit.jsonl"
+    first = sweep_never_ran(log, now, max_jobs=1, max_seconds=60)
+    assert _log_ids(log) == ["3000"]
+    # killed between the line of 3001 and its cursor: the line is there, the cursor still at 3000
+    (row,) = [r for r in dbd.rows if r.job_id_raw == "3001"]
+    append_record(log, unstarted_record(row, None, None, now))
+    cursor = (tmp_path / "audit.jsonl.cursor").read_text()
+    assert cursor == format_cursor((int(jobs[3000].timestamp()), 3000)) and first.left == 3
+    sweep_never_ran(log, now, max_jobs=10, max_seconds=60)
+    assert sorted(_log_ids(log)) == ["3000", "3001", "3002", "3003"]
+
+
+def test_a_sweep_never_waits_for_another(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import fcntl
+    from datetime import timedelta
+
+    from hpc_aidc.scheduler.audit import sweep_never_ran
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    _sweep_setup(monkeypatch, tmp_path, {4000: now - timedelta(minutes=5)})
+    log = tmp_path / "audit.jsonl"
+    with (tmp_path / "audit.jsonl.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = sweep_never_ran(log, now)
+    assert busy.busy and busy.records == [] and not log.exists()
+    assert [r["job_id_raw"] for r in sweep_never_ran(log, now).records] == ["4000"]
+
+
+def test_cursor_forms() -> None:
+    from hpc_aidc.scheduler.audit import format_cursor, parse_cursor, recorded_never_ran
+
+    assert parse_cursor("1700000000\n") == (1699999999, 1 << 62)  # the older form: before that second
+    assert parse_cursor(format_cursor((1700000000, 42))) == (1700000000, 42)
+    assert parse_cursor("") is None and parse_cursor("x 1") is None and parse_cursor("1 2 3") is None
+    line = json.dumps({"schema": SCHEMA, "job_id_raw": "7", "never_ran": True})
+    other = json.dumps({"schema": SCHEMA, "job_id_raw": "8"})
+    assert recorded_never_ran(f"{line}\n{other}\n".encode(), whole=True) == {"7"}
+    assert recorded_never_ran(f"{line}\n{other}\n".encode(), whole=False) == set()  # a cut first line

@@ -80,17 +80,6 @@ def test_sbatch_job_id() -> None:
         parse_sbatch_job_id("sbatch: error: nope")
 
 
-def test_scontrol_job_fallback_records() -> None:
-    from hpc_aidc.scheduler.parse import parse_scontrol_job
-
-    pending = parse_scontrol_job((RECORDED / "scontrol_job_running.txt").read_text())
-    assert (pending.job_id, pending.name, pending.user, pending.account) == ("32", "sc ontrol", "root", "physics")
-    assert pending.state == "PENDING" and not pending.finished and pending.nnodes == 2
-    assert pending.req_tres["gres/gpu"] == 4 and pending.start is None
-    task = parse_scontrol_job((RECORDED / "scontrol_job_array_task.txt").read_text())
-    assert (task.job_id, task.job_id_raw, task.state, task.nodelist) == ("33_1", "33", "RUNNING", "n1")
-
-
 def test_squeue_records() -> None:
     from hpc_aidc.scheduler.parse import parse_squeue
 

@@ -4,7 +4,7 @@ from conftest import RECORDED
 from site_fixture import make_site, site_doc
 
 from hpc_aidc.scheduler.site_check import ClusterFacts, parse_config_value, parse_scontrol_records, site_problems
-from hpc_aidc.site import parse_site
+from hpc_aidc.site_profile import parse_site
 
 
 def facts() -> ClusterFacts:

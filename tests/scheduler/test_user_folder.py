@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,26 @@ import pytest
 
 from hpc_aidc.errors import AccessError, HpcAidcError, SlurmError
 from hpc_aidc.ids import current_user
-from hpc_aidc.scheduler.submit import STAGING_PREFIX, prepare_user_folder, submit_function
+from hpc_aidc.render.sbatch import python_command, render_sbatch
+from hpc_aidc.scheduler.request import BatchJob, JobRequest, PickledCall, job_ref
+from hpc_aidc.scheduler.submit import STAGING_PREFIX, Submitted, submit
+from hpc_aidc.scheduler.user_folder import prepare_user_folder
+from hpc_aidc.site_profile import load_site
+
+
+def submit_print(params: dict[str, Any], folder: Path) -> Submitted:
+    """print("x") as a pickled call, through the one submission core."""
+    script = render_sbatch(params, folder, python_command())
+    call = PickledCall(print, ("x",), folder, int(params.get("time", 1)))
+    return submit(load_site(), JobRequest(kind="test", user_dir=folder.parent, policy=None, audit_tag="test",
+                                          jobs=(BatchJob(script, call=call),),
+                                          output=str(folder).replace("%j", job_ref(0))))
 
 
 @pytest.fixture()
-def job_root() -> Iterator[Path]:
-    """A shared job root like the site's (1777, in /tmp so that other users can reach it)."""
-    root = Path(tempfile.mkdtemp(prefix="hpcai-folder-", dir="/tmp"))
-    root.chmod(0o1777)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+def job_root(shared_root: Path) -> Path:
+    """A shared job root (1777, in /tmp so that other users can reach it), root's: root makes its own folder."""
+    return shared_root
 
 
 @pytest.fixture()
@@ -104,8 +113,10 @@ def test_folder_owned_by_someone_else_is_refused(job_root: Path) -> None:
     user_dir.mkdir(mode=0o755)
     os.chown(user_dir, _other_uid(), -1)
     with pytest.raises(AccessError, match=r"to be owned by you \(root\)\. Got owner 'alice' instead\. Ask your "
-                                          r"admins to give it to you \(`chown root "):
+                                          r"admins to move it away and make it anew \(`hpcai admin user-folders root "
+                                          r"--repair`\)") as refused:
         prepare_user_folder(user_dir)
+    assert "chown" not in str(refused.value)  # what alice made inside would stay hers
     user_dir.chmod(0o700)  # unreadable to us as well: still the same clear refusal (root reads anyway)
     with pytest.raises(AccessError, match="to be owned by you"):
         prepare_user_folder(user_dir)
@@ -116,7 +127,7 @@ def test_symlinked_folder_is_refused_and_not_followed(job_root: Path) -> None:
     elsewhere.mkdir(mode=0o700)
     (job_root / "me").symlink_to(elsewhere)
     with pytest.raises(AccessError, match=r"to be a directory of yours\. Got a symbolic link to .*elsewhere.* "
-                                          r"instead\. Remove the link"):
+                                          r"instead\. Ask your admins to move it away"):
         prepare_user_folder(job_root / "me")
     (job_root / "dangling").symlink_to(job_root / "nowhere")
     with pytest.raises(AccessError, match="Got a symbolic link"):
@@ -132,7 +143,7 @@ def test_a_full_job_directory_is_one_line_before_anything_is_submitted(job_root:
     monkeypatch.setattr(tempfile, "mkdtemp", full)
     with pytest.raises(AccessError, match=r"to write in the job directory .*\. Got 'No space left on device' "
                                           r"instead\. Free space there"):
-        submit_function(print, ("x",), {"job_name": "never"}, job_root / "me" / "%j")
+        submit_print({"job_name": "never"}, job_root / "me" / "%j")
 
 
 def test_a_file_in_place_of_the_folder_is_refused(job_root: Path) -> None:
@@ -159,17 +170,17 @@ def test_submission_never_lists_the_user_folder(job_root: Path, no_listing: list
     user_dir = job_root / current_user()
     name = f"nolist-{uuid.uuid4().hex[:8]}"
     with pytest.raises(SlurmError, match="sbatch refused the job"):
-        submit_function(print, ("x",), _params(name, partition="ghost"), user_dir / "%j")
-    job = submit_function(print, ("x",), _params(name, additional_parameters={"hold": True}), user_dir / "%j")
+        submit_print(_params(name, partition="ghost"), user_dir / "%j")
+    job = submit_print(_params(name, additional_parameters={"hold": True}), user_dir / "%j")
+    job_id, folder = job.job_ids[0], Path(job.resolve(job.request.output or ""))
     monkeypatch.undo()  # the test itself may list now
     try:
         assert no_listing == []
-        assert _entries(user_dir) == {job.job_id}  # no staging folder, no per-submission symlink
-        assert _entries(job.folder) == {f"{job.job_id}_submission.sh", f"{job.job_id}_submitted.pkl"}
-        assert job.script == job.folder / f"{job.job_id}_submission.sh" and f"#SBATCH --job-name={name}" in \
-            job.script.read_text()
+        assert _entries(user_dir) == {job_id}  # no staging folder, no per-submission symlink
+        assert _entries(folder) == {f"{job_id}_submission.sh", f"{job_id}_submitted.pkl"}
+        assert f"#SBATCH --job-name={name}" in (folder / f"{job_id}_submission.sh").read_text()
     finally:
-        subprocess.run(["scancel", job.job_id], check=False)
+        subprocess.run(["scancel", job_id], check=False)
 
 
 @pytest.mark.cluster
@@ -199,7 +210,7 @@ def test_refused_submission_leaves_a_sibling_created_meanwhile(job_root: Path) -
     try:
         for _ in range(10):  # each takes a few ms (sbatch's round trip): siblings appear during each one
             with pytest.raises(HpcAidcError, match="sbatch refused the job"):
-                submit_function(print, ("x",), _params("refused", partition="ghost"), user_dir / "%j")
+                submit_print(_params("refused", partition="ghost"), user_dir / "%j")
     finally:
         stop.set()
         thread.join()
@@ -208,3 +219,42 @@ def test_refused_submission_leaves_a_sibling_created_meanwhile(job_root: Path) -
     assert all((user_dir / s / f"{s}_submitted.pkl").exists() for s in siblings)
     assert (user_dir / "41" / "41_0_log.out").read_text() == "an old job\n"
     assert not [n for n in _entries(user_dir) if n.startswith(STAGING_PREFIX)]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_a_job_folder_someone_else_made_is_never_used(job_root: Path) -> None:
+    """submitit's job folder `<user>/<jobid>` (and every folder hpcai makes in the user folder) is made by
+    us or refused: one another user made, or a link, could swap the pickled call we put there."""
+    from hpc_aidc.scheduler.user_folder import claim_folder
+
+    user_dir = job_root / "me"
+    prepare_user_folder(user_dir)
+    claim_folder(user_dir / "41")  # made now, ours
+    assert (user_dir / "41").stat().st_uid == os.getuid()
+    claim_folder(user_dir / "41")  # ours already: fine
+    (user_dir / "42").mkdir(mode=0o755)
+    os.chown(user_dir / "42", _other_uid(), -1)
+    with pytest.raises(AccessError, match="Got owner 'alice'"):
+        claim_folder(user_dir / "42")
+    (user_dir / "43").symlink_to(job_root)
+    with pytest.raises(AccessError, match="Got a symbolic link"):
+        claim_folder(user_dir / "43")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_an_inference_output_others_could_swap_is_refused(job_root: Path) -> None:
+    """An inference run's plan names the model its tasks load: its output folder must be the user's alone
+    and sit where no other user can swap it (a folder above writable by others must be sticky)."""
+    from hpc_aidc.scheduler.user_folder import check_private_output
+
+    check_private_output(job_root / "mine" / "out", "--output")  # /tmp and a 1777 root: sticky, fine
+    open_dir = job_root / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # no sticky bit: anyone may rename what is in it
+    with pytest.raises(AccessError, match=r"--output .*open/out.*Got .*open \(owner 'root', mode 0777\)"):
+        check_private_output(open_dir / "out", "--output")
+    planted = job_root / "planted"
+    planted.mkdir(mode=0o755)
+    os.chown(planted, _other_uid(), -1)
+    with pytest.raises(AccessError, match=r"--output: .*Got owner 'alice'"):
+        check_private_output(planted, "--output")

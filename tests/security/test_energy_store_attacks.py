@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import FAKE_NVML, wait_until
 
-HERE = Path(__file__).resolve().parents[1] / "monitor" / "fake_nvml"
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(FAKE_NVML))
 
-from energy_testkit import HPCAI, SITE, ramp_scenario  # noqa: E402
-from fake_scenario import build_library  # noqa: E402
+from energy_testkit import HPCAI, SITE, ramp_scenario
 
-from hpc_aidc.monitor import acct  # noqa: E402
+from hpc_aidc.monitor import acct
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runuser") is None
@@ -53,11 +52,11 @@ class Arena:
         return subprocess.run([*HPCAI, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
                               check=False)
 
-    def prolog(self, job: str, node: str = "n1") -> subprocess.CompletedProcess[str]:
+    def prolog(self, job: str, node: str = "n1", log: Path | None = None) -> subprocess.CompletedProcess[str]:
         """The sampler as the prolog starts it: root, detached, for alice's job in project physics."""
         return self.run("energy", "sample", "--detach", "--job-id", job, "--node", node, "--interval", "0.1",
                         "--max-duration", "0.6", "--user", "alice", "--account", "physics", "--source",
-                        "prolog", "--run", "0", "--log", str(self.root / "energy.log"))
+                        "prolog", "--run", "0", "--log", str(log or self.root / "energy.log"))
 
     def epilog(self, job: str, node: str = "n1") -> subprocess.CompletedProcess[str]:
         return self.run("energy", "finish", "--job-id", job, "--node", node, "--run", "0", timeout=30)
@@ -68,11 +67,6 @@ class Arena:
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o600)
         assert sorted(p.name for p in self.canary_dir.iterdir()) == ["keep"]
         assert self.canary_dir.stat().st_uid == 0
-
-
-@pytest.fixture(scope="module")
-def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_library(HERE / "fake_nvml.c", tmp_path_factory.mktemp("fake-nvml"))
 
 
 @pytest.fixture()
@@ -109,17 +103,17 @@ def _wait_released(path: Path, timeout: float = 10.0) -> None:
     """Until the detached sampler let go of its lock (it stops by itself after --max-duration)."""
     import fcntl
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def released() -> bool:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return
+            return True
         except OSError:
-            time.sleep(0.05)
+            return False
         finally:
             os.close(fd)
-    raise AssertionError(f"{path} still locked")
+
+    wait_until(f"{path} released by the sampler", released, timeout, interval=0.05)
 
 
 NODE_FILES = ("n1.lock", "n1.meta.json", "n1.series.bin", "n1.end.json", "n1.summary.json")
@@ -168,6 +162,62 @@ def test_work_reports_that_are_links_or_fifos_are_not_read(arena: Arena) -> None
     assert done.returncode == 0, done.stderr
     arena.assert_canary_intact()
     assert acct.decode(done.stdout).tokens == 100  # the link (tokens=12345) and the junk count nothing
+
+
+def test_the_samplers_log_never_goes_through_a_users_folder(arena: Arena) -> None:
+    # The prolog's --log comes from root's energy.env; were it in a folder alice owns, she could point it
+    # anywhere: root opens it folder by folder and writes nowhere a folder on the way is not root's alone.
+    mine = arena.root / "alice-logs"
+    mine.mkdir(mode=0o755)
+    shutil.chown(mine, "alice")
+    arena.as_alice(f"ln -s {arena.canary_dir} {mine}/sub; ln -s {arena.canary} {mine}/energy.log")
+    for n, log in enumerate((mine / "sub" / "energy.log", mine / "energy.log", mine / "new.log")):
+        job = str(510 + n)
+        started = arena.prolog(job, log=log)
+        assert started.returncode == 0, started.stderr  # the sampler runs all the same, its output dropped
+        _wait_released(arena.store / job / "r0" / "n1.lock")
+    arena.assert_canary_intact()
+    assert sorted(p.name for p in mine.iterdir()) == ["energy.log", "sub"]
+
+
+def _fails_as_alice(script: str) -> bool:
+    return subprocess.run(["runuser", "-u", "alice", "--", "bash", "-c", script], capture_output=True,
+                          cwd="/tmp", check=False).returncode != 0
+
+
+def test_the_work_folder_is_closed_to_its_user_when_the_run_ends(arena: Arena) -> None:
+    assert arena.prolog("520").returncode == 0
+    run = arena.store / "520" / "r0"
+    work = run / "work"
+    arena.as_alice(f"printf 'tokens=100\\n' > {work}/work.n1.1; printf 'tokens=20\\nsamples=3\\n' > {work}/work.n1.2")
+    _wait_released(run / "n1.lock")
+    done = arena.epilog("520")
+    assert done.returncode == 0, done.stderr
+    assert acct.decode(done.stdout).tokens == 120
+    st = work.stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o700)  # root's now: nothing to add, grow or reach
+    counted = run / "n1.work.json"
+    cst = counted.lstat()
+    assert (cst.st_uid, grp.getgrgid(cst.st_gid).gr_name, cst.st_mode & 0o7777) == (0, "physics", 0o640)
+    assert json.loads(counted.read_text())["tokens"] == 120
+    assert os.listdir(work) == []  # counted once, then removed
+    for script in (f"echo tokens=1 > {work}/work.n1.3", f"head -c 1000000 /dev/zero >> {work}/work.n1.1",
+                   f"ls {work}", f"mkdir {work}/more"):
+        assert _fails_as_alice(script), script
+    arena.assert_canary_intact()
+
+
+def test_work_reports_past_the_bounds_count_as_unknown(arena: Arena) -> None:
+    from hpc_aidc.monitor.records import MAX_WORK_FILES
+
+    assert arena.prolog("521").returncode == 0
+    run = arena.store / "521" / "r0"
+    arena.as_alice(f"cd {run}/work; for i in $(seq 0 {MAX_WORK_FILES + 50}); do echo tokens=1 > work.n1.$i; done")
+    _wait_released(run / "n1.lock")
+    done = arena.epilog("521")
+    assert done.returncode == 0, done.stderr
+    assert acct.decode(done.stdout).tokens is None and "work not counted" in done.stderr
+    assert (run / "work").stat().st_uid == 0 and _fails_as_alice(f"echo tokens=1 >> {run}/work/work.n1.0")
 
 
 def test_a_users_own_records_and_forged_pid_never_reach_root(arena: Arena) -> None:

@@ -12,7 +12,7 @@ from site_fixture import make_site, site_doc
 
 from hpc_aidc.errors import SpecError
 from hpc_aidc.render.deepspeed_config import deepspeed_config
-from hpc_aidc.site import parse_site
+from hpc_aidc.site_profile import parse_site
 from hpc_aidc.spec import grace as grace_mod
 from hpc_aidc.spec.grace import DEFAULT_GRACE_S, derive_grace, estimate_times, needed_s, shape_key
 from hpc_aidc.spec.memory import (

@@ -39,7 +39,7 @@ from hpc_aidc.formats.infer_plan import (
     read_done,
     rows_path,
 )
-from hpc_aidc.monitor.store import run_of
+from hpc_aidc.monitor.restarts import run_of
 from hpc_aidc.node.infer import out as infer_out
 from hpc_aidc.node.infer.model import Engine, load_engine, row_seed
 from hpc_aidc.node.slurm_env import requeue_target
@@ -90,7 +90,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 @dataclass
-class Prepared:
+class PreparedRow:
     """A row ready for the model: its tokens (or text for a user function), or its error."""
 
     row: Row
@@ -119,37 +119,37 @@ class ShardRunner:
         return self._engine
 
     # --- rows ---------------------------------------------------------------------------------------------
-    def prepare(self, row: Row) -> Prepared:
+    def prepare(self, row: Row) -> PreparedRow:
         if row.error is not None:
-            return Prepared(row, error=row.error)
+            return PreparedRow(row, error=row.error)
         engine = self.engine
         if not engine.token_level:
-            return Prepared(row)
+            return PreparedRow(row)
         try:
             ids = [int(t) for t in row.tokens] if row.tokens is not None else engine.encode(row.text or "")
         except Exception as exc:  # a tokenizer's failure on one row is that row's error
-            return Prepared(row, error=f"cannot tokenise: {type(exc).__name__}: {exc}"[:300])
+            return PreparedRow(row, error=f"cannot tokenise: {type(exc).__name__}: {exc}"[:300])
         vocab = engine.vocab_size
         bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
         if bad is not None:
-            return Prepared(row, error=f"token id {bad} out of the vocabulary (0..{(vocab or 0) - 1})")
+            return PreparedRow(row, error=f"token id {bad} out of the vocabulary (0..{(vocab or 0) - 1})")
         if not ids:
-            return Prepared(row, error="empty after tokenisation")
+            return PreparedRow(row, error="empty after tokenisation")
         p = self.params
         if p.task == "score" and len(ids) < 2:
-            return Prepared(row, error="needs at least 2 tokens to score")
+            return PreparedRow(row, error="needs at least 2 tokens to score")
         limit = p.max_input_tokens
         need = len(ids) + (p.max_new_tokens if p.task == "generate" else 0)
         if limit is not None and len(ids) > limit:
-            return Prepared(row, error=f"over-long input: {len(ids)} tokens > --max-input-tokens {limit}")
+            return PreparedRow(row, error=f"over-long input: {len(ids)} tokens > --max-input-tokens {limit}")
         if engine.context is not None and need > engine.context:
             extra = f" + {p.max_new_tokens} new" if p.task == "generate" else ""
-            return Prepared(row, error=f"over-long input: {len(ids)} tokens{extra} > the model's context "
+            return PreparedRow(row, error=f"over-long input: {len(ids)} tokens{extra} > the model's context "
                                        f"{engine.context}")
-        return Prepared(row, ids=ids)
+        return PreparedRow(row, ids=ids)
 
     # --- batches ------------------------------------------------------------------------------------------
-    def compute(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+    def compute(self, batch: list[PreparedRow]) -> list[dict[str, Any]]:
         """Results of a batch; out of memory halves it (a single row that does not fit is fatal)."""
         try:
             return self._compute(batch)
@@ -164,7 +164,7 @@ class ShardRunner:
             half = len(batch) // 2
             return self.compute(batch[:half]) + self.compute(batch[half:])
 
-    def _compute(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+    def _compute(self, batch: list[PreparedRow]) -> list[dict[str, Any]]:
         task, engine = self.params.task, self.engine
         if not engine.token_level:
             return self._compute_entry(batch)
@@ -181,7 +181,7 @@ class ShardRunner:
         return [_nan_checked({"vector": [float(x) for x in v], "n_tokens": len(i)}, float(v.sum()))
                 for v, i in zip(vectors, ids, strict=True)]
 
-    def _compute_entry(self, batch: list[Prepared]) -> list[dict[str, Any]]:
+    def _compute_entry(self, batch: list[PreparedRow]) -> list[dict[str, Any]]:
         """A user function: the whole batch, and row by row when the batch call raises, so the row that
         raised is recorded and the others go on."""
         from hpc_aidc.node.infer.model import EntryEngine
@@ -287,7 +287,7 @@ class ShardRunner:
                 f"by shard {k} (e.g. {examples}). Fix the input or raise --max-error-rate; then "
                 "`hpcai infer retry` finishes the run.")
 
-    def _write_outputs(self, k: int, rows: list[Row], prepared: list[Prepared],
+    def _write_outputs(self, k: int, rows: list[Row], prepared: list[PreparedRow],
                        results: dict[int, dict[str, Any]]) -> None:
         import numpy as np
 
@@ -323,7 +323,7 @@ class ShardRunner:
             infer_out.write_zarr_shard(self.out, "embeddings", k, shard.first_row, vectors, plan.input.num_rows,
                                        plan.input.rows_per_shard)
 
-    def _report_work(self, done: dict[int, dict[str, Any]], prepared: list[Prepared]) -> None:
+    def _report_work(self, done: dict[int, dict[str, Any]], prepared: list[PreparedRow]) -> None:
         """Rows and tokens of this batch for the job's energy records (J/row, J/token); never fatal."""
         from hpc_aidc.monitor.work import report_work
 

@@ -32,14 +32,17 @@ struct fake_dev {
     curve_t power, util, memutil, memused, temp, smclock;
     double mem_total_mib, counter_offset_mj;
     unsigned long long throttle, ecc_unc, ecc_corr;
+    double throttle_for;                /* >0: throttle shows only this long after nvmlInit (a passing slowdown) */
     unsigned retired, remap_pending, remap_unc;
+    unsigned xid;                       /* an Xid the driver reports once, as an event, to whoever listens */
+    int xid_listening, xid_delivered;
     fake_dev_t *migs[MAXMIG];
 };
 
 static fake_dev_t devs[MAXDEV];
 static fake_dev_t migs[MAXDEV * MAXMIG];
 static int ndev, nmigs, inited, init_error;
-static double t_start, period;
+static double t_start, period, t_init;
 static char driver[64] = "fake-0.0";
 
 static double now(void) {
@@ -147,6 +150,8 @@ static int load(const char *path) {
         else if (!strcmp(key, "sm_clock")) parse_curve(&d->smclock, val);
         else if (!strcmp(key, "mem_total_mib")) d->mem_total_mib = atof(val);
         else if (!strcmp(key, "throttle")) d->throttle = strtoull(val, NULL, 0);
+        else if (!strcmp(key, "throttle_for")) d->throttle_for = atof(val);
+        else if (!strcmp(key, "xid")) d->xid = (unsigned)atoi(val);
         else if (!strcmp(key, "ecc_uncorrected")) d->ecc_unc = strtoull(val, NULL, 0);
         else if (!strcmp(key, "ecc_corrected")) d->ecc_corr = strtoull(val, NULL, 0);
         else if (!strcmp(key, "retired_pages")) d->retired = (unsigned)atoi(val);
@@ -207,6 +212,7 @@ nvmlReturn_t nvmlInitWithFlags(unsigned flags) {
     if (rc != OK) return rc;
     if (init_error) return init_error;   /* lets a scenario stand for "no driver" */
     inited = 1;
+    t_init = now();
     return OK;
 }
 nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
@@ -223,6 +229,7 @@ const char *nvmlErrorString(nvmlReturn_t r) {
     case E_INSUFFICIENT: return "Insufficient Size";
     case E_DRIVER: return "Driver Not Loaded";
     case E_LIB: return "NVML Shared Library Not Found";
+    case 10: return "Timeout";
     default: return "Unknown Error";
     }
 }
@@ -329,7 +336,10 @@ nvmlReturn_t nvmlDeviceGetClockInfo(void *h, int type, unsigned *mhz) {
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(void *h, unsigned long long *r) {
-    CHECK(d, h); *r = PHYS(d)->throttle; return OK;
+    CHECK(d, h);
+    fake_dev_t *p = PHYS(d);
+    *r = (p->throttle_for > 0 && now() - t_init > p->throttle_for) ? 0 : p->throttle;
+    return OK;
 }
 nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(void *h, unsigned long long *r) {
     return nvmlDeviceGetCurrentClocksEventReasons(h, r);
@@ -378,3 +388,44 @@ nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(void *h, void **out) {
     *out = d->parent;
     return OK;
 }
+
+/* Events: only critical Xid errors (nvmlEventTypeXidCriticalError), one set per process. A device's scenario
+ * `xid N` is delivered once to the first wait after the device was registered, as the driver would report an
+ * Xid that happens while someone listens. */
+#define EVENT_XID 0x8ULL
+#define E_TIMEOUT 10
+typedef struct { void *device; unsigned long long type, data; unsigned gi, ci; } fake_event_t;
+static int the_set;
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(void *h, unsigned long long *types) {
+    CHECK(d, h); (void)d; *types = EVENT_XID; return OK;
+}
+nvmlReturn_t nvmlEventSetCreate(void **set) {
+    if (!inited) return E_UNINIT;
+    for (int i = 0; i < ndev; i++) devs[i].xid_listening = devs[i].xid_delivered = 0;
+    *set = &the_set;
+    return OK;
+}
+nvmlReturn_t nvmlDeviceRegisterEvents(void *h, unsigned long long types, void *set) {
+    CHECK(d, h);
+    if (set != &the_set) return E_INVALID;
+    if (types & EVENT_XID) PHYS(d)->xid_listening = 1;
+    return OK;
+}
+nvmlReturn_t nvmlEventSetWait_v2(void *set, fake_event_t *out, unsigned timeout_ms) {
+    if (!inited) return E_UNINIT;
+    if (set != &the_set || !out) return E_INVALID;
+    for (int i = 0; i < ndev; i++) {
+        fake_dev_t *d = &devs[i];
+        if (d->xid && d->xid_listening && !d->xid_delivered) {
+            d->xid_delivered = 1;
+            out->device = d; out->type = EVENT_XID; out->data = d->xid; out->gi = out->ci = 0xFFFFFFFFu;
+            return OK;
+        }
+    }
+    if (timeout_ms) usleep(timeout_ms * 1000u);
+    return E_TIMEOUT;
+}
+nvmlReturn_t nvmlEventSetWait(void *set, fake_event_t *out, unsigned timeout_ms) {
+    return nvmlEventSetWait_v2(set, out, timeout_ms);
+}
+nvmlReturn_t nvmlEventSetFree(void *set) { return set == &the_set ? OK : E_INVALID; }

@@ -13,6 +13,8 @@ A scenario is a text file, one `key value` per line, `#` comments:
                              also util, memutil, mem_used_mib, temp, sm_clock
   mem_total_mib, throttle (bitmask), ecc_uncorrected, ecc_corrected, retired_pages,
   remap_pending, remap_uncorrectable, mig N (N MIG instances), counter_offset_mj
+  throttle_for S             the throttle bits show only for S seconds after nvmlInit (a passing slowdown)
+  xid N                      an Xid error the driver reports once, as an event, to a process that listens
 The counter is floor(offset + 1000 * integral of power from start), in mJ."""
 
 from __future__ import annotations

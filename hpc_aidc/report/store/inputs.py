@@ -13,16 +13,17 @@ from pathlib import Path
 from hpc_aidc.report import source
 from hpc_aidc.report.aggregate import Filters
 from hpc_aidc.report.period import Period
-from hpc_aidc.report.store import list_store, read_state
-from hpc_aidc.report.store_rollup import Rollups, local_zone
-from hpc_aidc.report.store_table import TailRows, month_of, tail_rows
+from hpc_aidc.report.store.layout import read_state
+from hpc_aidc.report.store.listing import list_store
+from hpc_aidc.report.store.rollup import Rollups, local_zone
+from hpc_aidc.report.store.table import TailRows, month_of, tail_rows
 
 STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopped running
 
 
 # The live tail, once sacct has answered: every allocation not stored yet, and the jobs that ran more than
 # once and have a run in it (their stored runs may predate the final summary, which Slurm writes onto
-# every run: the query gives them the tail's, store_query._merge_tail).
+# every run: the query gives them the tail's, query._merge_tail).
 Tail = tuple[TailRows, tuple[str, ...]]
 
 
@@ -32,7 +33,7 @@ class StoreInputs:
     watermark: int
     note: str | None  # one line for stderr (stale store), or None
     later: Callable[[], Tail]  # the tail: waits for sacct the first time (the query reads the store meanwhile)
-    rollups: Rollups | None = None  # the partitions' daily rollups, when all have them (store_rollup)
+    rollups: Rollups | None = None  # the partitions' daily rollups, when all have them (rollup)
 
 
 def months_between(start: int, end: int) -> list[str]:
@@ -68,7 +69,7 @@ def store_inputs(root: Path, period: Period, filters: Filters, *, all_accounts: 
 
     @functools.cache
     def later() -> Tail:
-        rows = tail_rows(source.lines_of(call, "The report store"))
+        rows = tail_rows(call.lines("The report store"))
         return rows, rows.multi_run_jobs()
 
     note = None

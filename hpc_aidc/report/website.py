@@ -22,7 +22,7 @@ from hpc_aidc.report.jobs import AccountJobs, account_jobs
 from hpc_aidc.report.numbers import num, pct
 from hpc_aidc.report.period import Period, iso
 from hpc_aidc.report.rows import parse_rows
-from hpc_aidc.site import Prices
+from hpc_aidc.site_profile import Prices
 
 TEMPLATES_ENV = "HPCAI_REPORT_TEMPLATES"
 
@@ -90,7 +90,7 @@ def _all_buckets(report: Report) -> list[str]:
 
 
 def site_data(lines: Sequence[str], period: Period, filters: Filters, prices: Prices) -> SiteData:
-    """The pages' data from sacct lines (the store's: store_query.site_data_from_store)."""
+    """The pages' data from sacct lines (the store's: store.query.site_data_from_store)."""
     dim = bucket_dim(period)
     return SiteData(build_report(lines, period, ("account",), prices, filters),
                     build_report(lines, period, ("account", dim), prices, filters),

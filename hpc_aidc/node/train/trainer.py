@@ -1,4 +1,4 @@
-"""`hpcai submit train` on the nodes: every srun task is one DeepSpeed rank.
+"""The training loop of `hpcai submit train` on one DeepSpeed rank (node.train.start starts it).
 
 Rendezvous comes from the Slurm environment alone; NCCL on GPUs, gloo on CPU, the same code path.
 Checkpoints every K steps and when Slurm's warning signal (USR2) arrives; then the job requeues itself
@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -25,15 +24,17 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from hpc_aidc.formats.train_task import TrainTask  # also where pickles of older submissions look
+from hpc_aidc.node.train.run_timing import RunTiming
+from hpc_aidc.node.train.step_stats import ReducedStats
 from hpc_aidc.slurm_client import requeue
 from hpc_aidc.spec.train import TrainConfig
 
 if TYPE_CHECKING:
     from hpc_aidc.node.checkpoint import WriteGuard
+    from hpc_aidc.node.train.run_timing import StartupPhases
 
 
-class _Warning:
+class SlurmWarning:
     """Set by Slurm's USR2 warning (time limit, preemption); acted on at the next step boundary."""
 
     received = False
@@ -41,171 +42,6 @@ class _Warning:
     @classmethod
     def handler(cls, signum: int, frame: FrameType | None) -> None:
         cls.received = True
-
-
-def train_task(task: TrainTask) -> dict[str, Any]:
-    """Entry point run by submitit in every srun task."""
-    phases = StartupPhases()
-    remove_stale_result_tmp()
-    # submitit installed its own USR2 handler; ours checkpoints collectively at a step boundary instead
-    # of inside the signal handler, where ranks would be at different points.
-    signal.signal(signal.SIGUSR2, _Warning.handler)
-    if task.launcher == "mpirun":
-        from hpc_aidc.node.mpi_env import mpi_rank_info
-
-        info = mpi_rank_info()
-    else:
-        from hpc_aidc.node.slurm_env import rank_info
-
-        info = rank_info(os.environ)
-    os.environ.update(info.torch_env())
-    os.environ.update(dict(task.env))
-    _quiet_renamed_collectives()
-    _skip_inference_shm_kernel()
-    phases.done("import_deepspeed")
-    _import_muon_without_compiling()
-    phases.done("import_dynamo")
-    folder = Path(task.folder_pattern.replace("%j", info.job_id))
-    from hpc_aidc.node.environment import capture_in_task
-
-    capture_in_task(task.config.to_dict(), folder, first=info.rank == 0)  # after torch/DeepSpeed loaded
-    return Trainer(task.config, folder, info.rank, info.world_size, info.local_rank,
-                   local_world=info.local_world_size).run(phases)
-
-
-def remove_stale_result_tmp() -> Path | None:
-    """Remove this task's leftover submitit temporary result from an earlier run of the same job.
-
-    submitit saves a task's result (or its error) to `<jobid>_<task>_result.pkl.save_tmp`, then renames it,
-    and refuses to save when that temporary file already exists ("A temporary saved file already exists").
-    A run that died while writing it (a full filesystem) leaves it behind, and the requeued run, which has
-    the same job id and task, then FAILs after training to the end. Only this task writes that file, and
-    only when it ends, so removing it at start is safe. Returns the removed path (None if none)."""
-    if "SUBMITIT_FOLDER" not in os.environ:
-        return None  # not started by submitit
-    import submitit
-
-    try:
-        result = submitit.JobEnvironment().paths.result_pickle  # the very path submitit will save to
-    except (KeyError, ValueError, RuntimeError):
-        return None
-    stale = result.with_suffix(result.suffix + ".save_tmp")  # as submitit's utils.temporary_save_path names it
-    try:
-        stale.unlink()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        print(f"hpcai: could not remove submitit's stale {stale}: {exc.strerror}", file=sys.stderr)
-        return None
-    return stale
-
-
-def _quiet_renamed_collectives() -> None:
-    """torch warns on every ZeRO collective that DeepSpeed still calls by its old name: two lines per
-    step in every rank's log, and their cost shows in the step time of small models."""
-    import warnings
-
-    renamed = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
-    warnings.filterwarnings("ignore", category=FutureWarning, message=renamed)
-
-
-def _skip_inference_shm_kernel() -> None:
-    """DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce kernel when the process group starts
-    (minutes on a fresh install, a ninja up-to-date check on every start after), and probes every op's
-    compiler support to decide. Only its inference all-reduce uses that kernel; training never does, so
-    it is skipped. GPU backends never build it."""
-    import importlib
-
-    # imported by name: `deepspeed.comm.torch` as an attribute is the torch package itself
-    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
-    if hasattr(ds_comm_torch, "build_shm_op"):
-        setattr(ds_comm_torch, "build_shm_op", lambda: None)  # noqa: B010 (a module attribute mypy can't see)
-
-
-def _import_muon_without_compiling() -> None:
-    """DeepSpeed's ZeRO code imports its Muon optimizer on every run (to list it as supported), and that
-    module wraps its kernels in torch.compile at import, which loads Inductor: about a second on every
-    rank's start. hpc-aidc trains with AdamW, so the module is imported here with dynamo off (its kernels
-    stay eager); torch.compile calls after this, a user model's included, are unaffected."""
-    import importlib
-
-    previous = os.environ.get("TORCHDYNAMO_DISABLE")
-    os.environ["TORCHDYNAMO_DISABLE"] = "1"
-    try:
-        importlib.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
-    except ImportError:
-        pass  # a DeepSpeed without Muon: nothing to avoid
-    finally:
-        if previous is None:
-            del os.environ["TORCHDYNAMO_DISABLE"]
-        else:
-            os.environ["TORCHDYNAMO_DISABLE"] = previous
-
-
-class _ReducedStats:
-    """One step's [loss sum, warning flag] all-reduce, started asynchronously and read a step later.
-
-    On GPUs nothing here makes the host wait: the reduction's result and the step's grad norm are copied
-    into pinned host memory behind a CUDA event, and reading them a step later waits for that event only
-    (the end of their step), never for the step queued after it."""
-
-    def __init__(self, local_loss: Any, scale: float, warned: bool, record: dict[str, Any],
-                 grad_norm: Any = None) -> None:
-        import torch
-        import torch.distributed as dist
-
-        flag = torch.ones_like(local_loss) if warned else torch.zeros_like(local_loss)
-        self.tensor = torch.stack([local_loss.to(torch.float64), flag.to(torch.float64)])
-        self.handle: Any = dist.all_reduce(self.tensor, async_op=True)
-        self.scale, self.record, self.grad_norm = scale, record, grad_norm
-        self.event: Any = None
-        self.norm_on_host = False
-        if self.tensor.is_cuda:
-            # NCCL: wait() orders this stream after the reduction; the host does not block.
-            self.handle.wait()
-            self.handle = None
-            self.host = torch.empty(3, dtype=torch.float64, pin_memory=True)
-            self.host[:2].copy_(self.tensor, non_blocking=True)
-            if isinstance(grad_norm, torch.Tensor) and grad_norm.is_cuda:
-                self.host[2:].copy_(grad_norm.detach().to(torch.float64).reshape(1), non_blocking=True)
-                self.norm_on_host = True
-            self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            self.event.record()
-        elif isinstance(grad_norm, torch.Tensor):
-            self.grad_norm = grad_norm.detach().clone()  # later in-place updates must not change it
-
-    def wait(self) -> tuple[float, bool]:
-        """(the mean loss over ranks, whether any rank got the warning signal); sets the record's grad_norm."""
-        if self.event is not None:
-            self.event.synchronize()
-            total, flags, norm = self.host.tolist()
-            self.record["grad_norm"] = norm if self.norm_on_host else _as_float(self.grad_norm)
-        else:
-            self.handle.wait()
-            total, flags = self.tensor.tolist()
-            self.record["grad_norm"] = _as_float(self.grad_norm)
-        return total / self.scale, flags > 0
-
-
-class StartupPhases:
-    """Seconds spent in each start-up phase, from the process's own start ("process": Python, submitit,
-    unpickling the task), logged with the start event so a slow start can be traced to its phase."""
-
-    def __init__(self) -> None:
-        import psutil  # a DeepSpeed dependency
-
-        self._last = time.time()
-        self.seconds: dict[str, float] = {"process": round(self._last - psutil.Process().create_time(), 3)}
-
-    def done(self, phase: str) -> None:
-        now = time.time()
-        self.seconds[phase] = round(now - self._last, 3)
-        self._last = now
-
-
-# Steps at the start of each run left out of model FLOPs utilisation and the grace's step time: the first
-# ones allocate memory, build kernels and fill the pipeline.
-WARMUP_STEPS = 3
 
 
 class Trainer:
@@ -292,7 +128,7 @@ class Trainer:
             # This step's mean loss and warning flag reduce while the next step computes; the previous
             # step's are complete by now, so reading them neither waits on the network nor stalls a GPU.
             # The grad norm stays on the device until then too.
-            current = _ReducedStats(local_loss, scale, _Warning.received, record, engine.get_global_grad_norm())
+            current = ReducedStats(local_loss, scale, SlurmWarning.received, record, engine.get_global_grad_norm())
             warned = False
             if pending is not None:
                 loss, warned = self._finish(pending)
@@ -425,7 +261,7 @@ class Trainer:
 
     def _report_tokens(self, tokens: int) -> None:
         """This run's tokens (the whole job's, from rank 0) into its energy records, for J/token."""
-        from hpc_aidc.monitor.store import run_of
+        from hpc_aidc.monitor.restarts import run_of
         from hpc_aidc.monitor.work import report_work
 
         store = os.environ.get("HPCAI_WORK_STORE")
@@ -544,7 +380,7 @@ class Trainer:
             local += loss.detach().double()
         return local, float(accum * self.world)
 
-    def _finish(self, stats: _ReducedStats) -> tuple[float, bool]:
+    def _finish(self, stats: ReducedStats) -> tuple[float, bool]:
         """Wait for a step's reduction, log it (rank 0), and return (mean loss, warning on any rank)."""
         loss, warned = stats.wait()
         step = stats.record["step"]
@@ -687,12 +523,12 @@ class Trainer:
         needed = needed_s(t.step_s_max, t.checkpoint_s_max)
         self._log_event({"event": "checkpoint", "step": step, "tag": tag_for(step),
                          "seconds": round(t.checkpoint_s_last, 3), "grace_needed_s": needed})
-        from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, write_record
+        from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, write_grace
 
         key = os.environ.get(KEY_ENV)
         if key:
             try:
-                write_record(self.folder.parent, key, t.step_s_max, t.checkpoint_s_max, needed,
+                write_grace(self.folder.parent, key, t.step_s_max, t.checkpoint_s_max, needed,
                              self.folder.name)
             except OSError as exc:
                 print(f"hpcai: could not record the checkpoint time: {exc}", file=sys.stderr)
@@ -734,39 +570,6 @@ class Trainer:
             print(progress_line(record), flush=True)
 
 
-class RunTiming:
-    """Step and checkpoint times of this run: steps after the warm-up count for throughput and MFU, and
-    the longest step and checkpoint write for the warning grace."""
-
-    def __init__(self, warmup_steps: int = WARMUP_STEPS) -> None:
-        self.warmup_steps = warmup_steps
-        self.steps = self.measured_steps = 0
-        self.measured_s = self.measured_tokens = 0.0
-        self.step_s_max = self.checkpoint_s_max = self.checkpoint_s_last = self.checkpoint_s_total = 0.0
-        self._first_steps_max = 0.0
-        self.warned_short = False
-
-    def step(self, seconds: float, tokens: float) -> None:
-        self.steps += 1
-        if self.steps <= self.warmup_steps:
-            self._first_steps_max = max(self._first_steps_max, seconds)
-            return
-        self.measured_steps += 1
-        self.measured_s += seconds
-        self.measured_tokens += tokens
-        self.step_s_max = max(self.step_s_max, seconds)
-
-    def checkpoint(self, seconds: float) -> None:
-        self.checkpoint_s_last = seconds
-        self.checkpoint_s_total += seconds
-        self.checkpoint_s_max = max(self.checkpoint_s_max, seconds)
-        if not self.measured_steps:  # a checkpoint before any step past the warm-up: go by those
-            self.step_s_max = max(self.step_s_max, self._first_steps_max)
-
-    def tokens_per_s(self) -> float | None:
-        return self.measured_tokens / self.measured_s if self.measured_s > 0 else None
-
-
 @contextlib.contextmanager
 def _default_dtype(dtype: Any) -> Iterator[None]:
     import torch
@@ -790,10 +593,3 @@ def _memory_peaks() -> dict[str, Any]:
         peaks["gpu_max_allocated_gib"] = torch.cuda.max_memory_allocated() / 1024**3
         peaks["gpu_max_reserved_gib"] = torch.cuda.max_memory_reserved() / 1024**3
     return peaks
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None

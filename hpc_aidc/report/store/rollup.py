@@ -18,7 +18,7 @@ ingest changes the partition:
 
 Rows of jobs that ran more than once (multi_run) are left out: their summary may sit on several runs and
 counts once per report, so reports always read them raw. A report uses the rollups of the whole local
-days inside its period and the raw rows for the rest (store_query); a partition's rollups name the last
+days inside its period and the raw rows for the rest (query); a partition's rollups name the last
 part generation they cover, and a reader that finds them older than the parts reads raw rows instead."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
+
+from hpc_aidc.report.period import month_start
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,7 +45,7 @@ KINDS = (DAYS, WAITS, EDGES, MONTHS)
 @dataclass(frozen=True)
 class Rollups:
     """The rollup files of every partition a report reads, one of each kind a partition; or with `whole`,
-    one of each kind a month for every account (store.ALL: an `account` column, no account= directory)."""
+    one of each kind a month for every account (layout.ALL: an `account` column, no account= directory)."""
 
     days: tuple[str, ...]
     waits: tuple[str, ...]
@@ -52,7 +54,7 @@ class Rollups:
     whole: bool = False
 
 # The sums of jobs' parts (a report's usage, energy and what it covers), over rows with `secs` inside a
-# bucket, `frac` = secs / the job's time, `counted`: its energy counts. Reports (store_query) and rollups
+# bucket, `frac` = secs / the job's time, `counted`: its energy counts. Reports (query) and rollups
 # use this one definition.
 PART_AGGREGATES = """
   sum(gpus * secs)::DOUBLE AS gpu_s, sum(cpus * secs)::DOUBLE AS cpu_s, sum(nodes * secs)::DOUBLE AS node_s,
@@ -157,11 +159,6 @@ FROM days_table JOIN grid g ON g.s = days_table.day GROUP BY ALL ORDER BY accoun
 """
 
 _PARTS = "read_parquet($1, hive_partitioning = true, hive_types = {'account': VARCHAR, 'month': VARCHAR})"
-
-
-def month_start(day: int) -> int:
-    """The local midnight that begins the month of the local day starting at `day`."""
-    return int(time.mktime(date.fromtimestamp(day).replace(day=1).timetuple()))
 
 
 def build(files: Sequence[str]) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:

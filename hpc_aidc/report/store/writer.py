@@ -1,103 +1,67 @@
-"""The accounting store on disk (the edge: files). Layout under the site profile's `report_store`:
-
-    state.json                                   watermark, longest span, jobs awaiting energy (0644)
-    jobs/account=<account>/month=<YYYY-MM>/part-<n>.parquet    rows of store_table.COLUMNS
-    rollups/account=<account>/month=<YYYY-MM>/{days,waits,edges,months}-<gen>.parquet    sums by day and
-                                                        month, queue waits, edge rows (store_rollup)
-    all/month=<YYYY-MM>/{days,waits,edges,months}-<digest>.parquet    the same for every account (root's)
-
-`jobs/account=<a>`, `rollups/account=<a>` and everything below them belong to root and the Unix group named
-like the account (when there is one; else root's group), mode 0750/0640: a project's members read its rows,
-nobody else can, whatever path they try. `all/` (every account's rollups of a month in one file of each
-kind, named by a digest of the partitions' generations they sum, so that a report over every account opens
-a file of each kind a month, not one per account) is root's alone. Only the ingest writes (as root, under a
-lock), each file whole (temporary file + rename), so a reader sees the old or the new file, never half of
-one; a reader that lists a part the ingest has just merged away retries once.
-
-Upsert: rows are keyed by store_table.KEY. A row whose key is stored with the same summary and
-state is skipped; one that changed (a summary that arrived late) replaces the stored row; new rows go
-to a new part. A partition of more than MAX_PARTS parts merges its newest parts (all but the oldest, or all when the
-newest together outgrow the oldest)."""
+"""The ingest's side of the accounting store (the edge: files): root-owned, locked, each file written whole
+through directory fds. It upserts rows into a partition's parts (the package docstring gives the rules)
+and builds the rollups over them."""
 
 from __future__ import annotations
 
 import contextlib
 import grp
-import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpc_aidc.errors import AccessError, ConfigError
 from hpc_aidc.fsutil import DIR_FLAGS, atomic_write_at, file_lock
-from hpc_aidc.report.store_rollup import EDGES, KINDS, Rollups
-from hpc_aidc.report.store_table import KEY, SCHEMA_VERSION, arrow_schema, edge_schema
+from hpc_aidc.report.store.layout import (
+    ALL,
+    ALL_ROLLUP_NAME,
+    DIR_MODE,
+    FILE_MODE,
+    JOBS,
+    LOCK,
+    MAX_PARTS,
+    PART_NAME,
+    ROLLUP_NAME,
+    ROLLUPS,
+    ROW_GROUP,
+    STATE,
+    TREE_MODE,
+    StoreState,
+    account_dir_name,
+    all_rollups,
+    current_rollups,
+    last_gen,
+    live_parts,
+    month_digest,
+    month_end,
+    names_in,
+    next_gen,
+    part_gens,
+)
+from hpc_aidc.report.store.rollup import EDGES, KINDS
+from hpc_aidc.report.store.table import KEY, arrow_schema, edge_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-STATE = "state.json"
-JOBS = "jobs"
-ROLLUPS = "rollups"  # a tree of its own, so engines reading jobs/ see one schema
-ALL = "all"  # every account's rollups of a month together (root's alone)
-LOCK = ".ingest.lock"
-MAX_PARTS = 8
-ROW_GROUP = 4096  # rows: small enough that a report over whole days skips most of a part (read_order)
 _SIGNATURE = ("comment_hash", "state", "multi_run")
-DIR_MODE = 0o750
-FILE_MODE = 0o640
-_ACCOUNT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_PART = re.compile(r"part-([0-9]{8})-([0-9]{8})\.parquet")
-_ROLLUP = re.compile(r"(days|waits|edges|months)-([0-9]{8})\.parquet")
-_ALL_ROLLUP = re.compile(r"(days|waits|edges|months)-([0-9a-f]{16})\.parquet")
 
 
-@dataclass(frozen=True)
-class StoreState:
-    """What the store holds: every allocation that ended at or before `watermark` (None: nothing yet)."""
-
-    watermark: int | None = None
-    max_span_s: int = 0  # longest end - (start or submit) stored: how far back a month's jobs began
-    awaiting: tuple[str, ...] = field(default=())  # job ids stored while their energy was still spooled
-    schema: int = SCHEMA_VERSION
-    days_zone: str | None = None  # the time zone whose local days the rollups sum (store_rollup.local_zone)
-
-
-def account_dir_name(account: str) -> str:
-    if not _ACCOUNT.fullmatch(account):
-        raise ConfigError(f"Expected a Slurm account name of letters, digits, '_', '.', '-'. Got {account!r} "
-                          "instead. Rename the account or leave it out of the store.")
-    return f"account={account}"
-
-
-def read_state(root: Path) -> StoreState | None:
-    """The store's state; None when `root` holds no store."""
+def _group_id(readers: str, account: str) -> int:
+    """The group that may read an account's partitions: the site's `report_store_readers` pattern (e.g.
+    "{account}-coord"); root's alone without one. A project's members must not read every member's jobs
+    (Slurm's PrivateData=jobs): their reports ask sacct, which shows each what Slurm lets them see."""
+    if not readers:
+        return 0
     try:
-        data = json.loads((root / STATE).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"Expected a readable report store state at {root / STATE}. Got {exc}. "
-                          "Run `hpcai report ingest` as an admin to repair it.") from None
-    if data.get("schema") != SCHEMA_VERSION:
-        raise ConfigError(f"Expected report store schema {SCHEMA_VERSION} at {root}. Got {data.get('schema')!r}. "
-                          "Add --live for now; admins rebuild it: move the store aside, then "
-                          "`hpcai report ingest --since <first day>` (docs/report-store.md).")
-    return StoreState(data.get("watermark"), int(data.get("max_span_s", 0)), tuple(data.get("awaiting", ())),
-                      days_zone=data.get("days_zone"))
-
-
-def _group_id(account: str) -> int:
-    try:
-        return grp.getgrnam(account).gr_gid
+        return grp.getgrnam(readers.replace("{account}", account)).gr_gid
     except KeyError:
         return 0
 
@@ -116,8 +80,9 @@ def _mkdir_at(parent_fd: int, name: str, gid: int, mode: int) -> int:
 class StoreWriter:
     """The ingest's handle on the store: root-owned, locked, written only through directory fds."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, readers: str = "") -> None:
         self.root = root
+        self.readers = readers
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[StoreWriter]:
@@ -146,11 +111,12 @@ class StoreWriter:
 
     @contextlib.contextmanager
     def partition(self, account: str, month: str, tree: str = JOBS) -> Iterator[int]:
-        """A directory fd on `<tree>/account=<account>/month=<month>`, created root:<group> 0750."""
-        gid = _group_id(account)
+        """A directory fd on `<tree>/account=<account>/month=<month>`, root:<readers> 0750; the tree itself
+        0711: whoever may read an account's partitions reaches them, nobody lists the accounts."""
+        gid = _group_id(self.readers, account)
         fds = [os.open(self.root, DIR_FLAGS)]
         try:
-            fds.append(_mkdir_at(fds[-1], tree, 0, 0o755))
+            fds.append(_mkdir_at(fds[-1], tree, 0, TREE_MODE))
             fds.append(_mkdir_at(fds[-1], account_dir_name(account), gid, DIR_MODE))
             fds.append(_mkdir_at(fds[-1], f"month={month}", gid, DIR_MODE))
             yield fds[-1]
@@ -163,11 +129,12 @@ class StoreWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        gid = _group_id(account)
+        gid = _group_id(self.readers, account)
         with self.partition(account, month) as fd:
             names = os.listdir(fd)
             parts = live_parts(names)
-            for leftover in set(n for n in names if _PART.fullmatch(n)) - set(parts):  # an ingest that died mid-swap
+            # parts that live_parts drops: left by an ingest that died mid-swap
+            for leftover in set(n for n in names if PART_NAME.fullmatch(n)) - set(parts):
                 os.unlink(leftover, dir_fd=fd)
             stored: dict[tuple[object, ...], tuple[object, ...]] = {}
             holder: dict[tuple[object, ...], int] = {}  # key -> index of the part that holds it
@@ -183,7 +150,7 @@ class StoreWriter:
                 return 0
             replaced = {keys[i] for i in fresh if keys[i] in stored}
             # Parts are rewritten as a suffix (newest first to go), so a new part's generation range
-            # always contains those it supersedes: see live_parts.
+            # always contains those it supersedes: see layout.live_parts.
             start = min((holder[k] for k in replaced), default=len(parts))
             if start + 1 > MAX_PARTS:  # parts after this write: start + 1
                 sizes = [os.stat(n, dir_fd=fd).st_size for n in parts]
@@ -193,8 +160,8 @@ class StoreWriter:
                 tables = [t.filter(pa.array([k not in replaced for k in _keys(t)])) for t in tables]
             tables.append(rows.take(pa.array(fresh, pa.int64())).select(list(arrow_schema().names)))
             merged = pa.concat_tables(tables)
-            first = _gens(parts[start])[0] if start < len(parts) else _next_gen(parts)
-            name = f"part-{first:08d}-{_next_gen(parts):08d}.parquet"
+            first = part_gens(parts[start])[0] if start < len(parts) else next_gen(parts)
+            name = f"part-{first:08d}-{next_gen(parts):08d}.parquet"
             self._replace(fd, parts[start:], merged, name, gid)  # its rollups are stale now: roll_up_all
             return len(fresh)
 
@@ -225,7 +192,7 @@ class StoreWriter:
     def roll_up_all(self, watermark: int | None = None) -> int:
         """Build the rollups of every partition whose rollups are missing or older than its parts: those the
         ingest changed (once per ingest, not per window), a store from before rollups, an ingest that died
-        before it got here; how many. Until then readers use rows for them (store.list_store).
+        before it got here; how many. Until then readers use rows for them (listing.list_store).
         A month the watermark has passed by a day gets no new rows: its parts become one (a reader pays
         per file it opens; a year of daily ingests would otherwise be up to MAX_PARTS files a partition)."""
         stale: dict[str, list[tuple[str, list[str]]]] = {}
@@ -234,17 +201,17 @@ class StoreWriter:
             with self.partition(account, month) as fd:
                 parts = live_parts(os.listdir(fd))
                 if len(parts) > 1 and watermark is not None and watermark > month_end(month) + 86400:
-                    parts = [self._merge(fd, parts, _group_id(account))]
+                    parts = [self._merge(fd, parts, _group_id(self.readers, account))]
                 if not parts:
                     continue
                 gens.setdefault(month, {})[account] = last_gen(parts)
-                if current_rollups(_listing(self.root / ROLLUPS / account_dir_name(account) / f"month={month}"),
+                if current_rollups(names_in(self.root / ROLLUPS / account_dir_name(account) / f"month={month}"),
                                    parts) is None:
                     stale.setdefault(month, []).append((account, parts))
         for month, partitions in stale.items():  # one query a month: most ingests change one month
             self._roll_up(month, partitions)
         for month, month_gens in gens.items():
-            if not all_rollups(_listing(self.root / ALL / f"month={month}"), month_gens):
+            if not all_rollups(names_in(self.root / ALL / f"month={month}"), month_gens):
                 self._roll_up_all_accounts(month, month_gens)
         return sum(len(p) for p in stale.values())
 
@@ -268,7 +235,7 @@ class StoreWriter:
                 pq.write_table(pa.concat_tables(tables), buf, compression="zstd", row_group_size=256 * 1024)
                 _write_file(fds[-1], f"{kind}-{digest}.parquet", buf, 0)
             for old in os.listdir(fds[-1]):
-                m = _ALL_ROLLUP.fullmatch(old)
+                m = ALL_ROLLUP_NAME.fullmatch(old)
                 if m and m.group(2) != digest:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(old, dir_fd=fds[-1])
@@ -282,7 +249,7 @@ class StoreWriter:
         import pyarrow.parquet as pq
 
         table = pa.concat_tables(pq.read_table(_fd_path(fd, n), schema=arrow_schema()) for n in parts)
-        name = f"part-{_gens(parts[0])[0]:08d}-{last_gen(parts):08d}.parquet"
+        name = f"part-{part_gens(parts[0])[0]:08d}-{last_gen(parts):08d}.parquet"
         self._replace(fd, parts, table, name, gid)
         return name
 
@@ -293,21 +260,21 @@ class StoreWriter:
                 shutil.rmtree(self.root / tree)
 
     def _roll_up(self, month: str, partitions: list[tuple[str, list[str]]]) -> None:
-        """Write the rollups (store_rollup) of a month's partitions over their parts, each named by its
+        """Write the rollups (rollup) of a month's partitions over their parts, each named by its
         parts' last generation, then remove older ones. Readers take rollups only when their generation
         is the parts'. The parts are read by path: the ingest is root and every directory below the
         root-owned store is root's (the tree is made through directory fds)."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from hpc_aidc.report.store_rollup import build
+        from hpc_aidc.report.store.rollup import build
 
         files = [str(self.root / JOBS / account_dir_name(a) / f"month={month}" / n) for a, parts in partitions
                  for n in parts]
         tables = build(files)
         for account, parts in partitions:
             gen = last_gen(parts)
-            gid = _group_id(account)
+            gid = _group_id(self.readers, account)
             with self.partition(account, month, ROLLUPS) as fd:
                 for kind, table in zip(KINDS, tables, strict=True):
                     mine = table.filter(pc.equal(table.column("account"), account)).drop_columns(["account"])
@@ -318,7 +285,7 @@ class StoreWriter:
                     pq.write_table(mine, buf, compression="zstd", row_group_size=256 * 1024)
                     _write_file(fd, f"{kind}-{gen:08d}.parquet", buf, gid)
                 for old in os.listdir(fd):
-                    m = _ROLLUP.fullmatch(old)
+                    m = ROLLUP_NAME.fullmatch(old)
                     if m and int(m.group(2)) != gen:
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(old, dir_fd=fd)
@@ -329,24 +296,10 @@ def _write_file(fd: int, name: str, buf: io.BytesIO, gid: int) -> None:
     atomic_write_at(fd, name, buf.getvalue(), FILE_MODE, (0, gid) if os.geteuid() == 0 else None, durable=False)
 
 
-def month_end(month: str) -> int:
-    """The local midnight that ends the month "YYYY-MM"."""
-    year, number = int(month[:4]), int(month[5:7])
-    year, number = (year + 1, 1) if number == 12 else (year, number + 1)
-    return int(time.mktime((year, number, 1, 0, 0, 0, 0, 0, -1)))
-
-
-def _listing(directory: Path) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except FileNotFoundError:
-        return []
-
-
 def read_order(table: pa.Table) -> list[pa.Table]:
     """A part's rows in three sections, each sorted by end: jobs that ran more than once, jobs that
     crossed a midnight or never ran, the rest. A report over whole days reads rows only at the period's
-    edges (store_query): the first sections always, of the rest only row groups (a few hours of ends
+    edges (query): the first sections always, of the rest only row groups (a few hours of ends
     each) that statistics cannot skip."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -374,128 +327,5 @@ def _signatures(table: pa.Table) -> list[tuple[object, ...]]:
     return list(zip(*(table.column(c).to_pylist() for c in _SIGNATURE), strict=True))
 
 
-def _gens(name: str) -> tuple[int, int]:
-    m = _PART.fullmatch(name)
-    assert m is not None
-    return int(m.group(1)), int(m.group(2))
-
-
-def last_gen(parts: list[str]) -> int:
-    """The newest generation a partition's parts hold: what its rollups are named by."""
-    return max(_gens(n)[1] for n in parts)
-
-
-def _next_gen(parts: list[str]) -> int:
-    return max((_gens(n)[1] for n in parts), default=0) + 1
-
-
-def live_parts(names: list[str]) -> list[str]:
-    """The parts of a partition listing, oldest generation first, without those superseded by a part
-    whose generation range contains theirs (a reader may list between the ingest's write of a merged
-    part and its removal of the old ones)."""
-    spans = sorted((_gens(n), n) for n in names if _PART.fullmatch(n))
-    return [n for (a, b), n in spans if not any(c <= a and b <= d and (c, d) != (a, b) for (c, d), _ in spans)]
-
-
-def current_rollups(names: list[str], parts: list[str]) -> tuple[str, ...] | None:
-    """The partition's rollup files (one of each store_rollup.KINDS) when they cover exactly its live
-    `parts`, else None (also for a partition rolled up before a kind existed: the ingest builds it)."""
-    if not parts:
-        return None
-    gen = last_gen(parts)
-    files = tuple(f"{kind}-{gen:08d}.parquet" for kind in KINDS)
-    return files if all(f in names for f in files) else None
-
-
-def month_digest(gens: dict[str, int]) -> str:
-    """What names a month's all/ rollups: the accounts and the last part generation each one's sum."""
-    text = "".join(f"{account}:{gen}\n" for account, gen in sorted(gens.items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def all_rollups(names: list[str], gens: dict[str, int]) -> tuple[str, ...] | None:
-    """A month's all/ rollup files (one of each kind) when they sum exactly the partitions of `gens`."""
-    digest = month_digest(gens)
-    files = tuple(f"{kind}-{digest}.parquet" for kind in KINDS)
-    return files if all(f in names for f in files) else None
-
-
 def _fd_path(fd: int, name: str) -> str:
     return f"/proc/self/fd/{fd}/{name}"
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What a reader found: part files, and the partitions' current rollups when every partition listed
-    has them (else None: rollups are used for all partitions or none)."""
-
-    files: tuple[str, ...]
-    rollups: Rollups | None
-    denied: frozenset[str]  # accounts whose partitions this process may not read
-
-
-def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -> Listing:
-    """The store's files of the given months for `accounts` (None: every account; then, for root, the
-    rollups of all/ when they are current for every month read)."""
-    jobs = root / JOBS
-    try:
-        names = os.listdir(jobs)
-    except FileNotFoundError:
-        return Listing((), None, frozenset())
-    files: list[str] = []
-    rolled: list[tuple[str, ...]] = []
-    gens: dict[str, dict[str, int]] = {}
-    complete = True
-    denied: set[str] = set()
-    for entry in sorted(names):
-        if not entry.startswith("account="):
-            continue
-        account = entry[len("account="):]
-        if accounts is not None and account not in accounts:
-            continue
-        for month in months:
-            d = jobs / entry / f"month={month}"
-            try:
-                listing = os.listdir(d)
-            except FileNotFoundError:
-                continue
-            except PermissionError:
-                denied.add(account)
-                break
-            parts = live_parts(listing)
-            files += [str(d / n) for n in parts]
-            if parts:
-                gens.setdefault(month, {})[account] = last_gen(parts)
-            r = root / ROLLUPS / entry / f"month={month}"
-            try:
-                rollups = current_rollups(_listing(r), parts)
-            except PermissionError:
-                rollups = None
-            if rollups is None:
-                complete = complete and not parts
-            else:
-                rolled.append(tuple(str(r / name) for name in rollups))
-    found = None
-    if complete and rolled:
-        found = _all_accounts(root, gens) if accounts is None and not denied else None
-        if found is None:
-            days, waits, edges, by_month = (tuple(paths) for paths in zip(*rolled, strict=True))
-            found = Rollups(days, waits, edges, by_month)
-    return Listing(tuple(files), found, frozenset(denied))
-
-
-def _all_accounts(root: Path, gens: dict[str, dict[str, int]]) -> Rollups | None:
-    """The all/ rollups of the months in `gens`, when every one of them is current and readable."""
-    by_kind: list[list[str]] = [[] for _ in KINDS]
-    for month, month_gens in sorted(gens.items()):
-        d = root / ALL / f"month={month}"
-        try:
-            names = all_rollups(os.listdir(d), month_gens)
-        except (FileNotFoundError, PermissionError):
-            return None
-        if names is None:
-            return None
-        for paths, name in zip(by_kind, names, strict=True):
-            paths.append(str(d / name))
-    days, waits, edges, months = (tuple(paths) for paths in by_kind)
-    return Rollups(days, waits, edges, months, whole=True)
