@@ -11,11 +11,13 @@ from hpc_aidc.report.store.layout import (
     ALL,
     JOBS,
     ROLLUPS,
+    account_dir_name,
     all_rollups,
     current_rollups,
     last_gen,
     live_parts,
     names_in,
+    storable_account,
 )
 from hpc_aidc.report.store.rollup import KINDS, Rollups
 
@@ -34,10 +36,15 @@ def list_store(root: Path, accounts: frozenset[str] | None, months: list[str]) -
     """The store's files of the given months for `accounts` (None: every account; then, for root, the
     rollups of all/ when they are current for every month read)."""
     jobs = root / JOBS
-    try:
-        names = os.listdir(jobs)
-    except FileNotFoundError:
-        return Listing((), None, frozenset())
+    if accounts is not None:  # jobs/ is not listable (0711): a reader names the partitions it may see
+        names = [account_dir_name(a) for a in accounts if storable_account(a)]
+    else:
+        try:
+            names = os.listdir(jobs)
+        except FileNotFoundError:
+            return Listing((), None, frozenset())
+        except PermissionError:  # not root: every account's partitions are root's
+            return Listing((), None, frozenset({"*"}))
     files: list[str] = []
     rolled: list[tuple[str, ...]] = []
     gens: dict[str, dict[str, int]] = {}
