@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--arms", nargs="+", default=["follow", "wait", "submitit"])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "controller_load.json")
     args = parser.parse_args()
