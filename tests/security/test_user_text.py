@@ -159,4 +159,10 @@ def test_the_reports_rows_and_the_audit_sweep_see_only_alices_jobs(alice_jobs: d
     swept = sweep_never_ran(log, datetime.now(UTC) + timedelta(seconds=10), max_jobs=10**6, max_seconds=600).records
     held = [r for r in swept if r["job_id_raw"] == alice_jobs["held"]]
     assert len(held) == 1 and held[0]["user"] == "alice"
-    assert not [r for r in swept if r["job_id_raw"] in ("424242", "424243") or r["user"] == "bob"]
+    assert not [r for r in swept if r["job_id_raw"] in ("424242", "424243")]  # the forged rows
+    # other tests cancel bob's pending jobs too: every record names the job's real owner
+    ids = sorted({str(r["job_id_raw"]) for r in swept})
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "--duplicates", "-o", "jobidraw,user", "-j", ",".join(ids)],
+                         capture_output=True, text=True, check=True).stdout
+    owner = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    assert [(r["job_id_raw"], r["user"]) for r in swept if owner.get(str(r["job_id_raw"])) != r["user"]] == []
