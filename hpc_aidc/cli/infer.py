@@ -44,6 +44,9 @@ def _infer_options(f: F) -> F:
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
                      help="auto: bf16 on GPUs that do it, fp32 on CPU."),
         click.option("--max-input-tokens", type=int, default=None, help="Longer rows are errors [model context]."),
+        click.option("--normalize/--no-normalize", default=None,
+                     help="embed: unit-length vectors [as the model says: a sentence-transformers Normalize "
+                          "module; off otherwise]."),
         click.option("--max-error-rate", type=float, default=None, help="Stop a task above this share of bad "
                                                                         "rows [0.1]."),
         click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default="jsonl",

@@ -6,12 +6,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpc_aidc.cli.common import echo_json, json_option, site_from
 from hpc_aidc.errors import SpecError
+
+if TYPE_CHECKING:
+    from hpc_aidc.scheduler.parse import AccountingRecord
 
 
 @click.command()
@@ -151,31 +154,143 @@ def _inference(ctx: click.Context, job_id: str, user: str) -> tuple[Path, Any, A
 @click.command()
 @click.argument("job_id")
 @click.option("--task", "-t", "task", type=int, default=0, show_default=True, help="Task (rank) whose log to show.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the job ends (one job or one "
+                                                  "array task).")
 @click.pass_context
 def logs(ctx: click.Context, job_id: str, task: int, follow: bool) -> None:
-    """Print a job's task log (stdout and stderr of one srun task)."""
-    from hpc_aidc.scheduler.accounting import job_record
+    """Print a job's task log (stdout and stderr of one srun task).
+
+    \b
+    JOB_ID is a job (42), an array task (715_3: a task of `hpcai submit infer`, a sweep trial, a data pack
+    task) or a whole array (715): then every task's log, in task order, each after a header line
+    `==> 715_3 (STATE) <==`; tasks that have not started are named with no log. --follow takes one job or
+    one array task:
+      hpcai logs 715_3 --follow"""
+    from hpc_aidc.render.table import printable
+    from hpc_aidc.scheduler.accounting import find_job_tasks
 
     if task < 0:
         raise SpecError(f"Expected --task >= 0. Got {task} instead. Tasks count from 0.")
-    record = job_record(job_id)
+    found = find_job_tasks(job_id)
     site = site_from(ctx)
-    name = f"{record.job_id}_{task}_log.out"
-    log = site.job_root / record.user / record.job_id / name
+    if found.array:
+        if follow:
+            first = next((r.job_id for r in found.records if "[" not in r.job_id), f"{job_id}_0")
+            raise SpecError(f"Expected one job or one array task with --follow. Got the whole array {job_id}. "
+                            f"Follow one task: `hpcai logs {printable(first)} --follow`.")
+        _print_array_logs(site.job_root, found.records, task)
+        return
+    record = found.records[0]
+    name = task_log_name(record.job_id, task)
     if not follow:
-        fd = _open_job_file(site.job_root, (record.user, record.job_id, name), record.user)
+        parts = locate_task_log(site.job_root, record.user, record.job_id, task)
+        fd = _open_job_file(site.job_root, parts, record.user) if parts else None
         if fd is None:
             raise SpecError(
-                f"Expected a log at {log}. Got no such file. The job may not have started, may have fewer "
-                f"than {task + 1} tasks, or was not submitted by hpcai (state: {record.state})."
+                f"Expected a log {name} in {site.job_root / record.user / record.job_id} or a run folder of "
+                f"{record.user}'s. Got no such file. The job may not have started, may have fewer than "
+                f"{task + 1} tasks, or was not submitted by hpcai (state: {record.state})."
             )
         try:
             _copy_out(fd)
         finally:
             os.close(fd)
         return
-    _follow(site.job_root, (record.user, record.job_id, name), record.user, job_id)
+    _follow(site.job_root, record.user, record.job_id, task)
+
+
+def task_log_name(job_id: str, rank: int) -> str:
+    """The log of one srun task: `<job>_<rank>_log.out`, an array task's job being `<array>_<task>`
+    (render.batch_script: %j_%t, and %A_%a_%t for arrays)."""
+    return f"{job_id}_{rank}_log.out"
+
+
+def run_folders() -> tuple[tuple[tuple[str, ...], str], ...]:
+    """(parent folder below the user's, name prefix) of the folders whose jobs keep their logs together
+    (one folder per run rather than one per job): inference runs and data packs."""
+    from hpc_aidc.scheduler.data_pack import PACK_PREFIX, PACKS
+    from hpc_aidc.scheduler.infer_submit import RUN_FOLDER_PREFIX
+
+    return (((), RUN_FOLDER_PREFIX), ((PACKS,), PACK_PREFIX))
+
+
+def locate_task_log(job_root: Path, user: str, job_id: str, rank: int) -> tuple[str, ...] | None:
+    """Where the log of task `rank` of job `job_id` (an array task as 715_3) is, as the parts below
+    job_root that _open_job_file takes, or None while there is none:
+    - `<user>/<job>/` (submit run and train, a sweep trial), else
+    - a run folder (run_folders: `<user>/infer-<run>/`, `<user>/data-pack/pack-*/`) that holds it: the
+      most recently written one, should Slurm have reused a job id.
+    Every folder is opened below job_root without following a link, and a log counts only as the job
+    user's own plain file (_open_job_file)."""
+    name = task_log_name(job_id, rank)
+    own = (user, job_id, name)
+    fd = _open_job_file(job_root, own, user)
+    if fd is not None:
+        os.close(fd)
+        return own
+    best: tuple[float, tuple[str, ...]] | None = None
+    for parent, prefix in run_folders():
+        for folder in _subfolders(job_root, (user, *parent), prefix):
+            parts = (user, *parent, folder, name)
+            fd = _open_job_file(job_root, parts, user)
+            if fd is None:
+                continue
+            try:
+                mtime = os.fstat(fd).st_mtime
+            finally:
+                os.close(fd)
+            if best is None or mtime > best[0]:
+                best = (mtime, parts)
+    return best[1] if best else None
+
+
+def _subfolders(job_root: Path, parts: tuple[str, ...], prefix: str) -> list[str]:
+    """Names of the folders in job_root/parts that start with `prefix`, sorted; the folders on the way are
+    opened without following a link below job_root, and an entry that is a link is not listed. None there:
+    []."""
+    from hpc_aidc.fsutil import DIR_FLAGS
+
+    try:
+        fd = os.open(job_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the admin's path: may be a link
+        try:
+            for part in parts:
+                nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            with os.scandir(fd) as entries:
+                return sorted(e.name for e in entries
+                              if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False))
+        finally:
+            os.close(fd)
+    except OSError:  # no such folder, a link, or not ours to list: no run folder there
+        return []
+
+
+def _print_array_logs(job_root: Path, records: list[AccountingRecord], rank: int) -> None:
+    """Each task's log after a `==> <task> (<state>) <==` header, in task order; an error when no task
+    has one."""
+    from hpc_aidc.render.table import printable
+
+    shown = 0
+    for record in records:
+        click.echo(f"==> {printable(record.job_id)} ({printable(record.state)}) <==")
+        if "[" in record.job_id:  # 715_[4-7%2]: tasks Slurm has not started
+            click.echo("(not started: no log yet)")
+            continue
+        parts = locate_task_log(job_root, record.user, record.job_id, rank)
+        fd = _open_job_file(job_root, parts, record.user) if parts else None
+        if fd is None:
+            click.echo(f"(no log {task_log_name(record.job_id, rank)})")
+            continue
+        shown += 1
+        try:
+            _copy_out(fd)
+        finally:
+            os.close(fd)
+    if not shown:
+        ids = ", ".join(printable(r.job_id) for r in records[:5]) + (", ..." if len(records) > 5 else "")
+        raise SpecError(f"Expected a log of task {rank} of at least one of the array's tasks ({ids}). Got none. "
+                        "They may not have started, may have fewer tasks, or were not submitted by hpcai.")
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -243,20 +358,22 @@ def _copy_out(fd: int) -> int:
     return copied
 
 
-def _follow(job_root: Path, parts: tuple[str, ...], user: str, job_id: str) -> None:
+def _follow(job_root: Path, user: str, job_id: str, rank: int) -> None:
     """Print the log as it grows (a local file, read every half second) until the job ends; Slurm is asked
-    for the job's state by the polling policy (scheduler.poll: at most once per 15 s), at once when the
-    job's folder holds submitit's result (the task ended)."""
+    for the job's state by the policy (scheduler.poll: at most once per 15 s), at once when the job's
+    folder holds submitit's result (the task ended). The log is looked for (locate_task_log) until it
+    is there: an array task's run folder is known by its log."""
     from hpc_aidc.scheduler.poll import JobWatch
 
     watch = JobWatch((job_id,))
-    result = job_root.joinpath(*parts[:-1]) / f"{parts[-2]}_0_result.pkl"
+    result = job_root / user / job_id / f"{job_id}_0_result.pkl"
     fd: int | None = None
     finished = False
     try:
         while True:
             if fd is None:
-                fd = _open_job_file(job_root, parts, user)
+                parts = locate_task_log(job_root, user, job_id, rank)
+                fd = _open_job_file(job_root, parts, user) if parts else None
             if fd is not None:
                 _copy_out(fd)
             if finished:

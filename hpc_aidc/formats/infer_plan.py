@@ -60,6 +60,13 @@ class InferPlan:
                 "energy_store": self.energy_store, "params_sha256": self.params_sha, "created": self.created}
 
     @property
+    def normalized(self) -> bool:
+        """Whether embeddings are made unit length: --normalize/--no-normalize, else the model's recipe."""
+        if self.params.normalize is not None:
+            return self.params.normalize
+        return self.model.encoder is not None and self.model.encoder.normalize
+
+    @property
     def run_key(self) -> str:
         """One hash for (input, model, parameters): what an output directory holds."""
         doc = {"input": [s.sha256 for s in self.input.shards], "model": self.model.fingerprint,
@@ -77,7 +84,7 @@ def plan_from(d: dict[str, Any]) -> InferPlan:
     if d.get("version") != VERSION:
         raise ConfigError(expected(f"an inference plan of version {VERSION}", d.get("version"),
                                    "Read it with the hpc-aidc version that wrote it."))
-    return InferPlan(plan_from_json(d["input"]), ModelSource(**d["model"]), InferParams(**d["params"]),
+    return InferPlan(plan_from_json(d["input"]), ModelSource.from_json(d["model"]), InferParams(**d["params"]),
                      int(d["tasks"]), str(d["output_format"]), str(d["energy_store"]), str(d["params_sha256"]),
                      float(d["created"]))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aidc.errors import ConfigError, expected
+from hpc_aidc.formats.sentence_model import EncoderRecipe, encoder_recipe, module_files
 
 _HEAD_TAIL = 1 << 20
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -30,9 +31,17 @@ class ModelSource:
     hidden: int | None  # embedding width
     vocab_size: int | None
     tag: str = ""  # hpcai: the checkpoint tag used
+    encoder: EncoderRecipe | None = None  # hf: how --task embed turns text into a vector (None: a causal LM's mean)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["encoder"] = self.encoder.to_json() if self.encoder is not None else None
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelSource:
+        encoder = d.get("encoder")
+        return cls(**{**d, "encoder": EncoderRecipe.from_json(encoder) if encoder else None})
 
 
 def _file_print(path: Path) -> str:
@@ -116,10 +125,18 @@ def _resolve_hf(path: Path) -> ModelSource:
     causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in archs) or bool(cfg.get("is_decoder"))
     context = cfg.get("n_positions") or cfg.get("max_position_embeddings")
     hidden = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
+    # a sentence-transformers layout is run as that library runs it, causal or not; a plain encoder gets
+    # its defaults; a plain causal LM embeds as the mean of its last hidden state
+    has_modules = (path / "modules.json").is_file()
+    encoder = encoder_recipe(path) if has_modules or not causal else None
     meta = [p for p in path.iterdir() if p.is_file() and p.suffix in (".json", ".txt", ".model")]
-    fp = _tree_print(path, [*weights, *meta])
+    fp = _tree_print(path, sorted({*weights, *meta, *module_files(path)}))
+    if encoder is not None:  # how the vector is made is part of what a finished shard was made with
+        fp = hashlib.sha256(f"{fp}:{json.dumps(encoder.to_json(), sort_keys=True)}".encode()).hexdigest()
+    width = int(hidden) if hidden else None
     return ModelSource("hf", str(path), fp, causal, int(context) if context else None,
-                       int(hidden) if hidden else None, cfg.get("vocab_size"))
+                       encoder.width(width) if encoder is not None else width, cfg.get("vocab_size"),
+                       encoder=encoder)
 
 
 def _resolve_entry(spec: str) -> ModelSource:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hpc_aidc.errors import AccessError, JobNotFoundError, SlurmError
@@ -134,13 +134,20 @@ def find_job(job_id: str) -> JobLookup:
     """job_record, also saying whether slurmdbd was away and slurmctld answered alone."""
     parse_job_id(job_id)
     # -a: a job id names the job whoever owns it; PrivateData decides what we may see.
-    records = _sacct(job_ids=[job_id], all_users=True)
+    return _match_job(job_id, _sacct(job_ids=[job_id], all_users=True))
+
+
+def _match_job(job_id: str, records: list[AccountingRecord] | None,
+               queue: list[AccountingRecord] | None = None) -> JobLookup:
+    """The record of `job_id` among sacct's rows for it (None: slurmdbd away), else among slurmctld's
+    (`queue`, when already asked)."""
     matches = [r for r in records or () if r.job_id == job_id or r.job_id_raw == job_id]
     if not matches:
         # slurmdbd learns of a job a moment after sbatch returns, and may be down for maintenance;
         # slurmctld knows a job from submission until MinJobAge after its end.
-        live = [r for r in queue_jobs(job_ids=[job_id], all_users=True, all_states=True, check=False)
-                if r.job_id == job_id or r.job_id_raw == job_id]
+        if queue is None:
+            queue = queue_jobs(job_ids=[job_id], all_users=True, all_states=True, check=False)
+        live = [r for r in queue if r.job_id == job_id or r.job_id_raw == job_id]
         if live:
             return JobLookup(live[-1], live_only=records is None)
         if records is None:
@@ -153,6 +160,69 @@ def find_job(job_id: str) -> JobLookup:
             "with `hpcai jobs`."
         )
     return JobLookup(matches[-1])
+
+
+@dataclass(frozen=True)
+class JobTasks:
+    """What a job id names: one job or array task, or (`array`) every task of an array."""
+
+    records: list[AccountingRecord]  # array: one per task in index order; tasks not started as 12_[4-7%2]
+    array: bool = False
+    live_only: bool = False  # slurmdbd did not answer: slurmctld's records (SLURMDBD_DOWN_NOTE)
+
+
+def find_job_tasks(job_id: str) -> JobTasks:
+    """find_job, but an array's own id (`123`, as `hpcai submit infer` prints it) names all its tasks
+    (`123_0`, `123_1`, ...), from the same one sacct call (and one squeue call when slurmdbd has not
+    recorded the job yet or is away). An array task (`123_4`; one not started yet from its array's row
+    `123_[4-7]`), a plain job, or the raw id of another array's task names that one record."""
+    parse_job_id(job_id)
+    records = _sacct(job_ids=[job_id], all_users=True)
+    if "_" in job_id:
+        queue = None
+        if not any(r.job_id == job_id for r in records or ()):  # not started: in a row like 12_[3-5%2]?
+            waiting = _pending_task(job_id, records or [])
+            if waiting is None:
+                queue = queue_jobs(job_ids=[job_id], all_users=True, all_states=True, check=False)
+                waiting = _pending_task(job_id, queue)
+            if waiting is not None:
+                return JobTasks([waiting], live_only=records is None)
+        lookup = _match_job(job_id, records, queue)
+        return JobTasks([lookup.record], live_only=lookup.live_only)
+    tasks = _array_tasks(job_id, records or [])
+    queue = None
+    if not tasks and not any(r.job_id == job_id or r.job_id_raw == job_id for r in records or ()):
+        queue = queue_jobs(job_ids=[job_id], all_users=True, all_states=True, check=False)
+        tasks = _array_tasks(job_id, queue)
+    if tasks:
+        return JobTasks(tasks, array=True, live_only=records is None)
+    lookup = _match_job(job_id, records, queue)
+    return JobTasks([lookup.record], live_only=lookup.live_only)
+
+
+def _pending_task(job_id: str, rows: list[AccountingRecord]) -> AccountingRecord | None:
+    """Array task `job_id` (12_4) from a row of tasks Slurm has not started yet (12_[3-5%2]), as its own."""
+    from hpc_aidc.scheduler.infer import array_task
+
+    array, _, index = job_id.partition("_")
+    for r in reversed(rows):
+        found = array_task(r.job_id) if "[" in r.job_id else None
+        if found is not None and found[0] == array and int(index) in found[1]:
+            return replace(r, job_id=job_id)
+    return None
+
+
+def _array_tasks(array_id: str, rows: list[AccountingRecord]) -> list[AccountingRecord]:
+    """The rows of array `array_id`'s tasks, the latest per task, in task order."""
+    tasks = {r.job_id: r for r in rows if r.job_id.startswith(f"{array_id}_")}
+    return sorted(tasks.values(), key=_task_order)
+
+
+def _task_order(record: AccountingRecord) -> tuple[int, str]:
+    """12_3 by 3; 12_[4-7%2] (tasks not started) by 4."""
+    index = record.job_id.split("_", 1)[1].lstrip("[")
+    digits = index[:len(index) - len(index.lstrip("0123456789"))]
+    return (int(digits) if digits else 1 << 62, record.job_id)
 
 
 @dataclass(frozen=True)

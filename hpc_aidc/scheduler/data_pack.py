@@ -18,6 +18,7 @@ from hpc_aidc.spec.resources import parse_resources
 
 AUDIT_TAG = "hpcai-data-pack"
 PACKS = "data-pack"
+PACK_PREFIX = "pack-"  # <job_root>/<user>/data-pack/pack-<time>-<hex>/: scripts and task logs of one pack
 
 
 def plan_pack(site: SiteProfile, out: str, tasks: int, *, user: str, engine: str = "direct",
@@ -29,7 +30,7 @@ def plan_pack(site: SiteProfile, out: str, tasks: int, *, user: str, engine: str
                                 partition=partition, account=account, time=time_limit, job_name="hpcai-pack")
     out = str(Path(out).resolve())
     user_dir = site.job_root / user
-    folder = user_dir / PACKS / f"pack-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    folder = user_dir / PACKS / f"{PACK_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     python = sys.executable
     array = array_script(job_parameters(site, resources, audit_tag=AUDIT_TAG, dependency=dependency), folder,
                          module_command(python, "hpc_aidc.node.pack_job", out, "--tasks", str(tasks), "--engine",

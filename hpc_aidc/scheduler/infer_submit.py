@@ -43,6 +43,8 @@ from hpc_aidc.spec.resources import Resources, parse_resources
 
 DEFAULT_MAX_TASKS = 64
 INDEX = "infer-jobs"  # <job_root>/<user>/infer-jobs/<array job id>: the run's output directory
+# <job_root>/<user>/infer-<run key>/: a run's batch scripts and its tasks' logs (%A_%a_batch.out, %A_%a_%t_log.out)
+RUN_FOLDER_PREFIX = "infer-"
 AUDIT_TAG = "hpcai-submit-infer"
 # Memory a model needs besides its weights and KV cache (CUDA context, allocator slack), GiB.
 _OVERHEAD_GIB = 1.5
@@ -72,7 +74,7 @@ class InferRequest:
     @classmethod
     def from_options(cls, o: dict[str, Any]) -> InferRequest:
         names = ("batch_size", "batch_tokens", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
-                 "precision", "max_input_tokens", "max_error_rate")
+                 "precision", "max_input_tokens", "max_error_rate", "normalize")
         return cls(o["model_src"], o["entry"], o["input_path"], o["output"],
                    {"task": o["task"], **{n: o[n] for n in names}}, o["field"], o["rows_per_shard"], o["tasks"],
                    o["gpus_per_task"], o["ntasks_per_node"], o["cpus_per_task"], o["max_concurrent"],
@@ -223,7 +225,7 @@ def prepare(site: SiteProfile, r: InferRequest, say: Callable[[str], None],
     else:
         indices = list(range(tasks))
     user_dir = site.job_root / current_user()
-    folder = user_dir / f"infer-{plan.run_key}"
+    folder = user_dir / f"{RUN_FOLDER_PREFIX}{plan.run_key}"
     return InferSubmission(plan, out, resources, _parameters(site, resources, dependency),
                     policy_for(resources, current_user(), time_given=r.time_limit is not None), folder,
                     r.max_concurrent, tuple(windows(indices, max_array_size())) if indices else (), resumed)
@@ -282,7 +284,7 @@ def retry_run(site: SiteProfile, out: Path, max_concurrent: int | None) -> tuple
         None if gpus else last.get("ntasks_per_node"), last.get("cpus_per_task"), max_concurrent,
         plan.output_format, last.get("account"), last.get("partition"), last.get("qos"),
         str(last["time_min"]) if last.get("time_min") else None, last.get("job_name", "hpcai-infer")))
-    folder = site.job_root / current_user() / f"infer-{plan.run_key}"
+    folder = site.job_root / current_user() / f"{RUN_FOLDER_PREFIX}{plan.run_key}"
     prepared = InferSubmission(plan, out, resources, _parameters(site, resources),
                         policy_for(resources, current_user(), time_given=bool(last.get("time_min"))), folder,
                         max_concurrent, tuple(windows(indices, max_array_size())), resumed=True)

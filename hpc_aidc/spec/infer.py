@@ -32,6 +32,7 @@ class InferParams:
     precision: str = "auto"  # auto: bf16 on GPUs that do it, fp32 on CPU
     max_input_tokens: int | None = None  # None: the model's context
     max_error_rate: float = 0.1
+    normalize: bool | None = None  # embed: unit-length vectors (None: as the model says: its Normalize module)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,12 +65,18 @@ def parse_infer_params(**values: Any) -> InferParams:
         raise SpecError(expected("--max-input-tokens >= 1", p.max_input_tokens, "Pass a positive count."))
     if not 0.0 <= p.max_error_rate <= 1.0:
         raise SpecError(expected("--max-error-rate in [0, 1]", p.max_error_rate, "Pass e.g. 0.05."))
+    if p.normalize is not None and p.task != "embed":
+        raise SpecError(expected("--normalize/--no-normalize with --task embed only", f"--task {p.task}",
+                                 "Leave the flag out."))
     return p
 
 
 def params_hash(params: InferParams, extra: dict[str, Any] | None = None) -> str:
     """sha256 of the parameters (and what else decides the output, e.g. the input field), canonical JSON."""
-    doc = {"params": params.to_json(), **(extra or {})}
+    values = params.to_json()
+    if values["normalize"] is None:  # unset: the hash of runs from before the flag existed
+        del values["normalize"]
+    doc = {"params": values, **(extra or {})}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,7 +1,8 @@
 """Batch inference on the dev cluster (real Slurm job arrays): a 4-task array over a packed store with one
 task cancelled mid-shard and another requeued by an admin, finished by `infer retry`, equal bit for bit
 to a one-shot run; a run split into several arrays by a small MaxArraySize; bad input refused before
-anything is submitted or written; `hpcai status` of an inference job."""
+anything is submitted or written; `hpcai status` of an inference job; `hpcai logs` of an array task and of
+a whole inference array."""
 
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def test_array_with_a_cancelled_and_a_requeued_task_ends_bitwise_equal_to_a_one_
     rows = [json.loads(line) for k in range(n)
             for line in (out / "shards" / f"{k:06d}.jsonl").read_text().splitlines()]
     # none twice, none missing
-    assert [r["id"] for r in rows] == [str(i) for i in range(sum(s["rows"] for s in shards))]
+    assert [r["id"] for r in rows] == list(range(sum(s["rows"] for s in shards)))  # a packed store: int ids
     assert all(r["error"] is None and len(r["tokens"]) == 40 for r in rows)
     # the requeued task ran twice and resumed: its shard kept the batches of the first run
     assert (out / "done").is_dir() and not any((out / "partial").iterdir())
@@ -143,6 +144,8 @@ def test_bad_input_is_refused_before_anything_is_submitted(tiny_job: Path, packe
                                                            hpcai: RunHpcai) -> None:
     wrong_field = work / "body.jsonl"
     wrong_field.write_text(json.dumps({"body": "x"}) + "\n")
+    mixed_ids = work / "mixed.jsonl"
+    mixed_ids.write_text(json.dumps({"id": 1, "text": "x"}) + "\n" + json.dumps({"id": "b", "text": "y"}) + "\n")
     encoder = work / "encoder"
     encoder.mkdir(exist_ok=True)
     (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "hidden_size": 8}))
@@ -162,6 +165,8 @@ def test_bad_input_is_refused_before_anything_is_submitted(tiny_job: Path, packe
           "--batch-size", "100000000"], "Expected a batch that fits one h100"),
         ([*base, "--output", str(work / "o7")], "Expected exactly one of --model or --entry"),
         ([*base, "--model", str(tiny_job), "--output", str(work / "o8"), "--top-p", "0"], "Expected --top-p in (0, 1]"),
+        ([*base, "--model", str(tiny_job), "--output", str(work / "o9"), "--input", str(mixed_ids)],
+         "the first string id is 'b' at row 1 (line 2, shard 0)"),
     ]
     for argv, needle in cases:
         assert_clean_error(hpcai(*argv), needle)
@@ -175,3 +180,32 @@ def test_bad_input_is_refused_before_anything_is_submitted(tiny_job: Path, packe
         assert (out / "plan.json").read_bytes() == plan_before
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
     assert set(after.split()) <= set(before.split())
+
+
+def test_logs_of_an_inference_array_task_and_of_the_whole_array(work: Path, hpcai: RunHpcai, cluster: None) -> None:
+    """`hpcai logs N_K` finds an inference task's log in its run's folder (infer-<run>/), also with
+    --follow; `hpcai logs N` prints every task's log after a header; --follow refuses a whole array."""
+    (work / "shout_entry.py").write_text("def run(texts, task, params):\n    return [t + '!' for t in texts]\n")
+    data = work / "shout.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "text": f"row {i}"}) + "\n" for i in range(8)))
+    out = work / "out-logs"
+    sub = submit_json(hpcai, "infer", "--entry", "shout_entry:run", "--input", str(data), "--output", str(out),
+                      "--rows-per-shard", "2", "--tasks", "2", "-A", "physics", "--gpus-per-task", "0",
+                      env={"PYTHONPATH": str(work)})
+    job = sub["arrays"][0]["job_id"]
+    follow = hpcai("logs", f"{job}_1", "--follow", timeout=300)
+    assert follow.returncode == 0, follow.stderr
+    assert "hpcai infer: task 1 process 0/1: shards [2, 3] of 4" in follow.stdout
+    assert "hpcai infer: shard 3 done" in follow.stdout
+    wait_until("the run did not finish", lambda: _idle(hpcai, out) and _status(hpcai, out)["done"] == 4, 300,
+               interval=0.2)
+    one = hpcai("logs", f"{job}_0")
+    assert one.returncode == 0 and "hpcai infer: shard 1 done" in one.stdout and "shard 3" not in one.stdout, one
+    whole = hpcai("logs", job)
+    assert whole.returncode == 0, whole.stderr
+    headers = [line for line in whole.stdout.splitlines() if line.startswith("==> ")]
+    assert headers == [f"==> {job}_0 (COMPLETED) <==", f"==> {job}_1 (COMPLETED) <=="], whole.stdout
+    assert whole.stdout.index("shard 1 done") < whole.stdout.index(headers[1]) < whole.stdout.index("shard 3 done")
+    assert_clean_error(hpcai("logs", job, "--follow"), f"Follow one task: `hpcai logs {job}_0 --follow`")
+    rows = [json.loads(line) for f in sorted((out / "shards").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert [(r["id"], r["output"]) for r in rows] == [(i, f"row {i}!") for i in range(8)]  # ids stay integers

@@ -56,13 +56,15 @@ def test_input_shards_rows_ids_and_poison(tmp_path: Path) -> None:
     plan = plan_inputs(path, "text", rows_per_shard=4)
     assert [s.rows for s in plan.shards] == [4, 2] and plan.num_rows == 6
     rows = [r for s in plan.shards for r in read_shard(plan, s)]
-    assert [r.id for r in rows] == ["a", "1", "2", "3", "4", "5"]
+    assert [r.id for r in rows] == ["a", "1", "2", "3", "4", "5"]  # the string form: the rows' key
+    assert plan.id_type == "str" and [plan.output_id(r.id) for r in rows][:2] == ["a", "1"]
     assert [r.error for r in rows] == [None, "invalid UTF-8 at byte 0", "invalid JSON: Expecting property name "
-                                       "enclosed in double quotes", "empty input", "no text field 'text'", None]
+                                       "enclosed in double quotes", None, "no text field 'text'", None]
+    assert rows[3].text == ""  # an empty text is tokenised like any other (the engine decides)
     text = tmp_path / "in.txt"
     text.write_text("one\ntwo\n\nfour\n")
     tplan = plan_inputs(text, rows_per_shard=10)
-    assert [(r.id, r.text, r.error) for r in read_shard(tplan, tplan.shards[0])][2] == ("2", None, "empty input")
+    assert [(r.id, r.text, r.error) for r in read_shard(tplan, tplan.shards[0])][2] == ("2", "", None)
 
 
 def test_parquet_input_shards(tmp_path: Path) -> None:
@@ -132,6 +134,7 @@ def test_real_encoder_embeddings_equal_a_direct_forward_pass(minilm: Path, promp
         enc = tok(text, return_tensors="pt")
         with torch.inference_mode():
             direct = model(**enc).last_hidden_state.mean(1)[0].numpy()
+        direct /= np.linalg.norm(direct)  # the model's Normalize module (modules.json)
         # Tolerance: padding to the batch's longest row changes float summation order only.
         np.testing.assert_allclose(vectors[i], direct, rtol=1e-4, atol=2e-5)
 
@@ -147,9 +150,9 @@ def test_poisoned_rows_land_in_the_error_column_and_the_run_completes(hf_causal:
     run_local(out, [0])
     rows = _rows(out)
     assert len(rows) == 33 and len({r["id"] for r in rows}) == 33
-    errors = {r["id"]: r["error"] for r in rows if r["error"]}
-    assert errors["10"].startswith("invalid UTF-8") and errors["11"] == "empty input"
-    assert errors["12"].startswith("over-long input") and len(errors) == 3
+    errors = {r["id"]: r["error"] for r in rows if r["error"]}  # no ids in the input: the row index, an int
+    assert errors[10].startswith("invalid UTF-8") and errors[11] == "empty after tokenisation"
+    assert errors[12].startswith("over-long input") and len(errors) == 3
     assert {tuple(sorted(r)) for r in rows} == {tuple(sorted(rows[0]))}  # one schema on every row
     assert all(r["finish_reason"] == "error" and r["output"] is None for r in rows if r["error"])
     record = json.loads((out / "done" / "000000.json").read_text())
@@ -164,7 +167,7 @@ def test_too_many_bad_rows_stop_the_task_with_examples(hf_causal: Path, tmp_path
     proc = subprocess.run([sys.executable, "-m", "hpc_aidc.node.infer.run", str(out), "--task", "0"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "Expected at most 20% bad rows" in proc.stderr and "row 0: empty input" in proc.stderr
+    assert "Expected at most 20% bad rows" in proc.stderr and "row 0: empty after tokenisation" in proc.stderr
     failures = list((out / "failed" / "000000").glob("*.json"))
     assert len(failures) == 1 and not (out / "done" / "000000.json").exists()
 
@@ -238,7 +241,8 @@ def test_parquet_output_has_one_schema_on_error_and_success_rows(hf_causal: Path
     table = pq.read_table(out / "shards" / "000000.parquet")
     assert table.column_names == ["id", "input", "output", "tokens", "input_tokens", "finish_reason", "error"]
     rows = table.to_pylist()
-    assert [r["error"] for r in rows] == [None, "empty input", None]
+    assert [r["error"] for r in rows] == [None, "empty after tokenisation", None]
+    assert [r["id"] for r in rows] == [0, 1, 2] and str(table.schema.field("id").type) == "int64"
     assert rows[1]["finish_reason"] == "error" and rows[1]["tokens"] == [] and len(rows[0]["tokens"]) <= 3
 
 

@@ -1,8 +1,9 @@
 """The engines that run batch-inference models (their sources and fingerprints: hpc_aidc.formats.model_source).
 
-Engines take token ids and give back tokens, log-likelihoods or embeddings for a batch of rows. Prompts
-are left-padded with an attention mask and explicit positions, so a row's result does not depend on
-which rows share its batch beyond floating-point rounding; the runner forms the same batches on every
+Engines take token ids and give back tokens, log-likelihoods or embeddings for a batch of rows. A decoder's
+prompts are left-padded with an attention mask and explicit positions (an encoder's: right-padded, in
+encoder.py), so a row's result does not depend on which rows share its batch beyond floating-point
+rounding (tests/infer/test_batch_invariance.py); the runner forms the same batches on every
 run, so a resumed run is bitwise equal to a one-shot run. Generation keeps a KV cache (the built-in GPT
 and HF models alike) and samples each row with its own generator seeded by (seed, row id)."""
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from hpc_aidc.errors import ConfigError, expected
 from hpc_aidc.formats.model_source import ModelSource, resolve_model
+from hpc_aidc.formats.sentence_model import EncoderRecipe
 
 __all__ = ["Engine", "ModelSource", "load_engine", "resolve_model", "row_seed"]
 
@@ -63,7 +65,8 @@ class Engine:
         return [(float(t), int(c)) for t, c in zip(totals, counts, strict=True)]
 
     def embed(self, seqs: Sequence[Sequence[int]]) -> Any:
-        """Mean over each row's tokens of the last hidden state: a float32 numpy array [rows, width]."""
+        """Mean over each row's tokens of the last hidden state: a float32 numpy array [rows, width]
+        (decoders; encoders: hpc_aidc.node.infer.encoder)."""
         import torch
 
         with torch.inference_mode():
@@ -248,27 +251,26 @@ class GptEngine(Engine):
 
 
 class HfEngine(Engine):
-    """A local Hugging Face model (AutoModelForCausalLM, or AutoModel for encoders); never downloads."""
+    """A local Hugging Face causal LM (AutoModelForCausalLM); never downloads. Encoders: encoder.py."""
 
-    def __init__(self, path: str, causal: bool, dtype: Any, device: Any) -> None:
+    def __init__(self, path: str, dtype: Any, device: Any) -> None:
         import warnings
 
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # transformers 5.x warns on every step that `past_key_values=` is renamed (pinned below 5.40)
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
 
         self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        cls = AutoModelForCausalLM if causal else AutoModel
-        self.model = cls.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
-        self.device, self.causal = device, causal
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
+        self.device = device
         cfg = self.model.config
         self.context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         self.vocab_size = getattr(cfg, "vocab_size", None)
-        self.eos_id = self.tok.eos_token_id if causal else None
+        self.eos_id = self.tok.eos_token_id
 
     def encode(self, text: str) -> list[int]:
-        return [int(i) for i in self.tok(text, add_special_tokens=not self.causal)["input_ids"]]
+        return [int(i) for i in self.tok(text, add_special_tokens=False)["input_ids"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tok.decode(list(ids), skip_special_tokens=True))
@@ -282,11 +284,9 @@ class HfEngine(Engine):
         return (out.logits if all_logits else out.logits[:, -1]), out.past_key_values
 
     def _hidden(self, ids: Any, mask: Any, positions: Any) -> Any:
-        if self.causal:
-            out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
-                             output_hidden_states=True)
-            return out.hidden_states[-1]
-        return self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
+                         output_hidden_states=True)
+        return out.hidden_states[-1]
 
 
 class EntryEngine(Engine):
@@ -304,8 +304,8 @@ class EntryEngine(Engine):
         return result
 
 
-def load_engine(source: ModelSource, precision: str, scratch: Path | None = None) -> Engine:
-    """The engine for a resolved model, on this process's device."""
+def load_engine(source: ModelSource, precision: str, scratch: Path | None = None, task: str = "generate") -> Engine:
+    """The engine for a resolved model and task, on this process's device."""
     if source.kind == "entry":
         from hpc_aidc.formats.entry import load_entry
 
@@ -314,7 +314,14 @@ def load_engine(source: ModelSource, precision: str, scratch: Path | None = None
     device = pick_device()
     dtype = pick_dtype(precision, device)
     if source.kind == "hf":
-        return HfEngine(source.path, source.causal, dtype, device)
+        # an encoder (a plan from before recipes were recorded: the plain encoder's defaults), or a model
+        # with a sentence-transformers layout asked for embeddings
+        recipe = source.encoder or (None if source.causal else EncoderRecipe("hf"))
+        if task == "embed" and recipe is not None:
+            from hpc_aidc.node.infer.encoder import EncoderEngine
+
+            return EncoderEngine(source.path, recipe, dtype, device)
+        return HfEngine(source.path, dtype, device)
     from hpc_aidc.node.model import GPT
     from hpc_aidc.spec.train import parse_train_config
 

@@ -3,6 +3,7 @@ place whole, so a reader (or a rerun) sees a shard completely or not at all.
 
 - generate: JSONL or Parquet rows with the same schema on every row, error rows included:
   id, input, output, tokens, input_tokens, finish_reason (stop | length | error), error.
+  The id has the input's id type (the plan's `id_type`): a JSON integer / Parquet int64, or a string.
 - score: loglik.zarr (float64, NaN for error rows) and n_tokens.zarr (int32), plus the per-shard rows file
   (id, loglik, n_tokens, error).
 - embed: embeddings.zarr [rows, width] float32 (NaN rows for errors), plus the per-shard rows file
@@ -28,8 +29,9 @@ EMBED_COLUMNS = ("id", "n_tokens", "error")
 COLUMNS = {"generate": GENERATE_COLUMNS, "score": SCORE_COLUMNS, "embed": EMBED_COLUMNS}
 
 
-def write_rows(path: Path, rows: Sequence[dict[str, Any]], task: str, fmt: str) -> None:
-    """The shard's rows file (JSONL or Parquet), atomically."""
+def write_rows(path: Path, rows: Sequence[dict[str, Any]], task: str, fmt: str, *, id_type: str) -> None:
+    """The shard's rows file (JSONL or Parquet), atomically; `id_type` ("int" or "str", the plan's) types
+    the Parquet id column, so every shard of a run has the same schema."""
     columns = COLUMNS[task]
     if fmt == "jsonl":
         text = "".join(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n" for r in rows)
@@ -41,9 +43,9 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]], task: str, fmt: str) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"id": pa.string(), "input": pa.string(), "output": pa.string(), "tokens": pa.list_(pa.int64()),
-             "input_tokens": pa.int64(), "finish_reason": pa.string(), "error": pa.string(),
-             "loglik": pa.float64(), "n_tokens": pa.int64()}
+    types = {"id": pa.int64() if id_type == "int" else pa.string(), "input": pa.string(), "output": pa.string(),
+             "tokens": pa.list_(pa.int64()), "input_tokens": pa.int64(), "finish_reason": pa.string(),
+             "error": pa.string(), "loglik": pa.float64(), "n_tokens": pa.int64()}
     schema = pa.schema([(c, types[c]) for c in columns])
     table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
     buf = io.BytesIO()

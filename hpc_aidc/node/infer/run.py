@@ -115,7 +115,7 @@ class ShardRunner:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = load_engine(self.plan.model, self.params.precision, self.out / ".model")
+            self._engine = load_engine(self.plan.model, self.params.precision, self.out / ".model", self.params.task)
         return self._engine
 
     # --- rows ---------------------------------------------------------------------------------------------
@@ -165,6 +165,14 @@ class ShardRunner:
             return self.compute(batch[:half]) + self.compute(batch[half:])
 
     def _compute(self, batch: list[PreparedRow]) -> list[dict[str, Any]]:
+        results = self._compute_raw(batch)
+        if self.params.task == "embed" and self.plan.normalized:
+            for r in results:
+                if "vector" in r:
+                    r["vector"] = unit_length(r["vector"])
+        return results
+
+    def _compute_raw(self, batch: list[PreparedRow]) -> list[dict[str, Any]]:
         task, engine = self.params.task, self.engine
         if not engine.token_level:
             return self._compute_entry(batch)
@@ -296,7 +304,8 @@ class ShardRunner:
         table = []
         for i, row in enumerate(rows):
             r = results[i]
-            base: dict[str, Any] = {"id": row.id, "error": r.get("error")}
+            # the id in the input's type (the plan's: the same column type in every shard)
+            base: dict[str, Any] = {"id": plan.input.output_id(row.id), "error": r.get("error")}
             if task == "generate":
                 err = r.get("error")
                 base.update(input=row.text, output=None if err else r["output"], tokens=[] if err else r["tokens"],
@@ -306,7 +315,8 @@ class ShardRunner:
             else:
                 base.update(n_tokens=r.get("n_tokens"))
             table.append(base)
-        infer_out.write_rows(rows_path(self.out, k, plan.output_format), table, task, plan.output_format)
+        infer_out.write_rows(rows_path(self.out, k, plan.output_format), table, task, plan.output_format,
+                             id_type=plan.input.id_type)
         if task == "score":
             ll = np.array([math.nan if results[i].get("error") else results[i]["loglik"] for i in range(len(rows))],
                           dtype=np.float64)
@@ -337,6 +347,14 @@ class ShardRunner:
         infer_out.write_json_atomic(failed_dir(self.out, k) / f"{self.job}.r{self.run}.json", {
             "shard": k, "job": self.job, "run": self.run, "node": self.node, "time": time.time(),
             "error": f"{type(exc).__name__}: {exc}"[:2000]})
+
+
+def unit_length(vector: list[float]) -> list[float]:
+    """`vector` over its L2 norm (at least 1e-12, as torch.nn.functional.normalize), in float32."""
+    import numpy as np
+
+    v = np.asarray(vector, dtype=np.float32)
+    return [float(x) for x in v / max(float(np.linalg.norm(v)), 1e-12)]
 
 
 def _nan_checked(result: dict[str, Any], probe: float) -> dict[str, Any]:
