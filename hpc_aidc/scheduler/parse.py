@@ -181,11 +181,13 @@ def parse_key_values(line: str) -> dict[str, str]:
 
 
 def parse_gres(text: str) -> list[tuple[str, str | None, int]]:
-    """'gpu:h100:4(S:0),gpu:a100:2' -> [('gpu', 'h100', 4), ('gpu', 'a100', 2)]."""
+    """'gpu:h100:4(S:0),gpu:a100:2' -> [('gpu', 'h100', 4), ('gpu', 'a100', 2)]. Each item may carry the
+    TRES prefix squeue and scontrol print: 'gres:gpu:1' (22.05) or 'gres/gpu:1' (24.11 and later)."""
     out: list[tuple[str, str | None, int]] = []
     for item in filter(None, re.split(r",(?![^(]*\))", text)):
         if item in {"(null)", "N/A"}:
             continue
+        item = re.sub(r"^gres[:/]", "", item)
         parts = re.sub(r"\(.*\)$", "", item).split(":")
         if len(parts) == 3:
             out.append((parts[0], parts[1], int(parts[2])))
@@ -212,7 +214,7 @@ def parse_squeue(text: str) -> list[AccountingRecord]:
         (job_id, raw, name, user, account, partition, qos, state, used, limit, nodes, nodelist, gres,
          submit, start) = cols
         nnodes = int(nodes) if nodes.isdigit() else 0
-        per_node = sum(count for kind, _, count in parse_gres(gres.removeprefix("gres:")) if kind == "gpu")
+        per_node = sum(count for kind, _, count in parse_gres(gres) if kind == "gpu")
         tres = {"node": float(nnodes), "gres/gpu": float(per_node * nnodes)} if per_node else {"node": float(nnodes)}
         records.append(AccountingRecord(
             job_id=job_id, job_id_raw=raw, name=name, user=user, account=account, partition=partition, qos=qos,

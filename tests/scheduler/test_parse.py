@@ -71,6 +71,9 @@ def test_gres_forms() -> None:
     assert parse_gres("gpu:h100:4(S:0-1),gpu:a100:2") == [("gpu", "h100", 4), ("gpu", "a100", 2)]
     assert parse_gres("gpu:2") == [("gpu", None, 2)]
     assert parse_gres("(null)") == []
+    # squeue %b / scontrol TresPerNode: 22.05 prefixes 'gres:', 24.11 and later 'gres/', on every item
+    assert parse_gres("gres:gpu:h100:1") == parse_gres("gres/gpu:h100:1") == [("gpu", "h100", 1)]
+    assert parse_gres("gres/gpu:2,gres/shard:4") == [("gpu", None, 2), ("shard", None, 4)]
 
 
 def test_sbatch_job_id() -> None:

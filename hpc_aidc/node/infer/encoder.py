@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc_aidc.formats.sentence_model import EncoderRecipe
-from hpc_aidc.node.infer.model import Engine
+from hpc_aidc.node.infer.model import Engine, quiet_loading
 
 
 def pool(hidden: Any, mask: Any, modes: Sequence[str], prompt_length: int = 0) -> Any:
@@ -54,6 +54,7 @@ class EncoderEngine(Engine):
     def __init__(self, path: str, recipe: EncoderRecipe, dtype: Any, device: Any) -> None:
         from transformers import AutoModel, AutoTokenizer
 
+        quiet_loading()
         self.recipe = recipe
         self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()

@@ -260,6 +260,7 @@ class HfEngine(Engine):
 
         # transformers 5.x warns on every step that `past_key_values=` is renamed (pinned below 5.40)
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        quiet_loading()
 
         self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device).eval()
@@ -287,6 +288,13 @@ class HfEngine(Engine):
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions,
                          output_hidden_states=True)
         return out.hidden_states[-1]
+
+
+def quiet_loading() -> None:
+    """No progress bar of transformers' weight loading in the task logs (carriage returns, no news)."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 class EntryEngine(Engine):
