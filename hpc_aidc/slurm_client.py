@@ -100,12 +100,20 @@ def run_slurm(argv: Sequence[str], *, stdin: str | None = None, timeout: float =
     return proc
 
 
+# sbatch's last line when a job_submit plugin refuses a job (seen on 24.11 and 26.05:
+# tests/recorded/slurm-*/sbatch_policy_refused.txt): the plugin's own message (slurm.log_user, e.g. the site
+# policy's HPCAI-P00N line) is the error line before it.
+_GENERIC_REFUSAL = "Batch job submission failed: Unspecified error"
+
+
 def first_error_line(text: str) -> str:
-    """Slurm's most telling line: the last 'error:' line, without the program prefix."""
+    """Slurm's most telling line: the last 'error:' line, without the program prefix (the one before it when
+    the last is sbatch's generic refusal after a job_submit plugin's message)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line]
-    chosen = (errors or lines or ["(no output)"])[-1]
-    return chosen.split("error:", 1)[-1].strip()
+    errors = [line.split("error:", 1)[-1].strip() for line in lines if "error:" in line]
+    if len(errors) > 1 and errors[-1] == _GENERIC_REFUSAL:
+        errors.pop()
+    return errors[-1] if errors else (lines or ["(no output)"])[-1]
 
 
 def requeue(target: str) -> str | None:

@@ -7,6 +7,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
+# The set-up is Debian 12's: Python 3.11 (the pinned CPU torch is a cp311 wheel) and Slurm 22.05 from its
+# packages. Debian 13 has Python 3.13, no python3.11 and Slurm 24.11: stop at once, saying so, rather than
+# half-install (Slurm 24.11 and 26.05 are tested from a Debian 12 host, in chroots: slurm/devcluster/chroot.sh).
+if [ ! -x /usr/bin/python3.11 ] && ! apt-cache show python3.11 >/dev/null 2>&1; then
+  system="$(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null | head -n 1)"
+  printf '[bootstrap] error: expected Debian 12 (bookworm) with python3.11; got %s without python3.11. Use a Debian 12 machine: Slurm 24.11 and 26.05 are tested from there (bash scripts/test.sh --slurm 26.05).\n' \
+    "${system:-an unknown system}" >&2
+  exit 2
+fi
+
 # lua5.1 runs the rendered job_submit.lua in tests (the Lua Debian's job_submit_lua.so links), ruby renders
 # the Open OnDemand ERB; Prometheus and node_exporter come with the dev cluster (slurm/devcluster/up.sh).
 APT_PACKAGES=(python3.11-venv python3-dev gcc shellcheck chromium lua5.1 ruby)

@@ -29,6 +29,14 @@ def _cluster_up() -> bool:
     return ping.returncode == 0 and "UP" in ping.stdout
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the dev cluster is marked `cluster` however it asks for it (marker, fixture or
+    usefixtures): `-m cluster` is the Slurm-facing part that `scripts/test.sh --slurm VERSION` runs."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("cluster") is None:
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _installed_copy_is_current() -> None:
     """The CLI in subprocesses, the dev cluster's Slurm scripts and the users' jobs run hpc-aidc as installed

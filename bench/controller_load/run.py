@@ -23,14 +23,19 @@ SUBMITIT_WAIT = ("import sys, submitit; "
                  "submitit.SlurmJob(folder='/tmp/hpcai-bench-submitit/%j', job_id=sys.argv[1]).wait()")
 
 
+def user_rpc_count(text: str, user: str) -> int:
+    """`user`'s RPC count in `sdiag` or `sacctmgr show stats` output (its "... by user" section; the same on
+    Slurm 24.11 and 26.05: tests/recorded/slurm-*/sdiag.txt); 0 when the user made none."""
+    pattern = re.compile(rf"^\s*{re.escape(user)}\s+\(\s*\d+\)\s+count:(\d+)", re.MULTILINE)
+    m = pattern.search(text.split("by user", 1)[-1])
+    return int(m.group(1)) if m else 0
+
+
 def rpcs() -> tuple[int, int]:
     """(slurmctld, slurmdbd) RPCs of USER so far."""
-    pattern = re.compile(rf"^\s*{USER}\s+\(\s*\d+\)\s+count:(\d+)", re.MULTILINE)
 
     def count(argv: list[str]) -> int:
-        text = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        m = pattern.search(text.split("by user", 1)[-1])
-        return int(m.group(1)) if m else 0
+        return user_rpc_count(subprocess.run(argv, capture_output=True, text=True, check=True).stdout, USER)
 
     return count(["sdiag"]), count(["sacctmgr", "show", "stats"])
 

@@ -228,12 +228,13 @@ def check(ctx: click.Context, slurm_conf: Path | None, as_json: bool) -> None:
     """Check slurm.conf against the site profile: prolog/epilog, JobSubmitPlugins and job_submit.lua,
     gres/gpu in AccountingStorageTRES, PrivateData, energy store permissions, and that nobody but root can
     change what the Prolog/Epilog/EpilogSlurmctld run (the scripts, every folder above them, their settings,
-    the Python). One line per problem with its fix; exit 1 when there is any."""
+    the Python). One line per problem with its fix; exit 1 when there is any. Live, it also says which Slurm
+    runs: tested, expected to work (between tested releases) or untested (a warning, not a problem)."""
     import dataclasses
 
     from hpc_aidc.install.kit_chain import chain_links
     from hpc_aidc.render.job_submit_lua import render_job_submit_lua
-    from hpc_aidc.scheduler.admin_check import admin_problems, gather_facts
+    from hpc_aidc.scheduler.admin_check import admin_problems, gather_facts, version_support
 
     site = site_from(ctx)
     facts = gather_facts(site, slurm_conf)
@@ -241,16 +242,30 @@ def check(ctx: click.Context, slurm_conf: Path | None, as_json: bool) -> None:
     facts = dataclasses.replace(facts, chain=tuple(chain_links(facts.config, facts.prolog_scripts)))
     expected = render_job_submit_lua(site, exempt_uids(site)) if site.policy.enabled else None
     problems = admin_problems(site, facts, expected)
+    version = version_support(facts)  # None for a slurm.conf file: it names no version
+    warnings = [version.warning] if version is not None and version.warning else []
     if as_json:
-        echo_json({"source": facts.source, "site": site.source, "ok": not problems, "problems": problems})
-    elif problems:
-        click.echo(f"{facts.source} vs {site.source}: {len(problems)} problem(s)")
+        echo_json({"source": facts.source, "site": site.source, "ok": not problems, "problems": problems,
+                   "slurm_version": None if version is None else
+                   {"version": str(version.version), "status": version.status},
+                   "warnings": warnings})
+    else:
+        _say_check(facts.source, site.source, version.line() if version else None, warnings, problems)
+    if problems:
+        sys.exit(1)
+
+
+def _say_check(source: str, site_source: str, version: str | None, warnings: list[str], problems: list[str]) -> None:
+    if version is not None:
+        click.echo(version)
+    for line in warnings:
+        click.echo(f"hpcai: warning: {line}", err=True)
+    if problems:
+        click.echo(f"{source} vs {site_source}: {len(problems)} problem(s)")
         for line in problems:
             click.echo(f"  - {line}")
     else:
-        click.echo(f"{facts.source} vs {site.source}: OK")
-    if problems:
-        sys.exit(1)
+        click.echo(f"{source} vs {site_source}: OK")
 
 
 # -- GPU health (the prolog) -------------------------------------------------------------------------------

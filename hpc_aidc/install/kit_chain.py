@@ -21,6 +21,7 @@ from hpc_aidc.install.interpreter import bare_paths, import_paths
 from hpc_aidc.install.plan import DEFAULT_ENERGY_ENV, SLURM_SCRIPTS
 from hpc_aidc.install.trust import untrusted_links
 from hpc_aidc.scheduler.admin_check import ChainLink
+from hpc_aidc.scheduler.site_check import config_list
 
 # The scripts slurm.conf runs as root or SlurmUser (lower-cased keys, as AdminFacts.config holds them).
 SCRIPT_SETTINGS = ("prolog", "epilog", "prologslurmctld", "epilogslurmctld")
@@ -35,13 +36,11 @@ def configured_scripts(config: Mapping[str, str], prolog_scripts: Sequence[str])
     """(role, path) of each script slurm.conf runs; a glob Prolog stands for the files it matches (pure)."""
     out: list[tuple[str, str]] = []
     for key in SCRIPT_SETTINGS:
-        value = config.get(key, "").strip()
-        if not value:
-            continue
-        if key == "prolog" and any(c in value for c in "*?["):
-            out += [(f"Prolog ({value})", p) for p in prolog_scripts]
-        else:
-            out.append((_NAMES[key], value))
+        values = config_list(config.get(key, ""))  # several scripts: comma-separated (23.02 and later)
+        globs = [v for v in values if key == "prolog" and any(c in v for c in "*?[")]
+        if globs:  # prolog_scripts: the files the globs match (expand_prolog), named after the first glob
+            out += [(f"Prolog ({globs[0]})", p) for p in prolog_scripts]
+        out += [(_NAMES[key], v) for v in values if v not in globs]
     return out
 
 

@@ -1,7 +1,8 @@
 """`hpcai admin check`: slurm.conf (and the files it names) against the site profile.
 
 `admin_problems` is pure: it compares the facts with what the profile and SECURITY.md ask for and returns
-one line per problem, each with its fix. `gather_facts` collects them: `scontrol show config` (the live
+one line per problem, each with its fix; `version_support` says which Slurm runs and whether hpc-aidc was tested on
+it (a warning, not a problem, when it was not). `gather_facts` collects them: `scontrol show config` (the live
 controller) or a slurm.conf file, fstat of the energy store, its accounting box and /etc/hpcai, and (live
 only) slurmctld's log since its last start: a PrologSlurmctld/EpilogSlurmctld it could not execute is logged
 once there and then silently never run (daemon_log.py)."""
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpc_aidc.scheduler.daemon_log import LogScan, scan_log
-from hpc_aidc.scheduler.site_check import expand_prolog
+from hpc_aidc.scheduler.site_check import config_list, expand_prolog, show_config_items
+from hpc_aidc.scheduler.slurm_version import Support, parse_version, support
 from hpc_aidc.site_profile import SiteProfile
 from hpc_aidc.slurm_client import run_slurm
 
@@ -81,14 +83,16 @@ def parse_slurm_conf(text: str) -> dict[str, str]:
 
 
 def parse_show_config(text: str) -> dict[str, str]:
-    """`scontrol show config`: 'Key = value' lines; (null) counts as unset."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and " " not in key.strip():
-            value = value.strip()
-            out[key.strip().lower()] = "" if value == "(null)" else value
-    return out
+    """`scontrol show config`: 'Key = value' lines, keys lower-cased; (null) counts as unset; `Prolog[0]`
+    (23.02 and later) as `prolog` (site_check.show_config_items)."""
+    return {key.lower(): value for key, value in show_config_items(text).items()}
+
+
+def version_support(facts: AdminFacts) -> Support | None:
+    """The running Slurm's version (`scontrol show config`'s SLURM_VERSION, read with the rest of the config)
+    and how far hpc-aidc knows it; None for a slurm.conf file, which names no version."""
+    version = parse_version(facts.config.get("slurm_version", ""))
+    return support(version) if version is not None else None
 
 
 def _items(value: str) -> set[str]:
@@ -105,7 +109,7 @@ def admin_problems(site: SiteProfile, facts: AdminFacts, expected_lua: str | Non
     ctld_epilog = os.path.normpath(conf["epilogslurmctld"]) if conf.get("epilogslurmctld") else ""
     problems: list[str] = []
     prolog = conf.get("prolog", "")
-    scripts = (prolog, *facts.prolog_scripts)
+    scripts = (*config_list(prolog), *facts.prolog_scripts)
     has_energy = any(s.endswith("energy/prolog.sh") or "energy" in s.rsplit("/", 1)[-1] for s in scripts)
     has_health = any("gpu-health" in s or "gpu_prolog" in s for s in scripts)
     gpu_site = any(p.gpus_per_node for p in site.partitions.values())

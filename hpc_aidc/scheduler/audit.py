@@ -36,6 +36,7 @@ from typing import Any
 from hpc_aidc.errors import AccessError, ConfigError, SlurmError
 from hpc_aidc.scheduler.accounting import query_jobs
 from hpc_aidc.scheduler.parse import AccountingRecord
+from hpc_aidc.scheduler.slurm_version import SlurmVersion, parse_version, sacct_adds_script_newline
 from hpc_aidc.slurm_client import run_slurm
 
 SCHEMA = "hpcai-audit-v1"
@@ -122,15 +123,26 @@ _TAIL_BYTES = 256 << 10      # the log's end read for a line written just before
 Cursor = tuple[int, int]     # (end, as a unix second; job id)
 
 
-def parse_batch_script(text: str) -> str | None:
-    """`sacct --batch-script -j ID` -> the script as sbatch received it (pure); None when there is none."""
+def parse_batch_script(text: str, version: SlurmVersion | None = None) -> str | None:
+    """`sacct --batch-script -j ID` -> the script as sbatch received it (pure); None when there is none.
+    `version`: sacct's (`sacct --version`). Before 24.11 sacct ends the script with a newline of its own, from
+    24.11 on it prints the script exactly; unknown, one newline is taken for sacct's only after another
+    (right for every script that ends in exactly one newline, as nearly all do)."""
     head, sep, rest = text.partition("\n")
     if not sep or not head.startswith("Batch Script for"):
         return None
     _, sep, body = rest.partition("\n")  # the rule under the title
     if not sep or body.strip() == "NONE":
         return None
-    return body.removesuffix("\n")  # sacct ends the script with a newline of its own
+    if version is None:
+        return body.removesuffix("\n") if body.endswith("\n\n") else body
+    return body.removesuffix("\n") if sacct_adds_script_newline(version) else body
+
+
+def sacct_version() -> SlurmVersion | None:
+    """The version of the sacct on PATH (`sacct --version`: no RPC)."""
+    proc = run_slurm(["sacct", "--version"], timeout=20, check=False)
+    return parse_version(proc.stdout) if proc.returncode == 0 else None
 
 
 def unstarted_record(r: AccountingRecord, uid: int | None, script: str | None, recorded: datetime) -> dict[str, Any]:
@@ -253,12 +265,14 @@ def sweep_never_ran(log: Path, now: datetime, max_jobs: int = SWEEP_JOBS, max_se
             todo = pending_never_ran(rows, cursor, until)
             already = recorded_never_ran(*_read_at(dir_fd, log.name, _TAIL_BYTES, tail=True)) if todo else set()
             done: list[dict[str, Any]] = []
+            version = sacct_version() if todo else None
             for n, r in enumerate(todo):
                 if n >= max_jobs or clock() >= deadline:
                     return Sweep(done, len(todo) - n)
                 if r.job_id_raw not in already:
                     proc = run_slurm(["sacct", "--batch-script", "-j", r.job_id_raw], check=False)
-                    done.append(unstarted_record(r, _uid(r.user), parse_batch_script(proc.stdout), now))
+                    done.append(unstarted_record(r, _uid(r.user), parse_batch_script(proc.stdout, version),
+                                                 now))
                     append_record(log, done[-1])
                 atomic_write_at(dir_fd, cursor_name, format_cursor(sweep_key(r)).encode(), mode=LOG_MODE)
             # The whole window is recorded: next time starts at its end.

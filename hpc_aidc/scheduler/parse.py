@@ -164,6 +164,49 @@ def parse_sbatch_job_id(text: str) -> str:
     return m.group(1)
 
 
+@dataclass(frozen=True)
+class SbatchVerdict:
+    """slurmctld's answer to `sbatch --test-only`: where and when the job would start."""
+
+    job_id: str
+    when: str            # the start time as printed (SLURM_TIME_FORMAT may change its form)
+    cpus: int
+    nodes: str
+    partition: str
+
+    @property
+    def start(self) -> datetime | None:
+        return parse_timestamp(self.when)
+
+    def line(self) -> str:
+        """The verdict as 22.05 and 24.11 word it (26.05's stray 'a' dropped)."""
+        return (f"Job {self.job_id} to start at {self.when} using {self.cpus} processors on nodes {self.nodes} "
+                f"in partition {self.partition}")
+
+
+# `sbatch: Job 11 to start at 2026-12-07T15:21:09 using 1 processors on nodes n2 in partition debug` (22.05,
+# 24.11); 26.05 prints `... to start at T a using ...` (a stray "a" in its format string).
+_TEST_ONLY = re.compile(r"Job (\d+) to start at (.+?)(?: a)? using (\d+) processors on nodes (\S+) "
+                        r"in partition (\S+)")
+
+
+def parse_test_only(text: str) -> SbatchVerdict | None:
+    """The verdict line among `sbatch --test-only`'s output (stderr); None when there is none."""
+    m = _TEST_ONLY.search(text)
+    if not m:
+        return None
+    return _verdict(m)
+
+
+def _verdict(m: re.Match[str]) -> SbatchVerdict:
+    return SbatchVerdict(m.group(1), m.group(2), int(m.group(3)), m.group(4), m.group(5))
+
+
+def clean_test_only(text: str) -> str:
+    """`sbatch --test-only`'s output with its verdict worded the same on every version (other lines kept)."""
+    return _TEST_ONLY.sub(lambda m: _verdict(m).line(), text)
+
+
 def parse_key_values(line: str) -> dict[str, str]:
     """One `scontrol show ... -o` record: 'A=1 B=x y C=3' -> {'A': '1', 'B': 'x y', 'C': '3'}.
 

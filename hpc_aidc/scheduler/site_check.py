@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from hpc_aidc.scheduler.parse import parse_gres, parse_key_values
@@ -46,23 +47,47 @@ def expand_prolog(prolog: str) -> tuple[str, ...]:
     """Slurm runs every file a glob Prolog (e.g. /opt/hpcai/slurm/prolog.d/*) matches, in name order."""
     import glob
 
-    return tuple(sorted(glob.glob(prolog))) if any(c in prolog for c in "*?[") else ()
+    return tuple(path for item in config_list(prolog) if any(c in item for c in "*?[")
+                 for path in sorted(glob.glob(item)))
 
 
 def runs_energy_prolog(facts: ClusterFacts) -> bool:
     """slurm.conf's Prolog is hpc-aidc's energy prolog, or a prolog.d glob holding it (10-energy.sh)."""
-    return facts.prolog.endswith("energy/prolog.sh") or any(
+    return any(p.endswith("energy/prolog.sh") for p in config_list(facts.prolog)) or any(
         s.endswith("energy/prolog.sh") or "energy" in s.rsplit("/", 1)[-1] for s in facts.prolog_scripts)
 
 
-def parse_config_value(text: str, key: str) -> str:
-    """One `Key = value` line of `scontrol show config`; "" when absent or (null)."""
+_INDEXED = re.compile(r"^(\w+)\[\d+\]$")
+
+
+def show_config_items(text: str) -> dict[str, str]:
+    """`scontrol show config`'s `Key = value` lines as printed; (null) counts as unset. Settings that may
+    name several scripts (Prolog, Epilog, PrologSlurmctld, EpilogSlurmctld) are printed one per line as
+    `Prolog[0] = ...` from 23.02 on (seen on 24.11 and 26.05; unset ones left out) and as `Prolog = ...`
+    before (22.05): both read as `Prolog`, several scripts comma-separated as slurm.conf lists them."""
+    out: dict[str, str] = {}
     for line in text.splitlines():
         name, sep, value = line.partition("=")
-        if sep and name.strip() == key:
-            value = value.strip()
-            return "" if value == "(null)" else value
-    return ""
+        name, value = name.strip(), value.strip()
+        if not sep or not name or " " in name:
+            continue
+        value = "" if value == "(null)" else value
+        indexed = _INDEXED.match(name)
+        if indexed:
+            name = indexed.group(1)
+            value = ",".join(v for v in (out.get(name, ""), value) if v)
+        out[name] = value
+    return out
+
+
+def parse_config_value(text: str, key: str) -> str:
+    """One setting of `scontrol show config` (show_config_items); "" when absent or (null)."""
+    return show_config_items(text).get(key, "")
+
+
+def config_list(value: str) -> list[str]:
+    """The scripts of a Prolog/Epilog setting (comma-separated from 23.02 on)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def site_problems(site: SiteProfile, facts: ClusterFacts) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hpc_aidc.errors import AccessError, SlurmError
 from hpc_aidc.fsutil import atomic_write_bytes
+from hpc_aidc.scheduler.parse import clean_test_only
 from hpc_aidc.scheduler.request import BatchJob, FileWrite, JobRequest, PickledCall, resolve_refs
 from hpc_aidc.scheduler.user_folder import claim_folder, prepare_user_folder
 from hpc_aidc.site_profile import SiteProfile
@@ -201,9 +202,10 @@ def _undo(job_ids: list[str], laid: list[Path]) -> None:
 
 
 def test_only(script: str) -> str:
-    """Ask slurmctld whether (and where) the script would run, without submitting it."""
+    """Ask slurmctld whether (and where) the script would run, without submitting it: its verdict in the same
+    words whatever the Slurm version (scheduler.parse.clean_test_only)."""
     proc = run_slurm(["sbatch", "--test-only"], stdin=script, check=False)
     message = (proc.stderr or proc.stdout).strip()
     if proc.returncode != 0:
         raise SlurmError(f"sbatch --test-only refused the job: {first_error_line(message)}")
-    return message.removeprefix("sbatch: ").strip()
+    return clean_test_only(message).removeprefix("sbatch: ").strip()

@@ -45,9 +45,52 @@ ensure_hosts() {
   done
 }
 
+# slurm_version: the running Slurm's MAJOR.MINOR (22.05 on Debian 12; 24.11 and 26.05 in chroot.sh's chroots).
+slurm_version() {
+  local v
+  v="$(/usr/sbin/slurmctld -V 2>/dev/null | grep -oE '[0-9]+\.[0-9]+' | head -n 1)" || true
+  [ -n "$v" ] || die "cannot tell the Slurm version (slurmctld -V)"
+  printf '%s\n' "$v"
+}
+
+# at_least VERSION MIN: VERSION (MAJOR.MINOR) is MIN or newer.
+at_least() {
+  local a="$1" b="$2"
+  [[ "$a" =~ ^[0-9]+\.[0-9]+$ && "$b" =~ ^[0-9]+\.[0-9]+$ ]] || return 1
+  [ "$((10#${a%%.*}))" -gt "$((10#${b%%.*}))" ] ||
+    { [ "$((10#${a%%.*}))" -eq "$((10#${b%%.*}))" ] && [ "$((10#${a#*.}))" -ge "$((10#${b#*.}))" ]; }
+}
+
+# HPCAI_DEVCLUSTER_CGROUP=1: processes tracked and confined by cgroups (proctrack/cgroup, task/cgroup with
+# ConstrainCores and ConstrainDevices: a job opens only the GPU device files it was given). Default: none
+# (a container rarely lets slurmd make cgroups). On cgroup v1 the job cgroups are made in the machine's own
+# hierarchy (/sys/fs/cgroup/*/slurm_nN).
+CGROUP="${HPCAI_DEVCLUSTER_CGROUP:-0}"
+case "$CGROUP" in 0|1) ;; *) die "HPCAI_DEVCLUSTER_CGROUP must be 0 or 1, not '$CGROUP'" ;; esac
+
+# process_tracking: slurm.conf's ProctrackType and TaskPlugin lines (with their comment).
+process_tracking() {
+  if [ "$CGROUP" = 1 ]; then
+    printf '%s\n' "# cgroups (HPCAI_DEVCLUSTER_CGROUP=1): processes tracked, CPUs and GPU devices confined (cgroup.conf)." \
+      "ProctrackType=proctrack/cgroup" "TaskPlugin=task/cgroup,task/affinity"
+  else
+    printf '%s\n' "# No cgroups in this container: track processes by parent pid, no task binding." \
+      "ProctrackType=proctrack/linuxproc" "TaskPlugin=task/none"
+  fi
+}
+
+# version_settings VERSION: the slurm.conf lines only some Slurm versions need, each on its own line (none
+# for 22.05, whose slurm.conf stays as it always was).
+version_settings() {
+  # 24.11 and later check MailProg at start ("Configured MailProg is invalid": no /bin/mail here).
+  if at_least "$1" 24.11; then printf '%s\n' "MailProg=/bin/true"; fi
+}
+
 write_configs() {
-  local host
+  local host version settings
   host="$(hostname)"
+  version="$(slurm_version)"
+  settings="$(version_settings "$version")"
   mkdir -p /etc/slurm "$DEV_STATE"/{ctld,spool,log,gpu} "$DEV_RUN" "$DEV_JOBS"
   # Root's, not writable by users: root makes each user's folder (ensure_user_folders), since a user who
   # could make their own could make another's and own that user's job tree.
@@ -62,10 +105,14 @@ write_configs() {
   for i in 0 1 2 3; do
     [ -c "$DEV_STATE/gpu/nvidia$i" ] || { rm -f "$DEV_STATE/gpu/nvidia$i"; mknod -m 666 "$DEV_STATE/gpu/nvidia$i" c 195 "$i"; }
   done
+  # The version's settings replace their placeholder line together with the line break before it: with
+  # none, the file is exactly what it was before versions were told apart.
   render "$HERE/slurm.conf.in" /etc/slurm/slurm.conf \
     "@HOST@=$host" "@STATE@=$DEV_STATE" "@RUN@=$DEV_RUN" "@SLURM_USER@=$SLURM_USER" "@CLUSTER@=$DEV_CLUSTER" \
-    "@PREFIX@=$DEV_PREFIX"
+    "@PREFIX@=$DEV_PREFIX" "@PROCESS_TRACKING@=$(process_tracking)" \
+    $'\n'"@VERSION_SETTINGS@=${settings:+$'\n'}$settings"
   render "$HERE/gres.conf.in" /etc/slurm/gres.conf "@STATE@=$DEV_STATE"
+  write_cgroup_conf
   SLURM_CONFIG_CHANGED=$CONFIG_CHANGED
   CONFIG_CHANGED=0
   render "$HERE/slurmdbd.conf.in" /etc/slurm/slurmdbd.conf \
@@ -73,6 +120,19 @@ write_configs() {
   DBD_CONFIG_CHANGED=$CONFIG_CHANGED
   chown "$SLURM_USER:" /etc/slurm/slurmdbd.conf
   chmod 600 /etc/slurm/slurmdbd.conf
+}
+
+# write_cgroup_conf: /etc/slurm/cgroup.conf with HPCAI_DEVCLUSTER_CGROUP=1; without, one up.sh wrote is removed.
+write_cgroup_conf() {
+  local conf=/etc/slurm/cgroup.conf
+  if [ "$CGROUP" = 1 ]; then
+    printf '%s\n' "# Dev cluster cgroups (HPCAI_DEVCLUSTER_CGROUP=1). Written by slurm/devcluster/up.sh." \
+      "CgroupPlugin=autodetect" "ConstrainCores=yes" "ConstrainDevices=yes" "ConstrainRAMSpace=no" >"$conf.tmp"
+    if cmp -s "$conf.tmp" "$conf"; then rm -f "$conf.tmp"; else mv "$conf.tmp" "$conf"; CONFIG_CHANGED=1; fi
+  elif [ -f "$conf" ] && head -n 1 "$conf" | grep -q 'Written by slurm/devcluster/up.sh'; then
+    rm -f "$conf"
+    CONFIG_CHANGED=1
+  fi
 }
 
 start_munge() {
@@ -84,12 +144,31 @@ start_munge() {
   wait_for "munge" 20 munge -n -s 1 >/dev/null
 }
 
+# mariadb_setting NAME: the server's NAME (socket, datadir) as its config files and built-in defaults make
+# it, which its clients agree with (Debian 12: /run/mysqld/mysqld.sock and /var/lib/mysql; sid moved them to
+# /run/mariadbd and /var/lib/mariadb).
+mariadb_setting() {
+  "$MARIADBD_BIN" --verbose --help 2>/dev/null | awk -v k="$1" 'NF == 2 && $1 == k {print $2; exit}' || true
+}
+
 start_mariadb() {
+  local socket datadir
+  socket="$(mariadb_setting socket)"
+  socket="${socket:-/run/mysqld/mysqld.sock}"
+  datadir="$(mariadb_setting datadir)"
+  datadir="${datadir:-/var/lib/mysql}"
+  datadir="${datadir%/}"
   if ! mysqladmin --connect-timeout=2 ping >/dev/null 2>&1; then
-    mkdir -p /run/mysqld && chown mysql: /run/mysqld
-    [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+    mkdir -p /run/mysqld "$(dirname "$socket")" && chown mysql: /run/mysqld "$(dirname "$socket")"
+    [ -d "$datadir/mysql" ] || mariadb-install-db --user=mysql --datadir="$datadir" >/dev/null
+    local extra=()
+    # MariaDB 11.6+ turns innodb_snapshot_isolation on: a write conflict then fails slurmdbd's transaction,
+    # which Slurm 26.05 warns is fatal to it. Older MariaDB (Debian 12's 10.11) keeps the old behaviour.
+    if at_least "$("$MARIADBD_BIN" --version 2>/dev/null | grep -oE 'Ver [0-9]+\.[0-9]+' | cut -d' ' -f2)" 11.6; then
+      extra+=(--innodb-snapshot-isolation=OFF)
+    fi
     setsid /usr/sbin/mariadbd --user=mysql --pid-file=/run/mysqld/mariadb.pid \
-      --socket=/run/mysqld/mysqld.sock --bind-address=127.0.0.1 --skip-log-error \
+      --socket="$socket" --bind-address=127.0.0.1 --skip-log-error "${extra[@]}" \
       >>"$DEV_STATE/log/mariadb.log" 2>&1 </dev/null &
   fi
   wait_for "MariaDB" 60 mysqladmin --connect-timeout=2 ping

@@ -263,6 +263,7 @@ WANTED = ("hpc_aidc/share/templates/sbatch/train.sbatch.j2", "hpc_aidc/share/rep
 @as_root
 @pytest.mark.slow
 @pytest.mark.cluster
+@pytest.mark.host_only  # installs the wheel's dependencies from PyPI
 def test_the_wheel_works_far_from_the_checkout(tmp_path: Path, cluster: None) -> None:
     tmp_path.chmod(0o755)
     dist = tmp_path / "dist"

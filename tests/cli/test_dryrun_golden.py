@@ -120,3 +120,30 @@ def test_dry_run_json_is_the_whole_request(hpcai: RunHpcai, tmp_path: Path) -> N
     assert request["policy"]["account"] == "physics" and request["policy"]["gpus"] == 32
     assert request["output"].endswith("/<job:0>")
     assert [Path(p).name for p in request["writes_after"]] == ["config.json", "deepspeed.json"]
+
+
+def _gpu_forms(script: str) -> set[str]:
+    """How a script asks for GPUs: `--gres=gpu...` and/or `--gpus-per-node` (sbatch lines or srun options)."""
+    return ({"--gres"} if re.search(r"--gres[= ](gres[:/])?gpu", script) else set()) | \
+        ({"--gpus-per-node"} if "--gpus-per-node" in script else set())
+
+
+def test_no_script_asks_for_gpus_both_ways() -> None:
+    """Slurm 26.05 refuses `--gres=gpu:N` together with `--gpus-per-node`: every script hpcai submits (the
+    golden dry runs: submitit's `--gpus-per-node`) and every template `hpcai admin templates` renders
+    (`--gres=gpu:TYPE:N`) uses one form."""
+    from site_fixture import site_doc
+
+    from hpc_aidc.render.admin_templates import TemplateOptions, render_templates, template_context
+    from hpc_aidc.site_profile import parse_site
+
+    scripts = {}
+    for path in sorted(GOLDEN.glob("*.sbatch")):  # a pipeline's file holds several scripts
+        for n, chunk in enumerate(re.split(r"^(?=#!)", path.read_text(), flags=re.MULTILINE)):
+            scripts[f"{path.name}#{n}"] = chunk
+    site = parse_site(site_doc(), source="t.toml")
+    sources = {p.name: p.read_text() for p in (REPO / "templates" / "sbatch").iterdir()}
+    scripts.update(render_templates(sources, template_context(site, TemplateOptions(python=sys.executable))))
+    forms = {name: _gpu_forms(text) for name, text in scripts.items()}
+    assert all(len(found) <= 1 for found in forms.values()), forms
+    assert {"--gres"} in forms.values() and {"--gpus-per-node"} in forms.values()  # both kinds were checked

@@ -177,6 +177,7 @@ def _console_errors(stderr: str) -> list[str]:
             if "Uncaught" in line or ("CONSOLE" in line and "rror" in line) or "Failed to load resource" in line]
 
 
+@pytest.mark.host_only  # Chromium: the site's rendering, the same on every Slurm
 def test_site_opens_in_chromium(jobs: dict[str, object], hpcai: RunHpcai) -> None:
     if shutil.which("chromium") is None:
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium")

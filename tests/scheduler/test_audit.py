@@ -175,6 +175,8 @@ class FakeSlurmdbd:
     def run_slurm(self, argv: list[str], **_: object) -> object:
         import subprocess
 
+        if argv[1:] == ["--version"]:
+            return subprocess.CompletedProcess(argv, 0, stdout="slurm 22.05.8\n")
         self.lookups.append(argv[-1])
         return subprocess.CompletedProcess(argv, 0, stdout=f"Batch Script for {argv[-1]}\n----\n#!/bin/sh\ntrue\n\n")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import HPCAI, RunHpcai, assert_clean_error
 
+from hpc_aidc.scheduler.audit import parse_batch_script, sacct_version
 from hpc_aidc.site_profile import load_trusted_site
 
 pytestmark = [
@@ -65,9 +66,10 @@ def _accounted_script_sha(job: str) -> str:
     while True:
         text = subprocess.run(["sacct", "--batch-script", "-j", job], capture_output=True, text=True,
                               check=True).stdout
-        body = text.split("\n", 2)[2]  # after "Batch Script for N" and its rule; sacct adds one newline
-        if body.strip() != "NONE" or time.monotonic() > deadline:
-            return hashlib.sha256(body.removesuffix("\n").encode()).hexdigest()
+        # how sacct ends the script differs by version (tests/recorded/*/sacct_batch_script.txt)
+        script = parse_batch_script(text, sacct_version())
+        if script is not None or time.monotonic() > deadline:
+            return hashlib.sha256((script or "").encode()).hexdigest()
         time.sleep(1)
 
 
