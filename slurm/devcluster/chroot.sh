@@ -35,7 +35,8 @@ CHROOT_PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # calls apt (the private network namespace has no way out).
 PACKAGES=(slurmctld slurmd slurmdbd slurm-client slurm-wlm-basic-plugins munge mariadb-server mariadb-client
   prometheus prometheus-node-exporter lua5.1 gcc libc6-dev procps iproute2 util-linux hostname passwd
-  ca-certificates curl less g++ ninja-build git)  # g++, ninja: DeepSpeed's CPU Adam op; git: environment capture
+  ca-certificates curl less g++ ninja-build git python3)
+# (g++, ninja: DeepSpeed's CPU Adam op; git: environment capture; python3: users' commands, as on a node)
 BUILD_REVISION=1  # bump to force the package step again
 
 log() { printf '[chroot] %s\n' "$*" >&2; }
@@ -198,6 +199,13 @@ holder() {
   # family not supported by protocol").
   local i
   for i in 1 2 3 4; do ip addr add "127.0.1.$i/32" dev lo; done
+  # One interface that is not loopback, as every real node has: OpenMPI 5's daemons (prted) never use
+  # loopback, so with lo alone `mpirun` cannot start them. A veth pair with both ends in this namespace and a
+  # documentation address (TEST-NET-1, never routed): its traffic stays in this namespace.
+  ip link add hpcai0 type veth peer name hpcai1
+  ip addr add 192.0.2.1/32 dev hpcai0
+  ip link set hpcai1 up
+  ip link set hpcai0 up
   hostname "$INNER_HOSTNAME"
   mount -t proc proc "$DIR/proc"
   mount --rbind /sys "$DIR/sys"
