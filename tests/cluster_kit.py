@@ -45,18 +45,32 @@ def tiny_train_config(**sections: Mapping[str, object]) -> str:
                    for name, table in tables.items())
 
 
-def release_requeued(job_id: str, tries: int = 120) -> None:
-    """Slurm holds a requeued job two minutes (BeginTime); as an admin, let it start as soon as it is back in
-    the queue (the update is refused while the job is still ending). Polls every half second and gives up
-    quietly after `tries`: the hold ends by itself, so this only saves time and asserts nothing."""
+# a requeued job on its way back: the old run ending, then pending (REQUEUE_* while Slurm moves it)
+_BACK_IN_QUEUE = {"COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PENDING"}
+
+
+def release_requeued(job_id: str, tries: int = 240) -> None:
+    """Slurm holds a requeued job two minutes (its StartTime moves ahead); as an admin, let it start as soon as
+    it is back in the queue, and again whenever Slurm moves it ahead once more (a job that had failed waits
+    for NonZeroExitCode first, and 26.05 sets its hold after that). Returns once the job runs or has left the
+    queue; polls every half second and gives up quietly after `tries`: the hold ends by itself, so this only
+    saves time and asserts nothing."""
     for _ in range(tries):
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                               check=False).stdout.strip()
-        if state == "RUNNING" or (state == "PENDING" and subprocess.run(
-                ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True,
-                check=False).returncode == 0):
-            return
+        state, _, start = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%S"], capture_output=True,
+                                         text=True, check=False).stdout.strip().partition("|")
+        if state not in _BACK_IN_QUEUE:
+            return  # running, ended, or gone from the queue
+        if state == "PENDING" and _later_than_now(start):
+            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True,
+                           check=False)
         time.sleep(0.5)
+
+
+def _later_than_now(start: str) -> bool:
+    try:
+        return time.mktime(time.strptime(start, "%Y-%m-%dT%H:%M:%S")) > time.time() + 2
+    except ValueError:  # N/A, Unknown
+        return False
 
 
 def jobs_named(name: str, user: str | None = None) -> str:

@@ -67,7 +67,7 @@ class Nvml:
             self.nvml_version = "unknown"
         # The test/dev-cluster stand-in reports a "fake" driver: every output built on it says simulated.
         self.simulated = "fake" in self.driver.lower()
-        self._slots: list[Any] | None = None
+        self._slots: dict[int, Any] | None = None
 
     def count(self) -> int:
         return int(self._n.nvmlDeviceGetCount())
@@ -78,10 +78,11 @@ class Nvml:
         if token.kind == "index":
             slots = self.slurm_order()
             i = int(token.value)
-            if i >= len(slots):
+            if i not in slots:
                 raise EnergyError(
-                    f"Expected GPU index {i} among this node's {len(slots)} GPUs (Slurm's numbering). Got no such "
-                    "GPU. Check the job's GPU list (SLURM_JOB_GPUS) against `nvidia-smi -L`."
+                    f"Expected GPU index {i} among this node's GPUs {sorted(slots)} (Slurm's numbering, as NVML "
+                    "here sees them). Got no such GPU. Check the job's GPU list (SLURM_JOB_GPUS) against "
+                    "`nvidia-smi -L`."
                 )
             return slots[i]
         try:
@@ -94,29 +95,35 @@ class Nvml:
                 "Check the job's GPU list (SLURM_JOB_GPUS) against `nvidia-smi -L`."
             ) from None
 
-    def slurm_order(self) -> list[Any]:
-        """NVML handles in the order Slurm numbers a node's GPUs (SLURM_JOB_GPUS, gres indices).
+    def slurm_order(self) -> dict[int, Any]:
+        """NVML handles by the index Slurm gives a node's GPUs (SLURM_JOB_GPUS, gres indices).
 
         Slurm numbers the GPUs after their device files (/dev/nvidiaN, gres.conf's File= or what
         AutoDetect finds), that is by the minor number N; NVML numbers them by PCI bus id. The two differ
-        on nodes whose driver assigned minors out of bus order, so an index is looked up by minor number
-        (NVML's order where the driver reports no minors). On a MIG node each GPU with MIG enabled stands
-        for its MIG devices, in their order, and a GPU without MIG for itself: index i is the i-th of
-        those slots, and a MIG slot's handle is its MIG device (measured through its parent, approximate)."""
+        on nodes whose driver assigned minors out of bus order, and inside a job whose devices cgroup
+        (ConstrainDevices) lets it open only its own GPUs NVML lists only those, numbered from 0: so index
+        N is the GPU whose minor number is N (the N-th in NVML's order where the driver reports no minors). On a
+        MIG node each GPU with MIG enabled stands for its MIG devices, in their order, and a GPU without
+        MIG for itself: index i is the i-th of those slots, and a MIG slot's handle is its MIG device
+        (measured through its parent, approximate)."""
         if self._slots is not None:
             return self._slots
         n = self._n
         physical = [n.nvmlDeviceGetHandleByIndex(i) for i in range(self.count())]
         minors = [m for m in (self._minor(h) for h in physical) if m is not None]
-        if len(minors) == len(physical) and len(set(minors)) == len(minors):
-            by_minor = dict(zip(minors, physical, strict=True))
-            physical = [by_minor[m] for m in sorted(by_minor)]
+        by_minor = len(minors) == len(physical) and len(set(minors)) == len(minors)
+        migs = [self._mig_devices(h) for h in physical]
+        if by_minor and not any(migs):
+            self._slots = dict(zip(minors, physical, strict=True))
+            return self._slots
+        if by_minor:
+            order = sorted(range(len(physical)), key=minors.__getitem__)
+            physical, migs = [physical[i] for i in order], [migs[i] for i in order]
         slots: list[Any] = []
-        for h in physical:
-            migs = self._mig_devices(h)
-            slots.extend(migs or [h])
-        self._slots = slots
-        return slots
+        for h, mine in zip(physical, migs, strict=True):
+            slots.extend(mine or [h])
+        self._slots = dict(enumerate(slots))
+        return self._slots
 
     def _minor(self, handle: Any) -> int | None:
         try:

@@ -30,9 +30,13 @@ from hpc_aidc.fsutil import atomic_write_text
 # The metrics.jsonl event of a failed save; `hpcai status` shows its message.
 FAILED_EVENT = "checkpoint-failed"
 
-# torch.save to a path reports a failed write as a RuntimeError from its zip writer ("[enforce fail at
-# inline_container.cc:...] . unexpected pos 576 vs 534", measured on a full tmpfs), not as an OSError.
-_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos")
+# torch.save to a path reports a failed write as a RuntimeError from its zip writer, not as an OSError, and
+# its words depend on where the write failed and on the C++ library: "[enforce fail at inline_container.cc:...]
+# . unexpected pos 576 vs 534" (a full tmpfs, Debian 12), "basic_ios::clear: iostream error" (the same with
+# Debian sid's libstdc++, closing the archive). Any other RuntimeError counts as a failed write only where the
+# filesystem is full (WriteGuard.run).
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "file write failed", "unexpected pos",
+                         "iostream error", "basic_ios")
 # Free space below which such a failed write is put down to a full filesystem.
 _ALMOST_FULL = 1 << 20
 
@@ -95,8 +99,21 @@ def write_error(exc: BaseException) -> str | None:
             return f"{reason} ({code})" if code else reason
     for err in chain:
         if isinstance(err, RuntimeError) and any(m in str(err) for m in _TORCH_WRITE_FAILURES):
-            return f"the write failed ({str(err).strip().splitlines()[0][:160]})"
+            return f"the write failed ({_first_line(err)})"
     return None
+
+
+def _with_free_space(exc: RuntimeError, reason: str | None, folder: Path) -> str | None:
+    """A RuntimeError of a write, asked of the filesystem: 'No space left on device (...)' where it is full
+    (whatever torch's words were), torch's own known words where it is not, None (not a write) otherwise."""
+    free = free_bytes(folder)
+    if free is None or free >= _ALMOST_FULL:
+        return reason
+    return f"No space left on device ({format_bytes(free)} free; {reason or f'the write failed ({_first_line(exc)})'})"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 class WriteGuard:
@@ -112,12 +129,10 @@ class WriteGuard:
             return fn()
         except Exception as exc:
             reason = write_error(exc)
+            if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+                reason = _with_free_space(exc, reason, Path(str(path)).parent)  # torch's writer does not say why
             if reason is None:
-                raise
-            if not isinstance(exc, OSError):  # torch's writer does not say why: ask the filesystem
-                free = free_bytes(Path(str(path)).parent)
-                if free is not None and free < _ALMOST_FULL:
-                    reason = f"No space left on device ({format_bytes(free)} free; {reason})"
+                raise  # a bug stays a bug
             if self.error is None:
                 self.error, self.path = reason, str(path)
             return None

@@ -5,9 +5,10 @@ Rules (those of sreport where it has one):
   part inside it (pro-rated); a running job counts its elapsed time so far (until `Period.now`).
 - Every run of a requeued job is a row of its own (sacct --duplicates) and counts its own usage; the
   runs that ended in REQUEUED are counted as requeues, not as jobs. Array tasks are jobs of their own.
-- A job's energy is its summary's GPU + CPU energy, pro-rated like its time. The summary on a job's last
-  run holds the energy of all its runs (`runs=N`), so REQUEUED runs (whose rows may hold their own
-  run's summary) and running jobs count as unknown energy, and nothing is counted twice. A job without a readable
+- A job's energy is its summary's GPU + CPU energy, pro-rated like its time. The summary on a job's newest
+  run holds the energy of all its runs (`runs=N`), so earlier runs (REQUEUED, or FAILED and then requeued,
+  whose rows keep their own run's summary) and running jobs count as unknown energy, and nothing is
+  counted twice. A job without a readable
   summary has *unknown* energy, never 0: `energy_coverage` is the share of GPU-hours (CPU-hours for
   groups without GPUs) whose energy is known, and cost/CO2 of energy cover only that part.
 - Queue wait (start - eligible, else submit) counts for jobs that started inside the period."""
@@ -34,6 +35,7 @@ from hpc_aidc.report.rows import (
     C_TRES,
     C_USER,
     Tres,
+    newest_runs,
     split_lines,
     state_word,
     time_parser,
@@ -229,7 +231,9 @@ def accumulate(lines: Iterable[str], period: Period, dimensions: Sequence[str],
     def key_for(cols: list[str], label: str) -> tuple[str, ...]:
         return tuple(label if i == tpos else cols[j] for i, j in enumerate(idx))
 
-    for cols in split_lines(lines):
+    rows = lines if isinstance(lines, list) else list(lines)
+    newest = newest_runs(rows)
+    for cols in split_lines(rows):
         if filters and not filters.keep(cols):
             continue
         start = ts(cols[C_START])
@@ -278,9 +282,11 @@ def accumulate(lines: Iterable[str], period: Period, dimensions: Sequence[str],
             tres = tres_cache[cols[C_TRES]] = tres_counts(cols[C_TRES])
         cpus, gpus, nodes = tres
         comment = cols[C_COMMENT]
-        # sacctmgr writes the summary onto every run of a requeued job; it describes the last run, so
-        # earlier (REQUEUED) runs and still-running runs have unknown energy
-        energy = job_energy(comment) if comment and finished and state != REQUEUED and b > a else None
+        # the newest run of a job holds the summary of all its runs (sacctmgr writes that run only); an
+        # earlier run keeps the part-summary of when it ended, so it and still-running runs have unknown energy
+        later = newest.get(cols[C_RAW])
+        earlier_run = state == REQUEUED or (later is not None and cols[C_SUBMIT] < later)
+        energy = job_energy(comment) if comment and finished and not earlier_run and b > a else None
         if energy is not None:
             known = energy.gpu_j is not None or (not gpus and energy.cpu_j is not None)
             mark = (cols[C_RAW], comment)

@@ -33,7 +33,7 @@ class AccountJobs:
 
 
 def rank_key(job: JobEnergyRow) -> tuple[float, str, float, str]:
-    """Most energy first; the runs of one job (same id and energy: one summary on every run) by time, then
+    """Most energy first; the runs of one job (same id and energy) by time, then
     state, so reports from rows and from the store list them alike (store.query._JOBS orders the same)."""
     return -job.kwh, job.job_id, job.hours, job.state
 

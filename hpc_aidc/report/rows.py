@@ -95,6 +95,29 @@ def split_lines(lines: Iterable[str]) -> Iterable[list[str]]:
             yield cols
 
 
+def newest_runs(lines: Iterable[str]) -> dict[str, str]:
+    """The submit time (sacct's text, which sorts as time does) of the newest run of each job that has more
+    than one run among `lines`. That run's summary holds the totals over all runs: `sacctmgr modify job`
+    writes only a job id's newest run, so an earlier one keeps the part-summary of when it ended (a job
+    FAILED, then requeued, keeps a FAILED row with the first run's energy)."""
+    sep = SACCT_DELIMITER
+    newest: dict[str, str] = {}
+    repeated: set[str] = set()
+    for line in lines:
+        cols = line.split(sep, C_SUBMIT + 1)
+        if len(cols) <= C_SUBMIT:
+            continue
+        raw, submit = cols[C_RAW], cols[C_SUBMIT]
+        seen = newest.get(raw)
+        if seen is None:
+            newest[raw] = submit
+        else:
+            repeated.add(raw)
+            if submit > seen:
+                newest[raw] = submit
+    return {raw: newest[raw] for raw in repeated}
+
+
 def parse_rows(lines: Iterable[str]) -> list[JobRow]:
     """Rows of `sacct ... --format=<REPORT_FIELDS>` as JobRow (for job lists; reports stream columns)."""
     ts = time_parser()

@@ -246,7 +246,9 @@ host_libs() {
   [ -n "$missing" ] || return 0
   mkdir -p "$dest"
   for lib in $missing; do
-    path="$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')"
+    # the first match, reading to the end (an early exit would end ldconfig with SIGPIPE: under pipefail
+    # that failed the assignment and stopped this script without a word)
+    path="$(ldconfig -p | awk -v l="$lib" '!found && $1 == l && /x86-64/ {print $NF; found = 1}')"
     [ -n "$path" ] || { log "warning: $lib (needed by Python 3.11) is on neither side"; continue; }
     log "copying the host's $lib into the chroot (Python 3.11 needs it)"
     cp -L "$path" "$dest/$lib"
@@ -288,6 +290,8 @@ up() {
       kill -0 "$pid" 2>/dev/null || die "the namespace holder failed (see $BASE/logs/$SUITE.holder.log)"
       sleep 0.1
     done
+    nsenter -t "$pid" -m -- test -f "$DIR/run/hpcai-chroot.ready" ||
+      die "the namespace holder was not ready after 10 s (see $BASE/logs/$SUITE.holder.log)"
     holder_pid >/dev/null || die "the namespace holder is not running (see $BASE/logs/$SUITE.holder.log)"
   fi
   [ "$(inner_root)" = "$REPO" ] ||

@@ -301,7 +301,11 @@ setup_fake_nvml() {
     gcc -O2 -shared -fPIC -Wl,-soname,libnvidia-ml.so.1 -o "$fake/libnvidia-ml.so.1.tmp" "$src" -lm
     mv "$fake/libnvidia-ml.so.1.tmp" "$fake/libnvidia-ml.so.1"
   fi
-  install -m 644 "$HERE/../energy/devcluster-fake-nvml.scenario" "$fake/scenario"
+  # `devices`: the placeholder device files, so that inside a job whose devices cgroup denies some GPUs
+  # (ConstrainDevices) the fake lists only the job's own, as the driver does
+  { printf 'devices %s\n' "$DEV_STATE/gpu"; cat "$HERE/../energy/devcluster-fake-nvml.scenario"; } >"$fake/scenario.tmp"
+  chmod 644 "$fake/scenario.tmp"
+  mv "$fake/scenario.tmp" "$fake/scenario"
 }
 
 setup_audit() {

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_kit import json_output, submit_json
+from cluster_kit import json_output, release_requeued, submit_json
 from conftest import REPO, RunHpcai, assert_clean_error, wait_until
 from infer_testkit import run_local
 
@@ -49,11 +49,6 @@ def packed(cluster: None, work: Path, hpcai: RunHpcai) -> Path:
                  "--vocab-size", "256", "--shard-mib", "0.001", "--chunk-samples", "4")
     assert proc.returncode == 0, proc.stderr
     return store
-
-
-def _state(job: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False)
-    return next((w.split("=", 1)[1] for w in out.stdout.split() if w.startswith("JobState=")), "")
 
 
 def _status(hpcai: RunHpcai, out: Path) -> dict[str, object]:
@@ -92,9 +87,7 @@ def test_array_with_a_cancelled_and_a_requeued_task_ends_bitwise_equal_to_a_one_
     subprocess.run(["scancel", f"{job}_1"], check=True)
     wait_until("task 2 flushed no batch", lambda: mid_shard(2), 180, interval=0.2)
     subprocess.run(["scontrol", "requeue", f"{job}_2"], check=True)
-    wait_until("the requeued task is not pending", lambda: _state(f"{job}_2") == "PENDING", 60, interval=0.2)
-    # Slurm holds a requeued job back for two minutes; an admin may let it start at once.
-    subprocess.run(["scontrol", "update", f"jobid={job}_2", "StartTime=now"], check=True)
+    release_requeued(f"{job}_2")
     wait_until("the array did not end", lambda: _idle(hpcai, out), 300, interval=0.2)
     status = _status(hpcai, out)
     # the cancelled task's shards are missing (one of them part-done), everything else is complete

@@ -3,9 +3,12 @@ equal to the scenario's exact integral, missing counters, and no NVML at all."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,10 +104,46 @@ def test_slurm_indices_follow_device_minor_numbers(with_env: dict[str, str], tmp
         found, unresolved = nvml.resolve(parse_gpu_list("0,7,GPU-nope"))
         assert [d.uuid for d, _ in found] == ["GPU-bbbb-1"]
         assert [token for token, _ in unresolved] == ["7", "GPU-nope"]
-        with pytest.raises(EnergyError, match="Expected GPU index 7 among this node's 3 GPUs"):
+        with pytest.raises(EnergyError, match=r"Expected GPU index 7 among this node's GPUs \[0, 1, 2\]"):
             nvml.devices(parse_gpu_list("7"))
     finally:
         nvml.close()
+
+
+def test_a_job_confined_to_its_gpus_still_finds_them_by_slurms_index(fake_lib: Path) -> None:
+    """Under Slurm's ConstrainDevices a job may open only its own /dev/nvidiaN, and NVML then lists only those
+    GPUs, from index 0: the sampler of a job given GPUs 1 and 2 (SLURM_JOB_GPUS=1,2) must still measure the
+    GPUs with minor numbers 1 and 2, and GPU 0 is no GPU of this job's. Checked as an ordinary user (nobody
+    when run as root), for whom a device file without read-write permission cannot be opened."""
+    if has_real_gpu():
+        pytest.skip("this process would load the real NVML; the fake is tested where there is no GPU")
+    root = Path(tempfile.mkdtemp(prefix="hpcai-confined-"))
+    try:
+        root.chmod(0o755)
+        devices = root / "dev"
+        devices.mkdir(mode=0o755)
+        for minor in range(4):  # the job's own two may be opened; the others are denied
+            (devices / f"nvidia{minor}").touch()
+            (devices / f"nvidia{minor}").chmod(0o666 if minor in (1, 2) else 0o600)
+        lib = root / "libnvidia-ml.so.1"
+        shutil.copy(fake_lib, lib)
+        fourth = FakeDevice(power=((0.0, 400.0),), uuid="GPU-bbbb-3", extra={"minor": "3"})
+        scenario = Scenario([*ORDERED.devices, fourth], start=1000.0, devices_dir=str(devices)).write(root / "scenario")
+        scenario.chmod(0o644)
+        code = ("import json; from hpc_aidc.monitor.gpus import parse_gpu_list; "
+                "from hpc_aidc.monitor.nvml import open_nvml\n"
+                "n = open_nvml(); found, missing = n.resolve(parse_gpu_list('1,2,0'))\n"
+                "print(json.dumps([n.count(), [d.uuid for d, _ in found], [t for t, _ in missing]]))")
+        argv = [sys.executable, "-c", code]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "nobody", "--", *argv]
+        env = {**os.environ, "HPCAI_NVML_LIBRARY": str(lib), "HPCAI_FAKE_NVML_SCENARIO": str(scenario),
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/", env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout) == [2, ["GPU-bbbb-2", "GPU-bbbb-0"], ["0"]]  # minors 1 and 2; 0 is not here
+    finally:
+        shutil.rmtree(root)
 
 
 def test_no_driver_and_missing_library_are_unavailable(with_env: dict[str, str], tmp_path: Path,

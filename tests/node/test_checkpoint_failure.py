@@ -120,6 +120,30 @@ def test_torchs_unexplained_write_failure_on_a_full_filesystem(monkeypatch: pyte
     assert roomy.error == f"the write failed ({TORCH_FULL})"  # not a full filesystem: said as it is
 
 
+@pytest.mark.parametrize("message", [
+    "basic_ios::clear: iostream error",  # torch.save closing its archive, with Debian sid's libstdc++
+    "some wording a later torch may choose",
+])
+def test_any_runtime_error_of_a_write_on_a_full_filesystem_is_a_failed_write(monkeypatch: pytest.MonkeyPatch,
+                                                                            message: str) -> None:
+    class Vfs:
+        f_frsize, f_bavail = 4096, 0
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Vfs)
+    guard = WriteGuard()
+    guard.run(lambda: (_ for _ in ()).throw(RuntimeError(message)), "/jobs/u/1/checkpoints/step00000004/rng.pt")
+    assert guard.error == f"No space left on device (0 B free; the write failed ({message}))"
+    Vfs.f_bavail = 1 << 30  # with room to spare, only torch's known write failures are write failures
+    roomy = WriteGuard()
+    if "iostream" in message:
+        roomy.run(lambda: (_ for _ in ()).throw(RuntimeError(message)), "/x.pt")
+        assert roomy.error == f"the write failed ({message})"
+    else:
+        with pytest.raises(RuntimeError):
+            roomy.run(lambda: (_ for _ in ()).throw(RuntimeError(message)), "/x.pt")
+        assert roomy.error is None
+
+
 def test_a_half_written_tag_left_by_a_killed_run_is_removed_at_start(tmp_path: Path) -> None:
     for step in (2, 4, 6):
         (tmp_path / tag_for(step)).mkdir()

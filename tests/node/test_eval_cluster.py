@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_kit import release_requeued
 from conftest import HPCAI, RunHpcai
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
@@ -98,13 +99,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         time.sleep(0.1)
     assert 60 <= max(_evals(jobs["requeued"]["folder"])) < 200, "the run was not requeued mid-way"
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    # Slurm holds a requeued job two minutes; release it once it is back in the queue.
-    for _ in range(240):
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() == "RUNNING" or (state.strip() == "PENDING" and subprocess.run(
-                ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True).returncode == 0):
-            break
-        time.sleep(0.5)
+    release_requeued(job_id)
 
     for job in jobs.values():
         deadline = time.monotonic() + 900

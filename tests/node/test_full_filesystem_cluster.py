@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HPCAI
+from cluster_kit import release_requeued
+from conftest import HPCAI, wait_until
 
 from hpc_aidc.formats.checkpoint_layout import tag_for
 from hpc_aidc.spec.memory import checkpoint_bytes
@@ -123,14 +124,9 @@ def test_full_filesystem_stops_cleanly_and_a_requeue_completes(small_filesystem:
         (folder / f"{job_id}_{task}_result.pkl.save_tmp").write_bytes(b"")
     subprocess.run(["mount", "-o", "remount,size=256m", str(small_filesystem)], check=True)  # space freed
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    for _ in range(120):  # Slurm holds a requeued job ~2 minutes; release it as an admin
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if state.strip() == "PENDING" and subprocess.run(
-                ["scontrol", "update", f"jobid={job_id}", "StartTime=now"], capture_output=True).returncode == 0:
-            break
-        if state.strip() in {"RUNNING", "COMPLETING", "COMPLETED"}:
-            break
-        time.sleep(0.5)
+    release_requeued(job_id)
+    # slurmdbd records the new run a moment after slurmctld starts it: until then sacct still says FAILED
+    wait_until("the requeued run in accounting", lambda: _status(job_id, small_filesystem)["state"] != "FAILED", 120)
 
     done = _wait(job_id, small_filesystem)
     assert done["state"] == "COMPLETED", (done, (folder / f"{job_id}_0_log.out").read_text()[-3000:])

@@ -100,6 +100,21 @@ def test_requeued_runs_count_usage_and_the_shared_summary_once() -> None:
     assert u.energy_coverage == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_a_failed_run_requeued_by_hand_counts_only_the_final_summary(order: tuple[int, int]) -> None:
+    """What sacct shows (22.05 and 26.05) for a job that FAILED and was then requeued (`scontrol requeue`, as
+    a failed checkpoint write advises): run 1 keeps its own summary, run 2 the totals over both runs
+    (sacctmgr writes the newest run only). Run 1's energy is inside run 2's: counted once, in any order."""
+    runs = [job("8", start="2026-10-05T00:00", end="2026-10-05T01:00", state="FAILED", gpus=1,
+                comment=summary(3.6e6)),
+            job("8", start="2026-10-05T02:00", end="2026-10-05T04:00", submit="2026-10-05T01:30", gpus=1,
+                comment=summary(4 * 3.6e6, runs=2))]
+    (u,) = one([runs[i] for i in order]).lines
+    assert (u.jobs, u.requeues, u.gpu_hours) == (2, 0, 3.0)
+    assert u.energy_kwh == pytest.approx(4.0)
+    assert u.energy_coverage == pytest.approx(2 / 3)
+
+
 def test_array_tasks_are_jobs_of_their_own() -> None:
     lines = [job(f"9_{i}", raw=str(9 + i), start="2026-10-05T00:00", end="2026-10-05T01:00", gpus=1) for i in range(3)]
     (u,) = one(lines).lines

@@ -308,16 +308,18 @@ def test_store_files_belong_to_root_and_the_sites_readers_group(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("in_tail", [(2,), (1, 2)], ids=["window", "every-run"])
-def test_a_stored_run_takes_the_final_summary_from_the_tail(tmp_path: Path, in_tail: tuple[int, ...]) -> None:
-    """Run 1 ended on a node failure and was stored with its own summary; run 2 ended after the watermark
-    and Slurm wrote the job's final summary (runs=2) onto both runs. The report's sacct call gives run 2
-    (and run 1 again where its window reaches back): the stored run takes the final summary, which counts
-    once, as sacct's lines of both runs give it, with no second sacct call."""
-    run1_old = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL",
-                   comment=summary(3.6e6))
+@pytest.mark.parametrize("first_end", ["NODE_FAIL", "FAILED"])
+def test_a_stored_run_keeps_its_summary_and_the_final_one_counts(tmp_path: Path, in_tail: tuple[int, ...],
+                                                                 first_end: str) -> None:
+    """Run 1 ended (on a node failure, or failed and was requeued by hand) and was stored with its own
+    summary; run 2 ended after the watermark with the job's final summary (runs=2, the totals over both
+    runs), which `sacctmgr modify job` writes onto run 2 only. The report's sacct call gives run 2 (and
+    run 1 again where its window reaches back): run 1 keeps its own summary, as sacct shows it, and only the
+    final one counts, from the store as from sacct's lines, with no second sacct call."""
+    run1 = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state=first_end, comment=summary(3.6e6))
     final = summary(9 * 3.6e6, runs=2)
-    run1 = job("900", start="2026-10-05T10:00", end="2026-10-05T11:00", state="NODE_FAIL", comment=final)
     run2 = job("900", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:00", comment=final)
+    run1_old = run1
     root = tmp_path / "s"
     with StoreWriter(root).locked() as w:
         ingest_file(w, StoreState(), [run1_old])
@@ -403,10 +405,11 @@ def test_a_new_time_zone_rebuilds_the_rollups(tmp_path: Path, monkeypatch: pytes
 def test_a_finished_job_requeued_after_it_was_stored_is_counted_once(tmp_path: Path, in_tail: tuple[int, ...]
                                                                       ) -> None:
     """Stored as a job that ran once (so in the rollups); then requeued after it had finished: the rollups
-    must not count the stored run with its old summary too (the report reads rows instead)."""
+    must not count the stored run with its own summary too (the report reads rows instead), since the
+    final summary on run 2 holds both runs."""
     run1_old = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=summary(3.6e6))
     final = summary(2 * 3.6e6, runs=2)
-    run1 = job("950", start="2026-10-05T10:00", end="2026-10-05T11:00", comment=final)
+    run1 = run1_old  # sacct still shows run 1's own summary: sacctmgr writes the newest run only
     run2 = job("950", start="2026-10-05T12:00", end="2026-10-05T14:00", submit="2026-10-05T11:30", comment=final)
     other = job("951", start="2026-10-05T09:00", end="2026-10-05T10:00", comment=summary(3.6e6))
     root = tmp_path / "s"

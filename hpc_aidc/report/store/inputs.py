@@ -22,8 +22,8 @@ STALE_S = 86400  # a watermark older than this gets a note: the ingest has stopp
 
 
 # The live tail, once sacct has answered: every allocation not stored yet, and the jobs that ran more than
-# once and have a run in it (their stored runs may predate the final summary, which Slurm writes onto
-# every run: the query gives them the tail's, query._merge_tail).
+# once and have a run in it (their stored runs may have been stored as a job's only run: the query flags
+# them, query._merge_tail).
 Tail = tuple[TailRows, tuple[str, ...]]
 
 

@@ -54,13 +54,16 @@ c AS (
   FROM p)
 """
 
-# One summary on several runs of a job that ran more than once counts once: on the first run that
-# overlaps the period. Only multi_run rows can repeat a summary, so this runs over those alone and gives
-# the keys of the repeats (usually none).
-_REPEATS = """
+# The summaries of a job that ran more than once that do not count (aggregate's rules): a run's own
+# part-summary when a later run of the job is among the rows (the newest run holds the totals over all runs:
+# rows.newest_runs), and one summary on several runs after its first run that overlaps the period. Only
+# multi_run rows can be either, so this runs over those alone and gives their keys (usually none).
+_REPEATS = """,
+newest AS (SELECT job_id_raw AS raw, max(submit) AS last_submit FROM r GROUP BY job_id_raw)
 SELECT hash(job_id_raw, submit, start) FROM (
-  SELECT *, row_number() OVER (PARTITION BY job_id_raw, comment_hash, cand ORDER BY submit, start) AS rn FROM c)
-WHERE cand AND rn > 1
+  SELECT *, row_number() OVER (PARTITION BY job_id_raw, comment_hash, cand ORDER BY submit, start) AS rn
+  FROM c JOIN newest ON newest.raw = c.job_id_raw)
+WHERE cand AND (rn > 1 OR submit < last_submit)
 """
 
 # A row's seconds inside [x, y) and outside the whole days (all of them for a row not in the rollups).
@@ -241,32 +244,20 @@ def _source(files: Sequence[str], tail: TailRows | None, watermark: int | None, 
     return " UNION ALL ".join(sources)
 
 
-# What an energy summary gives a row (table.to_columns): a summary that Slurm writes onto every run of
-# a job, so the tail's newest run has the one every stored run of its job now carries.
-_SUMMARY_COLUMNS = ("comment_hash", "e_present", "e_gpu_j", "e_cpu_j", "e_util", "e_idle_gpu_s", "e_tokens",
-                    "e_samples", "e_simulated")
-
-
 def _merge_tail(con: _Store, table: str, multi: Sequence[str], columns: Sequence[str]) -> None:
     """The rows of `table` (stored and tail rows) as sacct would give every run of the jobs in `multi` (the tail's
     jobs that ran more than once) today: a run the tail holds again replaces its stored row (a finished
-    job requeued since), and the stored runs take the summary and multi_run flag of the tail's newest run
-    (sacctmgr writes a summary onto every run of a job, after the store read them)."""
+    job requeued since), and the stored runs are flagged multi_run. Each run keeps its own summary:
+    `sacctmgr modify job` writes only the newest run of a job id (22.05 to 26.05, checked), so a stored run's
+    summary is what sacct still shows for it."""
     if not multi:
         return
     jobs = [sorted(multi)]
     con.execute(f"DELETE FROM {table} s WHERE stored AND list_contains($1, job_id_raw) AND EXISTS (SELECT 1 FROM "
                 "tail t WHERE t.job_id_raw = s.job_id_raw AND t.submit = s.submit AND t.start IS NOT DISTINCT FROM "
                 "s.start)", jobs)
-    sets = [f"{c} = t.{c}" for c in _SUMMARY_COLUMNS if c in columns]
-    if "e_known" in columns:
-        sets.append(f"e_known = t.e_present AND (t.e_gpu_j IS NOT NULL OR ({table}.gpus = 0 AND "
-                    "t.e_cpu_j IS NOT NULL))")
     if "multi_run" in columns:
-        sets.append("multi_run = TRUE")
-    con.execute(f"UPDATE {table} SET {', '.join(sets)} FROM (SELECT DISTINCT ON (job_id_raw) * FROM tail WHERE "
-                "list_contains($1, job_id_raw) ORDER BY job_id_raw, submit DESC, start DESC NULLS FIRST) t "
-                f"WHERE {table}.stored AND {table}.job_id_raw = t.job_id_raw", jobs)
+        con.execute(f"UPDATE {table} SET multi_run = TRUE WHERE stored AND list_contains($1, job_id_raw)", jobs)
 
 
 def _parquet(param: int, whole: bool = False) -> str:

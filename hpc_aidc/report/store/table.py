@@ -102,7 +102,7 @@ _RUNS = re.compile(r" runs=([0-9]+)")
 
 def multi_run_ids(lines: Sequence[str]) -> set[str]:
     """Raw ids of jobs that ran more than once, as far as these lines show: several rows, a REQUEUED or
-    NODE_FAIL run, or a summary over several runs (written onto every run when the last one ends)."""
+    NODE_FAIL run, or a summary over several runs (on the newest run, once it ends)."""
     counts: Counter[str] = Counter()
     out: set[str] = set()
     for c in split_lines(lines):

@@ -5,6 +5,8 @@
  * hpc-aidc reports with an analytic value. Scenario format: see tests/monitor/fake_nvml/scenario.py.
  * Build: gcc -O2 -shared -fPIC -Wl,-soname,libnvidia-ml.so.1 -o libnvidia-ml.so.1 fake_nvml.c -lm */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ struct fake_dev {
     unsigned retired, remap_pending, remap_unc;
     unsigned xid;                       /* an Xid the driver reports once, as an event, to whoever listens */
     int xid_listening, xid_delivered;
+    int hidden;                         /* its device file may not be opened here: NVML does not list it */
     fake_dev_t *migs[MAXMIG];
 };
 
@@ -44,6 +47,8 @@ static fake_dev_t migs[MAXDEV * MAXMIG];
 static int ndev, nmigs, inited, init_error;
 static double t_start, period, t_init;
 static char driver[64] = "fake-0.0";
+static char devices_dir[1024];          /* scenario `devices DIR`: the node's device files DIR/nvidia<minor> */
+static int visible[MAXDEV], nvisible;   /* NVML's index -> devs[], the GPUs this process may open */
 
 static double now(void) {
     struct timespec ts;
@@ -110,7 +115,7 @@ static int load(const char *path) {
     char line[4096];
     fake_dev_t *d = NULL;
     ndev = nmigs = 0;
-    t_start = 0; period = 0; init_error = 0;
+    t_start = 0; period = 0; init_error = 0; devices_dir[0] = 0;
     while (fgets(line, sizeof line, f)) {
         trim(line);
         char *hash = strchr(line, '#');
@@ -125,6 +130,7 @@ static int load(const char *path) {
         else if (!strcmp(key, "start")) t_start = atof(val);
         else if (!strcmp(key, "period")) period = atof(val);
         else if (!strcmp(key, "init_error")) init_error = atoi(val);
+        else if (!strcmp(key, "devices")) snprintf(devices_dir, sizeof devices_dir, "%s", val);
         else if (!strcmp(key, "device")) {
             if (ndev >= MAXDEV) break;
             d = &devs[ndev++];
@@ -169,6 +175,21 @@ static int load(const char *path) {
         }
     }
     fclose(f);
+    /* As the driver does in a job whose devices cgroup (Slurm's ConstrainDevices) denies some GPUs: NVML
+     * lists only the GPUs whose device file this process may open, numbered from 0 (a device file that
+     * opens, or fails for another reason such as ENXIO on a placeholder without a driver, is listed). */
+    nvisible = 0;
+    for (int i = 0; i < ndev; i++) {
+        devs[i].hidden = 0;
+        if (devices_dir[0]) {
+            char file[1200];
+            snprintf(file, sizeof file, "%s/nvidia%d", devices_dir, devs[i].minor);
+            int fd = open(file, O_RDWR | O_CLOEXEC);
+            if (fd >= 0) close(fd);
+            else if (errno == EPERM || errno == EACCES) devs[i].hidden = 1;
+        }
+        if (!devs[i].hidden) visible[nvisible++] = i;
+    }
     /* MIG UUIDs derive from the parent's, fixed once the parent's block is read. */
     for (int i = 0; i < nmigs; i++) {
         fake_dev_t *m = &migs[i];
@@ -180,7 +201,8 @@ static int load(const char *path) {
 
 static fake_dev_t *dev(void *h) {
     fake_dev_t *d = (fake_dev_t *)h;
-    if ((d >= devs && d < devs + ndev) || (d >= migs && d < migs + nmigs)) return d;
+    if ((d >= devs && d < devs + ndev && !d->hidden) || (d >= migs && d < migs + nmigs && !d->parent->hidden))
+        return d;
     return NULL;
 }
 static double sx(void) { return now() - t_start; }
@@ -241,31 +263,36 @@ static nvmlReturn_t copy(char *out, unsigned len, const char *s) {
 }
 nvmlReturn_t nvmlSystemGetDriverVersion(char *v, unsigned len) { return copy(v, len, driver); }
 nvmlReturn_t nvmlSystemGetNVMLVersion(char *v, unsigned len) { return copy(v, len, "fake-nvml-1"); }
-nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *n) { if (!inited) return E_UNINIT; *n = (unsigned)ndev; return OK; }
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *n) { if (!inited) return E_UNINIT; *n = (unsigned)nvisible; return OK; }
 nvmlReturn_t nvmlDeviceGetCount(unsigned *n) { return nvmlDeviceGetCount_v2(n); }
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned i, void **h) {
     if (!inited) return E_UNINIT;
-    if (i >= (unsigned)ndev) return E_INVALID;
-    *h = &devs[i];
+    if (i >= (unsigned)nvisible) return E_INVALID;
+    *h = &devs[visible[i]];
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, void **h) {
     if (!inited) return E_UNINIT;
-    for (int i = 0; i < ndev; i++) if (!strcmp(devs[i].uuid, uuid)) { *h = &devs[i]; return OK; }
-    for (int i = 0; i < nmigs; i++) if (!strcmp(migs[i].uuid, uuid)) { *h = &migs[i]; return OK; }
+    for (int i = 0; i < ndev; i++) if (!devs[i].hidden && !strcmp(devs[i].uuid, uuid)) { *h = &devs[i]; return OK; }
+    for (int i = 0; i < nmigs; i++)
+        if (!migs[i].parent->hidden && !strcmp(migs[i].uuid, uuid)) { *h = &migs[i]; return OK; }
     return E_NOT_FOUND;
 }
 nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *bus, void **h) {
     if (!inited) return E_UNINIT;
     for (int i = 0; i < ndev; i++)
-        if (!strcasecmp(devs[i].pci, bus) || !strcasecmp(devs[i].pci + 4, bus)) { *h = &devs[i]; return OK; }
+        if (!devs[i].hidden && (!strcasecmp(devs[i].pci, bus) || !strcasecmp(devs[i].pci + 4, bus))) {
+            *h = &devs[i];
+            return OK;
+        }
     return E_NOT_FOUND;
 }
 nvmlReturn_t nvmlDeviceGetIndex(void *h, unsigned *i) {
     CHECK(d, h);
     if (d->is_mig) return E_NOT_SUPPORTED;
-    *i = (unsigned)(d - devs);
-    return OK;
+    for (unsigned k = 0; k < (unsigned)nvisible; k++)
+        if (&devs[visible[k]] == d) { *i = k; return OK; }
+    return E_INVALID;
 }
 nvmlReturn_t nvmlDeviceGetMinorNumber(void *h, unsigned *minor) {
     CHECK(d, h);

@@ -46,9 +46,12 @@ class Scenario:
     period: float | None = None
     driver: str = "550.54.15-fake"
     init_error: int | None = None
+    devices_dir: str | None = None  # the node's device files DIR/nvidia<minor>: NVML lists those this process opens
 
     def text(self) -> str:
         lines = [f"driver {self.driver}", f"start {self.start!r}"]
+        if self.devices_dir:
+            lines.append(f"devices {self.devices_dir}")
         if self.period:
             lines.append(f"period {self.period!r}")
         if self.init_error is not None:
