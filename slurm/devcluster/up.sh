@@ -84,6 +84,9 @@ process_tracking() {
 version_settings() {
   # 24.11 and later check MailProg at start ("Configured MailProg is invalid": no /bin/mail here).
   if at_least "$1" 24.11; then printf '%s\n' "MailProg=/bin/true"; fi
+  # Per-user RPC rate limiting (23.02 and later; root and SlurmUser are exempt), as a busy centre runs it: a
+  # bucket of 30 RPCs refilled at 2 a second. The Slurm-facing tests then run under it.
+  if at_least "$1" 23.02; then printf '%s\n' "SlurmctldParameters=rl_enable,rl_bucket_size=30,rl_refill_rate=2"; fi
 }
 
 write_configs() {
