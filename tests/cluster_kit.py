@@ -10,7 +10,15 @@ from typing import Any
 
 from conftest import RunHpcai
 
+from hpc_aidc.scheduler.admin_check import parse_show_config
+
 TINY_MODEL: dict[str, object] = {"preset": "tiny", "n_layer": 2}
+
+
+def slurm_config() -> dict[str, str]:
+    """The running slurmctld's `scontrol show config`, keys lower-cased (as `hpcai admin check` reads it)."""
+    return parse_show_config(subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                            check=True).stdout)
 
 
 def json_output(proc: subprocess.CompletedProcess[str]) -> Any:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cluster_kit import slurm_config
 from conftest import wait_until
 
 from hpc_aidc.site_profile import load_trusted_site
@@ -54,22 +55,17 @@ print(json.dumps({
 """
 
 
-def _config() -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
-    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if v}
-
-
 @pytest.fixture(scope="module")
 def confined(cluster: None) -> Path:
     """The folder of the nodes' GPU device files, on a cluster that confines jobs to their devices."""
-    config = _config()
-    on = config.get("ProctrackType") == "proctrack/cgroup" and "task/cgroup" in config.get("TaskPlugin", "")
+    config = slurm_config()
+    on = config.get("proctracktype") == "proctrack/cgroup" and "task/cgroup" in config.get("taskplugin", "")
     if not on:
         if os.environ.get("HPCAI_EXPECT_CGROUP") == "1":
-            pytest.fail(f"HPCAI_EXPECT_CGROUP=1, but the cluster runs {config.get('ProctrackType')} and "
-                        f"{config.get('TaskPlugin')}: it was brought up without cgroups")
+            pytest.fail(f"HPCAI_EXPECT_CGROUP=1, but the cluster runs {config.get('proctracktype')} and "
+                        f"{config.get('taskplugin')}: it was brought up without cgroups")
         pytest.skip("the dev cluster runs without cgroups (HPCAI_DEVCLUSTER_CGROUP=1 turns them on)")
-    cgroup = Path(config.get("SLURM_CONF", "/etc/slurm/slurm.conf")).with_name("cgroup.conf").read_text()
+    cgroup = Path(config.get("slurm_conf", "/etc/slurm/slurm.conf")).with_name("cgroup.conf").read_text()
     assert re.search(r"^ConstrainDevices=yes", cgroup, re.M), cgroup
     gres = Path("/etc/slurm/gres.conf").read_text()
     files = re.search(r"File=(\S+)/nvidia\[", gres)

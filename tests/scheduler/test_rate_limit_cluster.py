@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_kit import slurm_config
 from conftest import RunHpcai
 
 pytestmark = pytest.mark.cluster
@@ -22,19 +23,14 @@ pytestmark = pytest.mark.cluster
 CTLD_LOG = Path("/var/lib/hpcai-devcluster/log/slurmctld.log")
 
 
-def _config() -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
-    return {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines()) if v}
-
-
 @pytest.fixture(scope="module")
 def bob_uid(cluster: None) -> str:
-    config = _config()
-    major, minor = (int(x) for x in config["SLURM_VERSION"].split(".")[:2])
+    config = slurm_config()
+    major, minor = (int(x) for x in config["slurm_version"].split(".")[:2])
     if (major, minor) < (23, 2):
-        pytest.skip(f"Slurm {config['SLURM_VERSION']} has no RPC rate limit (23.02 and later)")
-    assert "rl_enable" in config.get("SlurmctldParameters", ""), (
-        "the dev cluster turns on rl_enable from 23.02 (up.sh version_settings)", config.get("SlurmctldParameters"))
+        pytest.skip(f"Slurm {config['slurm_version']} has no RPC rate limit (23.02 and later)")
+    assert "rl_enable" in config.get("slurmctldparameters", ""), (
+        "the dev cluster turns on rl_enable from 23.02 (up.sh version_settings)", config.get("slurmctldparameters"))
     return subprocess.run(["id", "-u", "bob"], capture_output=True, text=True, check=True).stdout.strip()
 
 
