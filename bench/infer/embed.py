@@ -62,7 +62,8 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from hpc_aidc.formats.model_source import resolve_model
-    from hpc_aidc.node.infer.model import load_engine, quiet_loading
+    from hpc_aidc.node.infer.load import load_engine
+    from hpc_aidc.node.infer.model import quiet_loading
     from hpc_aidc.node.infer.run import make_batches
 
     torch.set_num_threads(1)

@@ -34,7 +34,7 @@ def _builtin_gpt() -> Any:
 @pytest.fixture(scope="module")
 def engines(hf_causal: Path, minilm: Path) -> dict[str, Any]:
     from hpc_aidc.formats.model_source import resolve_model
-    from hpc_aidc.node.infer.model import load_engine
+    from hpc_aidc.node.infer.load import load_engine
 
     return {
         "builtin-gpt": _builtin_gpt(),

@@ -115,10 +115,11 @@ def check_embeddings(gpu: Path, cpu: Path, width: int) -> None:
 
 def cpu_engine(model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The model loaded as a task loads it, but on the CPU in fp32: the reference for near-ties."""
-    from hpc_aidc.node.infer import model as infer_model
+    from hpc_aidc.node.infer import load
+    from hpc_aidc.node.infer.model import resolve_model
 
-    monkeypatch.setattr(infer_model, "pick_device", lambda: torch.device("cpu"))
-    return infer_model.load_engine(infer_model.resolve_model(str(model), "generate"), "fp32")
+    monkeypatch.setattr(load, "pick_device", lambda: torch.device("cpu"))
+    return load.load_engine(resolve_model(str(model), "generate"), "fp32")
 
 
 def check_generations(gpu_rows: list[dict[str, Any]], cpu_rows: list[dict[str, Any]], engine: Any) -> list[float]:

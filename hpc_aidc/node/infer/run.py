@@ -41,7 +41,8 @@ from hpc_aidc.formats.infer_plan import (
 )
 from hpc_aidc.monitor.restarts import run_of
 from hpc_aidc.node.infer import out as infer_out
-from hpc_aidc.node.infer.model import Engine, load_engine, row_seed
+from hpc_aidc.node.infer.load import load_engine
+from hpc_aidc.node.infer.model import Engine, row_seed
 from hpc_aidc.node.slurm_env import requeue_target
 from hpc_aidc.slurm_client import requeue
 from hpc_aidc.spec.infer import shard_range
