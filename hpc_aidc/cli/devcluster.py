@@ -27,10 +27,15 @@ def _run(script: str, *args: str, env: dict[str, str] | None = None) -> None:
     sys.exit(subprocess.run(["bash", str(path), *args], env=env, check=False).returncode)
 
 
-def _host_env() -> dict[str, str]:
-    # The dev cluster's Slurm scripts run the Python running this command (it must be root's: up.sh installs
-    # the admin kit with it, and `hpcai admin install` refuses one that others can write).
-    return {**os.environ, "HPCAI_DEV_PYTHON": os.environ.get("HPCAI_DEV_PYTHON", sys.executable)}
+def _run_for(version: str, action: str, *chroot_args: str, host_env: dict[str, str] | None = None) -> None:
+    """`action` on the dev cluster of `version`: the host's `<action>.sh`, or `chroot.sh VERSION <action>`."""
+    if version == HOST_SLURM:
+        # The host's scripts run the Python running this command (it must be root's: up.sh installs the admin
+        # kit with it, and `hpcai admin install` refuses one that others can write).
+        python = os.environ.get("HPCAI_DEV_PYTHON", sys.executable)
+        _run(f"{action}.sh", env={**os.environ, "HPCAI_DEV_PYTHON": python, **(host_env or {})})
+    else:
+        _run("chroot.sh", version, action, *chroot_args)
 
 
 @click.group()
@@ -45,27 +50,19 @@ def devcluster() -> None:
               help="Track and confine jobs with cgroups (proctrack/cgroup, task/cgroup: cores and GPU devices).")
 def up(version: str, cgroup: bool) -> None:
     """Install what is missing and start every daemon (idempotent)."""
-    if version == HOST_SLURM:
-        _run("up.sh", env={**_host_env(), "HPCAI_DEVCLUSTER_CGROUP": "1" if cgroup else "0"})
-    else:
-        _run("chroot.sh", version, "up", "--cgroup" if cgroup else "--no-cgroup")
+    _run_for(version, "up", "--cgroup" if cgroup else "--no-cgroup",
+             host_env={"HPCAI_DEVCLUSTER_CGROUP": "1" if cgroup else "0"})
 
 
 @devcluster.command()
 @slurm_option
 def down(version: str) -> None:
     """Stop every daemon the dev cluster started, by pid (a chroot's namespaces go with them)."""
-    if version == HOST_SLURM:
-        _run("down.sh", env=_host_env())
-    else:
-        _run("chroot.sh", version, "down")
+    _run_for(version, "down")
 
 
 @devcluster.command()
 @slurm_option
 def status(version: str) -> None:
     """Which daemons run; sinfo when they all do."""
-    if version == HOST_SLURM:
-        _run("status.sh", env=_host_env())
-    else:
-        _run("chroot.sh", version, "status")
+    _run_for(version, "status")
