@@ -104,9 +104,9 @@ def newest_runs(lines: Iterable[str]) -> dict[str, str]:
     newest: dict[str, str] = {}
     repeated: set[str] = set()
     for line in lines:
+        if line.count(sep) != NFIELDS - 1:
+            continue  # not well-formed: split_lines leaves it out too
         cols = line.split(sep, C_SUBMIT + 1)
-        if len(cols) <= C_SUBMIT:
-            continue
         raw, submit = cols[C_RAW], cols[C_SUBMIT]
         seen = newest.get(raw)
         if seen is None:

@@ -115,6 +115,20 @@ def test_a_failed_run_requeued_by_hand_counts_only_the_final_summary(order: tupl
     assert u.energy_coverage == pytest.approx(2 / 3)
 
 
+def test_newest_runs_reads_only_well_formed_rows() -> None:
+    from hpc_aidc.report.rows import newest_runs
+    from hpc_aidc.scheduler.parse import SACCT_DELIMITER
+
+    first = job("8", start="2026-10-05T00:00", end="2026-10-05T01:00", state="FAILED")
+    second = job("8", start="2026-10-05T02:00", end="2026-10-05T04:00", submit="2026-10-05T01:30")
+    # a name holding the separator would shift the columns: such a row is not read (split_lines drops it too)
+    sep = SACCT_DELIMITER
+    forged = first.replace(f"{sep}j{sep}", f"{sep}j{sep}x{sep}", 1)
+    assert newest_runs([first, second]) == {"8": "2026-10-05T01:30:00"}
+    assert newest_runs([forged, second]) == {}
+    assert newest_runs([first]) == {}
+
+
 def test_array_tasks_are_jobs_of_their_own() -> None:
     lines = [job(f"9_{i}", raw=str(9 + i), start="2026-10-05T00:00", end="2026-10-05T01:00", gpus=1) for i in range(3)]
     (u,) = one(lines).lines
