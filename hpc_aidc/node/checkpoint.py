@@ -129,7 +129,7 @@ class WriteGuard:
             return fn()
         except Exception as exc:
             reason = write_error(exc)
-            if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+            if isinstance(exc, RuntimeError):
                 reason = _with_free_space(exc, reason, Path(str(path)).parent)  # torch's writer does not say why
             if reason is None:
                 raise  # a bug stays a bug

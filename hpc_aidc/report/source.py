@@ -94,8 +94,8 @@ def _accumulate_chunk(args: tuple[str, int, int, Period, tuple[str, ...], Filter
 def accumulate_file(path: Path, period: Period, dimensions: Sequence[str], filters: Filters,
                     workers: int | None = None) -> dict[tuple[str, ...], Acc]:
     """Group sums of a sacct-format file; files above PARALLEL_MIN_BYTES use one process per core.
-    (Two runs of a requeued job carrying the same energy summary are counted once only when they land
-    in the same chunk; sacct prints them next to each other, so a chunk edge between them is rare.)"""
+    (A requeued job's earlier runs count no energy of their own only when its newest run lands in the same
+    chunk; sacct prints a job's runs next to each other, so a chunk edge between them is rare.)"""
     try:
         size = path.stat().st_size
     except OSError as exc:
